@@ -13,7 +13,10 @@ wire error or a close code.
     └── CryptoError                 CKKS parameters, keys and levels
         ├── ParamsError             a parameter set is invalid or below 128-bit security
         ├── SecretKeyError          a secret key would cross (or has crossed) to the worker
-        └── LevelsExhausted         an operation needs more multiplicative levels than are left
+        ├── LevelsExhausted         an operation needs more multiplicative levels than are left
+        ├── WireFormatError         bytes that do not parse as the expected CKKS object
+        ├── LayoutError             encrypted vectors whose slot layouts do not fit the operation
+        └── MissingRotationKey      a rotation the public context has no Galois key for
 
 This module lives in `model/` because `model/` and `crypto/` are the two pure libraries and both
 may import it; `app/` adds the protocol errors under `ChatError`.
@@ -84,4 +87,27 @@ class LevelsExhausted(CryptoError):
         super().__init__(
             f"{operation} needs {needed} multiplicative level(s) but the ciphertext has {available} left; "
             "refresh it first (VectorOps.ensure_levels) or choose a preset with a longer modulus chain."
+        )
+
+
+class WireFormatError(CryptoError, ValueError):
+    """Bytes that do not parse as the expected CKKS object (truncated, wrong kind or wrong version)."""
+
+
+class LayoutError(CryptoError, ValueError):
+    """Encrypted vectors whose lengths or slot layouts do not fit the operation (the message says which)."""
+
+
+class MissingRotationKey(CryptoError):
+    """A rotation step for which the public context holds no Galois key.
+
+    Galois keys are generated only for the steps the worker's plan declares; add the step to the plan
+    (`crypto.keys.public_context_bytes(..., steps=...)`) and upload the keys again.
+    """
+
+    def __init__(self, step: int, available: int) -> None:
+        self.step = step
+        super().__init__(
+            f"no Galois key for rotation step {step} (the public context holds keys for {available} steps); "
+            "include the step in the plan passed to public_context_bytes"
         )
