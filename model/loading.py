@@ -133,7 +133,7 @@ def _cache_is_valid(cache: Path, identity: str) -> bool:
     try:
         manifest = json.loads(manifest_path.read_text())
         weights = cache / "model.safetensors"
-        return (
+        return bool(
             manifest.get("format") == CACHE_FORMAT
             and manifest.get("source") == identity
             and weights.stat().st_size == manifest["weights_bytes"]
@@ -151,10 +151,10 @@ def _convert_gguf(gguf: Path, cache: Path, identity: str, on_progress: Progress 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers marks GGUF-loaded models as quantised and refuses to save them; the weights are
     # already dequantised to float32, so drop the marker and save plain tensors.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.is_quantized = False
+    model.is_quantized = False  # type: ignore[assignment]
     cache.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
     try:
@@ -223,12 +223,12 @@ def _load_directory(directory: Path, name: str) -> LoadedModel:
         config = AutoConfig.from_pretrained(directory)
         model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not a loadable model"; say which
         raise ModelPathError(
             f"Could not load a causal LM from {directory}: {exc}. Check that it holds config.json, "
             "the weights and the tokenizer files of one transformers model."
         ) from exc
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=str(directory))
 
 
@@ -272,8 +272,10 @@ def build_tiny_model(config: TinyModelConfig = TinyModelConfig()) -> LoadedModel
         model = LlamaForCausalLM(llama_config)
     finally:
         torch.random.set_rng_state(generator_state)
-    model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=f"tiny-random-llama-s{config.seed}", source="code")
+    model.eval()  # type: ignore[no-untyped-call]
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=f"tiny-random-llama-s{config.seed}", source="code"
+    )
 
 
 def describe(loaded: LoadedModel) -> dict[str, Any]:

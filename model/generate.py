@@ -1,0 +1,223 @@
+"""The generation pipeline: chat prompt -> prefill -> decode loop with a KV cache -> token stream.
+
+One loop serves every mode. What differs between modes is the `Selector`: given the logits of the
+last position and one uniform `r`, it returns the token to *display* and the embedding to *feed back*.
+`ExactSelector` (plain mode) feeds back the embedding row of the drawn token; the sampler of DESIGN.md
+section 2 (simulate mode) feeds back the mixture embedding `I'^T W`. The loop always continues from
+`inputs_embeds`, never from a token id, so both selectors take exactly the same path through the model.
+
+The `r` stream is `numpy.random.default_rng(seed).random()`, one draw per step in every mode, so plain
+and simulate runs with the same seed are comparable token for token.
+
+References: DESIGN.md sections 2 and 3; transformers' generation loop (KV cache, stop on EOS).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from model.errors import InputError
+from model.loading import LoadedModel
+
+FinishReason = Literal["eos", "length", "context"]
+MAX_NEW_TOKENS_LIMIT = 4096  # a reply cap; longer runs belong in the evaluation commands
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How one reply is generated. Validated on construction, so a bad UI field or CLI flag fails early."""
+
+    max_new_tokens: int = 256  # reply length cap; generation also stops at EOS or a full context window
+    temperature: float = 1.0  # softmax temperature (DESIGN.md default 1); 0 means greedy argmax
+    seed: int = 0  # seeds the stream of uniforms r, one per step
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise InputError(f"max_new_tokens must be a whole number, got {self.max_new_tokens!r}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise InputError(
+                f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {self.max_new_tokens}"
+            )
+        if not isinstance(self.temperature, int | float) or not np.isfinite(self.temperature):
+            raise InputError(f"temperature must be a finite number, got {self.temperature!r}")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise InputError(
+                f"temperature must be between 0 (greedy) and 5, got {self.temperature}; "
+                "1 samples from the model's own distribution"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be a whole number between 0 and 2^63-1, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a selector decided for one step."""
+
+    token_id: int  # the token shown to the user (post-corrected in simulate/encrypted modes)
+    embedding: torch.Tensor  # (d,) the next input embedding fed back into the model
+
+
+class Selector(Protocol):
+    """Next-token selection: logits of the last position and one uniform r -> a `Selection`."""
+
+    def select(self, logits: torch.Tensor, r: float) -> Selection: ...
+
+
+def softmax64(logits: torch.Tensor, temperature: float) -> np.ndarray:
+    """Probabilities in float64 from logits (V,), at a temperature > 0."""
+    z = logits.detach().to(torch.float64) / temperature
+    return torch.softmax(z, dim=-1).numpy()
+
+
+def inverse_transform(p: np.ndarray, r: float) -> int:
+    """The index j with c_{j-1} <= r < c_j for c = cumsum(p): exact inverse-transform sampling."""
+    c = np.cumsum(p)
+    j = int(
+        np.searchsorted(c, r * c[-1], side="right")
+    )  # scale r by c[-1] so rounding never runs off the end
+    return min(j, len(p) - 1)
+
+
+class ExactSelector:
+    """Plain mode: exact inverse-transform sampling in id order, fed back by the token's embedding row."""
+
+    def __init__(self, embeddings: torch.Tensor, temperature: float) -> None:
+        self.embeddings = embeddings  # (V, d)
+        self.temperature = temperature
+
+    def select(self, logits: torch.Tensor, r: float) -> Selection:
+        if self.temperature == 0.0:
+            token = int(torch.argmax(logits))
+        else:
+            token = inverse_transform(softmax64(logits, self.temperature), r)
+        return Selection(token_id=token, embedding=self.embeddings[token])
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token, as streamed to the caller."""
+
+    index: int  # 0-based position in the reply
+    token_id: int
+    finish: FinishReason | None = None  # set on the last event of a reply
+    seconds: float = 0.0  # wall time of this step (forward + selection)
+
+
+MAX_PROMPT_CHARS = 20_000  # a guard against pasting a book into the chat box; the token check follows
+
+
+def build_prompt(loaded: LoadedModel, messages: Sequence[dict[str, str]], reserve: int = 1) -> list[int]:
+    """Apply the chat template and check the prompt fits the context window.
+
+    Args:
+        loaded: the model and tokenizer.
+        messages: the conversation so far, ending with the user's new message.
+        reserve: tokens that must remain free for the reply.
+
+    Raises:
+        InputError: no message, an empty last message, or a prompt that does not fit.
+    """
+    if not messages:
+        raise InputError("The conversation is empty; type a message first.")
+    last = messages[-1]
+    if last.get("role") != "user":
+        raise InputError("The last message must come from the user; type a message to reply to.")
+    if not last.get("content", "").strip():
+        raise InputError("The message is empty; type some text before sending.")
+    total_chars = sum(len(m.get("content", "")) for m in messages)
+    if total_chars > MAX_PROMPT_CHARS:
+        raise InputError(
+            f"The conversation is {total_chars:,} characters; the limit is {MAX_PROMPT_CHARS:,}. "
+            "Shorten the message or clear the history."
+        )
+    encoded: Any = loaded.tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=True, tokenize=True
+    )
+    ids: list[int] = list(
+        encoded if isinstance(encoded, list) else encoded["input_ids"]
+    )  # or a BatchEncoding
+    window = loaded.context_window
+    if len(ids) + reserve > window:
+        raise InputError(
+            f"The prompt is {len(ids):,} tokens but {loaded.name}'s context window is {window:,} tokens "
+            f"(with {reserve} kept for the reply). Shorten the message or clear the history."
+        )
+    return [int(i) for i in ids]
+
+
+class DecodeSession:
+    """The model side of generation: prefill once, then one forward per step from an input embedding."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.cache = DynamicCache()
+        self.length = 0  # tokens in the KV cache
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: Sequence[int]) -> torch.Tensor:
+        """Run the prompt through the model; return the logits of its last position, shape (V,)."""
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)  # (1, T)
+        out = self.loaded.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.length = len(prompt_ids)
+        return cast(torch.Tensor, out.logits[0, -1].float())
+
+    @torch.inference_mode()
+    def step(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Feed one input embedding (d,); return the next logits (V,)."""
+        embeds = embedding.to(torch.float32).reshape(1, 1, -1)  # (1, 1, d)
+        position = torch.tensor([[self.length]], dtype=torch.long)
+        out = self.loaded.model(inputs_embeds=embeds, cache=self.cache, position_ids=position, use_cache=True)
+        self.length += 1
+        return cast(torch.Tensor, out.logits[0, -1].float())
+
+
+def generate(
+    loaded: LoadedModel,
+    prompt_ids: Sequence[int],
+    selector: Selector,
+    settings: GenerationSettings,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[Step]:
+    """Stream a reply token by token. The last `Step` carries the finish reason.
+
+    Args:
+        loaded: the model.
+        prompt_ids: the templated prompt (see `build_prompt`).
+        selector: plain (`ExactSelector`) or the sampler of the simulate mode.
+        settings: length cap and seed (the selector holds the temperature).
+        should_stop: polled before every step; True ends the stream at once (no further events).
+    """
+    rng = np.random.default_rng(settings.seed)
+    session = DecodeSession(loaded)
+    eos = loaded.eos_token_ids
+    budget = min(settings.max_new_tokens, loaded.context_window - len(prompt_ids))
+    if budget < 1:
+        raise InputError(
+            f"The prompt ({len(prompt_ids):,} tokens) fills {loaded.name}'s context window "
+            f"({loaded.context_window:,}); shorten it or clear the history."
+        )
+    start = time.perf_counter()
+    logits = session.prefill(prompt_ids)
+    for index in range(budget):
+        if should_stop is not None and should_stop():
+            return
+        choice = selector.select(logits, float(rng.random()))
+        finish: FinishReason | None = None
+        if choice.token_id in eos:
+            finish = "eos"
+        elif index == budget - 1:
+            finish = "length" if budget == settings.max_new_tokens else "context"
+        else:
+            logits = session.step(choice.embedding)
+        now = time.perf_counter()
+        yield Step(index=index, token_id=choice.token_id, finish=finish, seconds=now - start)
+        start = now
+        if finish is not None:
+            return

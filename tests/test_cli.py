@@ -1,0 +1,49 @@
+"""The command line, run as a user runs it: a subprocess printing tokens as they arrive."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_app(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=300, input=stdin
+    )
+
+
+def test_chat_streams_a_reply_and_reports_the_finish() -> None:
+    result = run_app("chat", "--tiny", "--max-new-tokens", "7", "--temperature", "1", "Hello there")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()  # random tokens, but some text
+    assert "[7 tokens" in result.stderr and "length]" in result.stderr
+
+
+def test_interactive_chat_keeps_going_after_an_empty_line() -> None:
+    result = run_app("chat", "--tiny", "--max-new-tokens", "3", stdin="first\n\nsecond\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("[3 tokens") == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["chat", "--tiny", "--temperature", "9", "hi"], "temperature must be between"),
+        (["chat", "--tiny", "--max-new-tokens", "0", "hi"], "max_new_tokens must be between"),
+        (["chat", "--tiny", "   "], "The message is empty"),
+        (["chat", "--model-path", "/nonexistent/model", "hi"], "does not exist"),
+        (["ui", "--tiny", "--port", "70000"], "--port must be between"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(args: list[str], message: str) -> None:
+    result = run_app(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_argparse_type_errors_are_reported_too() -> None:
+    result = run_app("chat", "--tiny", "--seed", "abc", "hi")
+    assert result.returncode == 2 and "invalid int value" in result.stderr
