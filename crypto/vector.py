@@ -1,0 +1,226 @@
+"""Encrypted vectors longer than one ciphertext, and their wire format.
+
+An `EncVector` holds `length` real values in `ceil(length / chunk)` ciphertexts: ciphertext `k` holds
+values `k*chunk ... k*chunk + chunk - 1` in its slots `0 .. chunk-1` (the last one may hold fewer).
+The vocabulary (49,152) is 12 ciphertexts of 4,096 slots at N = 8192. Slots past a ciphertext's values
+are *padding*: `clean` says they are known to be zero (fresh encryptions, masked results); linear maps
+that replicate their input (`crypto.matmul`) need clean padding.
+
+Every vector knows its level (rescales left) and all its ciphertexts sit at that level with the
+canonical scale of `crypto.engine`.
+
+Wire format (version 1): one header chunk (JSON: length, chunk, level, clean, count) then one chunk
+per ciphertext (SEAL bytes), so a long vector streams as 1 + n messages; `vector_to_bytes` frames the
+same chunks into one blob with u32 lengths.
+
+References: DESIGN.md sections 4 and 7 (ciphertext sizes, chunked transfer).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import tenseal.sealapi as sealapi
+
+from crypto.engine import Ciphertext, Engine
+from crypto.keys import SecretContext
+from crypto.params import CKKSParams
+from crypto.seal_io import seal_from_bytes, seal_to_bytes
+from model.errors import LayoutError, WireFormatError
+
+FloatArray = npt.NDArray[np.float64]
+VECTOR_WIRE_VERSION = 1
+_U32 = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class EncVector:
+    """`length` values in ciphertexts of `chunk` values each, all at multiplicative level `level`."""
+
+    cts: tuple[Ciphertext, ...]
+    length: int
+    chunk: int
+    level: int
+    clean: bool = True
+
+    def __post_init__(self) -> None:
+        if self.length <= 0 or self.chunk <= 0:
+            raise LayoutError(f"length and chunk must be positive, got {self.length}, {self.chunk}")
+        expected = -(-self.length // self.chunk)
+        if len(self.cts) != expected:
+            raise LayoutError(
+                f"{self.length} values in chunks of {self.chunk} need {expected} ciphertexts, got {len(self.cts)}"
+            )
+
+    def count(self, k: int) -> int:
+        """How many values ciphertext `k` holds."""
+        return min(self.chunk, self.length - k * self.chunk)
+
+    def with_cts(self, cts: Sequence[Ciphertext], level: int, clean: bool | None = None) -> EncVector:
+        """Same layout, new ciphertexts."""
+        return replace(self, cts=tuple(cts), level=level, clean=self.clean if clean is None else clean)
+
+    def same_layout(self, other: EncVector) -> bool:
+        return self.length == other.length and self.chunk == other.chunk
+
+
+class _HasSeal(Protocol):
+    params: CKKSParams
+    seal_context: Any
+
+
+def chunk_values(values: npt.ArrayLike, chunk: int) -> list[FloatArray]:
+    """Split a 1-D array into the per-ciphertext pieces of the layout."""
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    return [arr[i : i + chunk] for i in range(0, arr.size, chunk)]
+
+
+def encrypt_vector(
+    secret: SecretContext,
+    values: npt.ArrayLike,
+    chunk: int | None = None,
+    level: int | None = None,
+    engine: Engine | None = None,
+) -> EncVector:
+    """Encode and encrypt (symmetric, secret key) a real vector, at the top level unless `level` is given.
+
+    Args:
+        secret: the key holder's context.
+        values: 1-D real values.
+        chunk: values per ciphertext (default: all slots).
+        level: level to encrypt at (default: the top of the chain).
+        engine: reuse an engine (saves rebuilding the level table).
+    """
+    eng = engine if engine is not None else Engine.for_key_holder(secret)
+    slots = secret.params.slot_count
+    c = slots if chunk is None else chunk
+    if not 0 < c <= slots:
+        raise LayoutError(f"chunk must be in 1..{slots}, got {c}")
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if arr.size == 0:
+        raise LayoutError("cannot encrypt an empty vector")
+    lvl = eng.top_level if level is None else level
+    cts = []
+    for piece in chunk_values(arr, c):
+        ct = sealapi.Ciphertext()
+        secret.encryptor.encrypt_symmetric(eng.encode(piece, lvl), ct)
+        cts.append(ct)
+    return EncVector(tuple(cts), int(arr.size), c, lvl, clean=True)
+
+
+def decrypt_slots(secret: SecretContext, ct: Ciphertext, engine: Engine | None = None) -> npt.NDArray[Any]:
+    """All complex slots of one ciphertext (for tests and diagnostics)."""
+    pt = sealapi.Plaintext()
+    secret.decryptor.decrypt(ct, pt)
+    eng = engine if engine is not None else Engine.for_key_holder(secret)
+    return np.asarray(eng.encoder.decode_complex(pt))
+
+
+def decrypt_vector(secret: SecretContext, vec: EncVector) -> FloatArray:
+    """Decrypt and decode the `length` real values of `vec` (padding slots are ignored)."""
+    encoder = sealapi.CKKSEncoder(secret.seal_context)
+    out = np.empty(vec.length, dtype=np.float64)
+    pt = sealapi.Plaintext()
+    for k, ct in enumerate(vec.cts):
+        secret.decryptor.decrypt(ct, pt)
+        n = vec.count(k)
+        out[k * vec.chunk : k * vec.chunk + n] = np.asarray(encoder.decode_double(pt))[:n]
+    return out
+
+
+# --- wire format ------------------------------------------------------------------------------
+
+
+def vector_to_chunks(vec: EncVector) -> list[bytes]:
+    """Header chunk, then one chunk of SEAL bytes per ciphertext."""
+    header = {
+        "version": VECTOR_WIRE_VERSION,
+        "length": vec.length,
+        "chunk": vec.chunk,
+        "level": vec.level,
+        "clean": vec.clean,
+        "count": len(vec.cts),
+    }
+    return [json.dumps(header, sort_keys=True).encode()] + [seal_to_bytes(ct) for ct in vec.cts]
+
+
+def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes]) -> EncVector:
+    """Inverse of `vector_to_chunks` under a public or secret context.
+
+    Raises:
+        WireFormatError: malformed header, wrong count, or a ciphertext not valid for this context
+            or at another level than the header says.
+    """
+    if not chunks:
+        raise WireFormatError("an encrypted vector needs a header chunk")
+    try:
+        header = json.loads(chunks[0])
+        length, chunk, level = int(header["length"]), int(header["chunk"]), int(header["level"])
+        clean, count, version = bool(header["clean"]), int(header["count"]), int(header["version"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WireFormatError(f"bad encrypted-vector header: {exc}") from exc
+    if version != VECTOR_WIRE_VERSION:
+        raise WireFormatError(f"encrypted-vector wire version {version}, expected {VECTOR_WIRE_VERSION}")
+    if len(chunks) - 1 != count:
+        raise WireFormatError(f"header announces {count} ciphertexts, got {len(chunks) - 1}")
+    cts = []
+    for blob in chunks[1:]:
+        ct = sealapi.Ciphertext()
+        seal_from_bytes(ct, context.seal_context, blob)
+        ct_level = int(context.seal_context.get_context_data(ct.parms_id()).chain_index())
+        if ct_level != level:
+            raise WireFormatError(f"ciphertext at level {ct_level}, header says {level}")
+        cts.append(ct)
+    try:
+        return EncVector(tuple(cts), length, chunk, level, clean)
+    except LayoutError as exc:
+        raise WireFormatError(str(exc)) from exc
+
+
+def vector_to_bytes(vec: EncVector) -> bytes:
+    """All chunks in one blob: u32 count, then (u32 length, bytes) per chunk."""
+    chunks = vector_to_chunks(vec)
+    parts = [_U32.pack(len(chunks))]
+    for c in chunks:
+        parts += [_U32.pack(len(c)), c]
+    return b"".join(parts)
+
+
+def vector_from_bytes(context: _HasSeal, data: bytes) -> EncVector:
+    """Inverse of `vector_to_bytes`."""
+    try:
+        (n,) = _U32.unpack_from(data, 0)
+        pos, chunks = _U32.size, []
+        for _ in range(n):
+            (size,) = _U32.unpack_from(data, pos)
+            pos += _U32.size
+            if pos + size > len(data):
+                raise WireFormatError("truncated encrypted vector")
+            chunks.append(data[pos : pos + size])
+            pos += size
+    except struct.error as exc:
+        raise WireFormatError(f"truncated encrypted vector: {exc}") from exc
+    if pos != len(data):
+        raise WireFormatError(f"{len(data) - pos} trailing bytes after the encrypted vector")
+    return vector_from_chunks(context, chunks)
+
+
+def encode_encrypt_serialize(secret: SecretContext, values: npt.ArrayLike, chunk: int | None = None) -> bytes:
+    """Key holder: values -> wire bytes (top level)."""
+    return vector_to_bytes(encrypt_vector(secret, values, chunk))
+
+
+def deserialize_decrypt_decode(secret: SecretContext, data: bytes) -> FloatArray:
+    """Key holder: wire bytes -> values."""
+    return decrypt_vector(secret, vector_from_bytes(secret, data))
+
+
+def vector_nbytes(vec: EncVector) -> int:
+    """Serialised size in bytes (what the wire carries, header included)."""
+    return sum(len(c) for c in vector_to_chunks(vec))
