@@ -111,3 +111,10 @@ class MissingRotationKey(CryptoError):
             f"no Galois key for rotation step {step} (the public context holds keys for {available} steps); "
             "include the step in the plan passed to public_context_bytes"
         )
+
+
+# --- sampler ----------------------------------------------------------------------------------
+
+
+class SamplerError(ChatError, ValueError):
+    """The sampler cannot run as configured: a vocabulary order that does not fit the embeddings, etc."""

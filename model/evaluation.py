@@ -1,0 +1,246 @@
+"""Evaluation metrics for the sampler: single-step approximation error and generation collapse.
+
+Pure functions over arrays and token lists (plus one model call for perplexity); the command line in
+`app/evaluate_cli.py` runs them and writes the tables.
+
+Single step (the paper's Fig. 10 setting): for one distribution q and many uniforms r, the max-errors
+`||I - e_k||_inf`, `||I' - e_k||_inf` against the exact one-hot `e_k`, and the cosine distance between the
+mixture embedding and the target embedding. The circuit is the one of `model.sampler`, run on a row-wise
+backend so a batch of draws is one array.
+
+Collapse (our definition, model-agnostic): a generation has *collapsed* when its displayed tokens end in a
+degenerate loop (a suffix that repeats with a short period) or when a stretch of it is text the plain model
+itself finds implausible (a sliding-window mean negative log-likelihood above a threshold). Both read only
+the token ids and the plain model, so any condition (plain, simulate, encrypted) is scored the same way, and
+the plain condition measures the detector's false-positive rate. Distinct-n and the mean NLL are reported
+alongside, with bootstrap and Wilson intervals.
+
+References: arXiv 2510.12343 (Fig. 10, collapse study); Holtzman et al. 2020 (degenerate repetition);
+Li et al. 2016 (distinct-n); Wilson 1927 (score interval).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from model.loading import LoadedModel
+from model.sampler import compose, one_hot_from_steps, post_process, step_polynomials
+from model.simulate import mixture
+from model.vector_ops import FloatArray, NumpyOps
+
+IntArray = npt.NDArray[np.int64]
+NO_DRAW = -1  # target position when r >= sum(q): exact sampling draws nothing
+
+
+class RowwiseNumpyOps(NumpyOps):
+    """`NumpyOps` on a (B, V) batch: one independent vector per row (prefix sum and shift along rows)."""
+
+    def prefix_sum(self, a: FloatArray) -> FloatArray:
+        return np.cumsum(a, axis=-1)
+
+    def shift_right(self, a: FloatArray) -> FloatArray:
+        out = np.empty_like(a)
+        out[..., 0] = 0.0
+        out[..., 1:] = a[..., :-1]
+        return out
+
+
+def batched_one_hot(q: FloatArray, rs: FloatArray, amp_rounds: int) -> FloatArray:
+    """I (B, V) without PP for one q (V,) and B uniforms: the circuit of `approx_one_hot`, one row per r."""
+    ops = RowwiseNumpyOps()
+    c = ops.prefix_sum(q)  # (V,)
+    x = ops.sub(c[None, :], rs[:, None])  # (B, V): c_j - r, the same rounding as add_const(c, -r)
+    s = compose(ops, x, step_polynomials(amp_rounds))
+    return one_hot_from_steps(ops, s)
+
+
+def batched_post_process(one_hot: FloatArray) -> FloatArray:
+    """I' = f(I) row-wise."""
+    return post_process(RowwiseNumpyOps(), one_hot)
+
+
+def exact_positions(q: FloatArray, rs: FloatArray) -> IntArray:
+    """Exact inverse-transform positions for each r (NO_DRAW when r >= sum(q))."""
+    c = np.cumsum(q)
+    j = np.searchsorted(c, rs, side="right").astype(np.int64)
+    j[j >= len(q)] = NO_DRAW
+    return j
+
+
+def max_errors(weights: FloatArray, targets: IntArray) -> FloatArray:
+    """||w - e_k||_inf per row (B,); for NO_DRAW rows the target is the zero vector."""
+    error = np.abs(weights).copy()  # (B, V)
+    rows = np.flatnonzero(targets != NO_DRAW)
+    error[rows, targets[rows]] = np.abs(weights[rows, targets[rows]] - 1.0)
+    return np.asarray(error.max(axis=1), dtype=np.float64)
+
+
+def cosine_distance(a: FloatArray, b: FloatArray) -> FloatArray:
+    """1 - cos(a_i, b_i) per row; 1 when either vector is zero."""
+    na = np.linalg.norm(a, axis=-1)
+    nb = np.linalg.norm(b, axis=-1)
+    dot = np.sum(a * b, axis=-1)
+    denom = na * nb
+    cos = np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
+    return np.asarray(1.0 - cos, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class SingleStepDraws:
+    """Per-draw results of the single-step study for one distribution and one order."""
+
+    targets: IntArray  # (B,) exact position, NO_DRAW if r >= sum(q)
+    error_raw: FloatArray  # (B,) ||I - e_k||_inf
+    error_pp: FloatArray  # (B,) ||I' - e_k||_inf
+    cosine_raw: FloatArray  # (B,) cosine distance of I @ W_pi to the target row
+    cosine_pp: FloatArray  # (B,) the same with I'
+    sum_raw: FloatArray  # (B,) sum(I)
+
+
+def single_step_draws(
+    q: FloatArray, table: FloatArray, rs: FloatArray, amp_rounds: int, batch: int = 64
+) -> SingleStepDraws:
+    """Run the circuit for every r on one ordered distribution q; `table` is W_pi (V, d) in the same order."""
+    norm_max = float(np.linalg.norm(table, axis=1).max())
+    parts: list[tuple[FloatArray, ...]] = []
+    targets = exact_positions(q, rs)
+    for start in range(0, len(rs), batch):
+        chunk = slice(start, start + batch)
+        raw = batched_one_hot(q, rs[chunk], amp_rounds)
+        pp = batched_post_process(raw)
+        t = targets[chunk]
+        target_rows = np.where(t[:, None] != NO_DRAW, table[np.maximum(t, 0)], 0.0)  # (b, d)
+        mix_raw = np.stack([mixture(w, table, norm_max) for w in raw])
+        mix_pp = np.stack([mixture(w, table, norm_max) for w in pp])
+        parts.append(
+            (
+                max_errors(raw, t),
+                max_errors(pp, t),
+                cosine_distance(mix_raw, target_rows),
+                cosine_distance(mix_pp, target_rows),
+                raw.sum(axis=1),
+            )
+        )
+    columns = [np.concatenate([p[i] for p in parts]) for i in range(5)]
+    return SingleStepDraws(targets, *columns)
+
+
+# --- collapse -----------------------------------------------------------------------------------
+
+
+def periodic_suffix(tokens: Sequence[int], max_period: int) -> tuple[int, int]:
+    """The longest suffix of `tokens` that repeats with some period p <= max_period.
+
+    Returns:
+        (length of that suffix, its period); (0, 0) for an empty sequence.
+    """
+    best = (0, 0)
+    n = len(tokens)
+    for period in range(1, min(max_period, n // 2) + 1):
+        length = period
+        while length < n and tokens[n - 1 - length] == tokens[n - 1 - length + period]:
+            length += 1
+        if length > best[0] and length >= 2 * period:
+            best = (length, period)
+    return best
+
+
+@dataclass(frozen=True)
+class CollapseCriteria:
+    """Thresholds of the collapse detector (each with the reason for its value)."""
+
+    max_period: int = 32  # loops of up to 32 tokens (a repeated sentence or line)
+    min_loop_tokens: int = 48  # the loop must cover at least this many tokens ...
+    min_loop_repeats: int = 3  # ... and repeat at least 3 times: two repeats happen in lists and code
+    nll_window: int = 64  # tokens per sliding window of the implausibility check
+    nll_threshold: float = 6.0  # nats/token; ppl ~400; plain T=1 text averages ~2-3 nats (calibrated below)
+
+
+@dataclass(frozen=True)
+class CollapseScore:
+    """What the detector found in one generation."""
+
+    loop_tokens: int  # length of the periodic suffix (0 if none qualifies)
+    loop_period: int
+    max_window_nll: float  # largest sliding-window mean NLL under the plain model (nats/token)
+    mean_nll: float  # mean NLL of the whole generation under the plain model
+    distinct_2: float  # distinct bigrams / bigrams
+
+    def repetition(self, criteria: CollapseCriteria) -> bool:
+        return self.loop_tokens > 0
+
+    def implausible(self, criteria: CollapseCriteria) -> bool:
+        return self.max_window_nll > criteria.nll_threshold
+
+    def collapsed(self, criteria: CollapseCriteria) -> bool:
+        return self.repetition(criteria) or self.implausible(criteria)
+
+
+def distinct_n(tokens: Sequence[int], n: int) -> float:
+    """Distinct n-grams / n-grams (1.0 for sequences shorter than n + 1 tokens)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if len(grams) > 1 else 1.0
+
+
+@torch.inference_mode()
+def token_nll(loaded: LoadedModel, prompt_ids: Sequence[int], tokens: Sequence[int]) -> FloatArray:
+    """Negative log-likelihood (nats) of each generated token under the plain model, given the prompt."""
+    if not tokens:
+        return np.zeros(0)
+    ids = torch.tensor([list(prompt_ids) + list(tokens)], dtype=torch.long)  # (1, T)
+    logits = loaded.model(input_ids=ids).logits[0].float()  # (T, V)
+    start = len(prompt_ids) - 1  # logits at position t predict token t + 1
+    log_probs = torch.log_softmax(logits[start : start + len(tokens)], dim=-1)
+    picked = log_probs.gather(1, torch.tensor(list(tokens)).unsqueeze(1))[:, 0]
+    return np.asarray(-picked.double().numpy(), dtype=np.float64)
+
+
+def score_generation(tokens: Sequence[int], nll: FloatArray, criteria: CollapseCriteria) -> CollapseScore:
+    """Apply the collapse detector to one generation and its per-token NLL."""
+    length, period = periodic_suffix(tokens, criteria.max_period)
+    loop = length >= criteria.min_loop_tokens and length >= criteria.min_loop_repeats * period
+    window = min(criteria.nll_window, len(nll))
+    if window > 0:
+        sums = np.convolve(nll, np.ones(window), mode="valid")  # sliding sums
+        worst = float(sums.max() / window)
+    else:
+        worst = 0.0
+    return CollapseScore(
+        loop_tokens=length if loop else 0,
+        loop_period=period if loop else 0,
+        max_window_nll=worst,
+        mean_nll=float(nll.mean()) if len(nll) else 0.0,
+        distinct_2=distinct_n(tokens, 2),
+    )
+
+
+# --- intervals ----------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a proportion (95% by default); (0, 1) for no trials."""
+    if trials == 0:
+        return (0.0, 1.0)
+    phat = successes / trials
+    denom = 1 + z * z / trials
+    centre = (phat + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / trials + z * z / (4 * trials * trials)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_mean_interval(
+    values: Sequence[float], rng: np.random.Generator, resamples: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean; (nan, nan) for no values."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return (math.nan, math.nan)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    return (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
