@@ -43,14 +43,18 @@ def add(eng: Engine, a: EncVector, b: EncVector) -> EncVector:
     """a + b. Depth 0."""
     _check_layout(a, b, "add")
     a, b = align(eng, a, b)
-    return a.with_cts([eng.add(x, y) for x, y in zip(a.cts, b.cts, strict=True)], a.level, a.clean and b.clean)
+    return a.with_cts(
+        [eng.add(x, y) for x, y in zip(a.cts, b.cts, strict=True)], a.level, a.clean and b.clean
+    )
 
 
 def sub(eng: Engine, a: EncVector, b: EncVector) -> EncVector:
     """a - b. Depth 0."""
     _check_layout(a, b, "sub")
     a, b = align(eng, a, b)
-    return a.with_cts([eng.sub(x, y) for x, y in zip(a.cts, b.cts, strict=True)], a.level, a.clean and b.clean)
+    return a.with_cts(
+        [eng.sub(x, y) for x, y in zip(a.cts, b.cts, strict=True)], a.level, a.clean and b.clean
+    )
 
 
 def negate(eng: Engine, a: EncVector) -> EncVector:

@@ -244,7 +244,9 @@ class Engine:
         if k not in self.plan.steps or self.galois_keys is None:
             raise MissingRotationKey(step, len(self.plan.steps))
         out = sealapi.Ciphertext()
-        self.evaluator.apply_galois(ct, galois_element(k, self.params.poly_modulus_degree), self.galois_keys, out)
+        self.evaluator.apply_galois(
+            ct, galois_element(k, self.params.poly_modulus_degree), self.galois_keys, out
+        )
         self.counts["rotate"] += 1
         return out
 

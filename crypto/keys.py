@@ -155,7 +155,7 @@ def public_context_bytes(secret: SecretContext, plan: RotationPlan) -> bytes:
         },
         sort_keys=True,
     ).encode()
-    return _PREFIX.pack(MAGIC, WIRE_VERSION, len(header)) + header + context_blob + galois_blob
+    return bytes(_PREFIX.pack(MAGIC, WIRE_VERSION, len(header)) + header + context_blob + galois_blob)
 
 
 def load_public_context(data: bytes) -> PublicContext:

@@ -71,7 +71,9 @@ class CKKSParams:
             )
         for bits in chain:
             if not _MIN_PRIME_BITS <= bits <= _MAX_PRIME_BITS:
-                raise ParamsError(f"every prime must have {_MIN_PRIME_BITS}..{_MAX_PRIME_BITS} bits, got {bits}")
+                raise ParamsError(
+                    f"every prime must have {_MIN_PRIME_BITS}..{_MAX_PRIME_BITS} bits, got {bits}"
+                )
         limit = max_modulus_bits(n)
         if self.total_bits > limit:
             raise ParamsError(

@@ -101,7 +101,9 @@ def prefix_sum(eng: Engine, x: EncVector) -> EncVector:
     # Rotation (key-switching) noise is absolute, and the Hillis-Steele sums add it up over thousands of
     # slots; so the packed vector runs at a boosted scale (2^7 above canonical) and the unpack masks at a
     # correspondingly lower one: product scale scale[l-2] * q_{l-1}, exactly canonical after the rescale.
-    boost = max(0, min(MAX_BOOST_BITS, int(eng.modulus_bits(lvl - 1) - np.log2(eng.scale(lvl - 1)) - HEADROOM_BITS)))
+    boost = max(
+        0, min(MAX_BOOST_BITS, int(eng.modulus_bits(lvl - 1) - np.log2(eng.scale(lvl - 1)) - HEADROOM_BITS))
+    )
     z_scale = eng.scale(lvl - 1) * 2.0**boost
     pack_scale = z_scale * float(eng.prime(lvl)) / eng.scale(lvl)
     unpack_scale = eng.scale(lvl - 2) * float(eng.prime(lvl - 1)) / z_scale

@@ -18,6 +18,7 @@ from model.errors import WireFormatError
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # websockets' default max message size; ciphertexts do not compress
 
+
 class _SealSavable(Protocol):
     def save(self, path: str) -> None: ...
 

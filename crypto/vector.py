@@ -55,7 +55,8 @@ class EncVector:
         expected = -(-self.length // self.chunk)
         if len(self.cts) != expected:
             raise LayoutError(
-                f"{self.length} values in chunks of {self.chunk} need {expected} ciphertexts, got {len(self.cts)}"
+                f"{self.length} values in chunks of {self.chunk} need {expected} ciphertexts, "
+                f"got {len(self.cts)}"
             )
 
     def count(self, k: int) -> int:

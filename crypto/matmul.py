@@ -1,0 +1,321 @@
+"""Encrypted vector x plaintext matrix: `y = x^T W` for any shape, by generalised diagonals with BSGS.
+
+Inputs longer than the slot count come as several ciphertexts (chunks of period `p`); outputs longer
+than one ciphertext are computed as tiles of `nt` columns, each tile one output ciphertext. For one
+chunk and one tile, with `x` replicated with period `p` along the slots,
+
+    y[t] = sum_{k < p} x[(t + k) mod p] * W[(t + k) mod p, t]           (generalised diagonal k)
+
+Replicated packing: when a tile is narrower than the slots, the `p` diagonals are split over `r`
+blocks at slot offsets `o_rho = rho * stride`, block `rho` taking diagonals `rho*K .. rho*K + K - 1`;
+the stride is chosen so block `rho` sees `x` already shifted by `rho*K` (stride = K mod p), so one
+plaintext carries r diagonals. A final fold `sum_rho rot(y, o_rho)` adds the blocks (r - 1 rotations).
+
+Baby-step / giant-step: diagonal `k = a*B + b`; the B baby rotations `rot(x, b)` (step 1, chained) are
+shared by every tile, the plaintexts are pre-rotated by `-a*B`, and the giant steps are summed Horner
+style, `(...(acc_{G-1} rot B) + acc_{G-2}) rot B ... + acc_0`, so a plan needs Galois keys for only
+four steps: 1, B, the block stride and the replication period. Products are summed before one rescale
+per output ciphertext.
+
+Plaintext diagonals are encoded on first use and cached in the `PlainMatrix` up to a byte budget (no
+eviction: the first plaintexts stay hot, later ones are re-encoded each call); one plaintext at level l
+takes N * (l + 1) * 8 bytes (131 KB at N = 8192, level 1).
+
+Costs per product: rotations = chunks * (copies - 1 + B - 1) + tiles * (G - 1 + r - 1), plaintext
+products = chunks * tiles * K. TenSEAL's `CKKSVector.mm` does one rotation and one encoding per input
+row and is wrong when input + output length exceeds the slots + 1 (DESIGN.md section 7).
+
+References: Halevi & Shoup, "Algorithms in HElib" (2014), diagonal method and BSGS; Juvekar et al.,
+GAZELLE (2018), hybrid/replicated packing; DESIGN.md section 7.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from crypto import arith
+from crypto.engine import Ciphertext, Engine, Plaintext
+from crypto.keys import RotationPlan
+from crypto.vector import EncVector
+from model.errors import LayoutError
+
+FloatArray = npt.NDArray[np.float64]
+DEFAULT_CACHE_BYTES = 2 << 30  # per matrix: holds the LM head's 8,640 level-1 plaintexts (1.1 GB)
+_ROT_MS, _PT_MS = 1.4, 0.15  # measured per rotation / per cached plaintext product (N=8192, level 1)
+
+
+@dataclass(frozen=True)
+class MatmulPlan:
+    """Geometry of one product: period, tiles, blocks and baby/giant split. Pure function of shapes."""
+
+    m: int  # input length
+    n: int  # output length
+    slots: int
+    period: int  # p: input values per chunk (zero rows pad the last chunk)
+    chunks: int  # input ciphertexts
+    tile: int  # nt: output values per output ciphertext
+    blocks: int  # r: diagonal blocks per plaintext
+    diags: int  # K: diagonals per block
+    stride: int  # slot distance between blocks
+    copies: int  # replicas of the input needed along the slots
+    baby: int  # B
+    giant: int  # G
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.n // self.tile)
+
+    @property
+    def rotations(self) -> int:
+        return self.chunks * (self.copies - 1 + self.baby - 1) + self.tiles * (
+            self.giant - 1 + self.blocks - 1
+        )
+
+    @property
+    def plaintexts(self) -> int:
+        return self.chunks * self.tiles * self.diags
+
+    def rotation_plan(self) -> RotationPlan:
+        """The Galois keys this product needs."""
+        steps = [1, self.baby * 1]
+        if self.blocks > 1:
+            steps.append(self.stride)
+        if self.copies > 1:
+            steps.append(-self.period)
+        return RotationPlan.of(steps, self.slots)
+
+
+def _geometry(p: int, nt: int, r: int, slots: int) -> tuple[int, int, int] | None:
+    """(K, stride, copies) for r blocks, or None if the blocks do not fit."""
+    k = -(-p // r)
+    if r > 1 and (r - 1) * k >= p:
+        return None
+    if slots % p == 0:  # cyclic: x repeats over all slots, windows may wrap
+        stride = k
+        if k < nt and r > 1:
+            return None
+        if slots - (r - 1) * stride < nt:
+            return None
+        return k, stride, slots // p
+    stride = k + max(0, -(-(nt - k) // p)) * p  # = K mod p, >= nt
+    reach = (r - 1) * stride + k + nt - 1
+    if reach > (slots // p) * p:
+        return None
+    return k, stride, -(-reach // p)
+
+
+def plan_matmul(m: int, n: int, slots: int, in_chunk: int | None = None) -> MatmulPlan:
+    """Choose tiles, blocks and the baby/giant split minimising estimated time.
+
+    Args:
+        m, n: matrix shape (input length, output length).
+        slots: slot count of the parameter set.
+        in_chunk: values per input ciphertext (default: all slots). A single-ciphertext input uses
+            period m; a multi-ciphertext input uses period `in_chunk`.
+    """
+    if m <= 0 or n <= 0:
+        raise LayoutError(f"matrix shape must be positive, got {m} x {n}")
+    chunk = slots if in_chunk is None else in_chunk
+    chunks = -(-m // chunk)
+    # candidate periods: the exact length, or zero-padded to a divisor of the slots (cyclic, no wrap issue)
+    periods = {chunk} if chunks > 1 else {m, min(slots, 1 << (m - 1).bit_length())}
+    best: tuple[float, MatmulPlan] | None = None
+    for p in sorted(periods):
+        found: tuple[float, MatmulPlan] | None = None
+        tiles = -(-n // slots) - 1
+        while found is None and tiles < n:  # the fewest output ciphertexts that fit, then the best blocks
+            tiles += 1
+            nt = -(-n // tiles)
+            for r in range(1, max(1, slots // nt) + 1):
+                geo = _geometry(p, nt, r, slots)
+                if geo is None:
+                    continue
+                k, stride, copies = geo
+                b = max(1, round(math.sqrt(k * tiles / chunks)))
+                g = -(-k // b)
+                plan = MatmulPlan(m, n, slots, p, chunks, nt, r, k, stride, copies, b, g)
+                cost = plan.rotations * _ROT_MS + plan.plaintexts * _PT_MS
+                if found is None or cost < found[0]:
+                    found = (cost, plan)
+        if found is not None and (best is None or found[0] < best[0]):
+            best = found
+    if best is None:
+        raise LayoutError(f"no packing found for {m} x {n} with {slots} slots")
+    return best[1]
+
+
+class PlainMatrix:
+    """A plaintext weight matrix (m x n, float64) with its cache of encoded diagonals.
+
+    Args:
+        weights: the matrix; `y = x^T W`.
+        cache_bytes: budget for encoded plaintexts (no eviction; beyond it they are re-encoded).
+    """
+
+    def __init__(self, weights: npt.ArrayLike, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.ndim != 2:
+            raise LayoutError(f"weights must be 2-D, got shape {w.shape}")
+        self.weights = w
+        self.cache_bytes = cache_bytes
+        self.cached_bytes = 0
+        self._cache: dict[tuple[Any, ...], Plaintext] = {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.weights.shape[0]), int(self.weights.shape[1]))
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self.cached_bytes = 0
+
+    def plaintext(self, eng: Engine, key: tuple[Any, ...], level: int, build: Any) -> Plaintext | None:
+        """Cached plaintext for `key`, built by `build()` (None if the diagonal block is all zero)."""
+        full = (key, level)
+        if full in self._cache:
+            return self._cache[full]
+        values = build()
+        if values is None:
+            return None
+        pt = eng.encode(values, level)
+        size = eng.params.poly_modulus_degree * (level + 1) * 8
+        if self.cached_bytes + size <= self.cache_bytes:
+            self._cache[full] = pt
+            self.cached_bytes += size
+        return pt
+
+
+def replicate(eng: Engine, ct: Ciphertext, period: int, copies: int) -> Ciphertext:
+    """x + rot(x, -p) + rot(x, -2p) + ...: `copies` replicas (needs zero padding past the period)."""
+    acc, cur = ct, ct
+    for _ in range(copies - 1):
+        cur = eng.rotate(cur, -period)
+        acc = eng.add(acc, cur)
+    return acc
+
+
+def _diagonal_values(
+    w: FloatArray,
+    plan: MatmulPlan,
+    blocks: list[tuple[int, int, int]],
+    row0: int,
+    d: int,
+    shift: int,
+    col0: int,
+    t: npt.NDArray[np.int64],
+) -> FloatArray | None:
+    """Slot values of the plaintext for baby diagonal d pre-rotated by -shift (None if all zero)."""
+    vec = np.zeros(plan.slots)
+    for offset, first, count in blocks:
+        if d >= count:
+            continue
+        rows = row0 + (first + d + t) % plan.period
+        ok = rows < w.shape[0]
+        vec[(offset + shift + t[ok]) % plan.slots] = w[rows[ok], col0 + t[ok]]
+    return vec if np.any(vec) else None
+
+
+def diagonal_sum(
+    eng: Engine,
+    mat: PlainMatrix,
+    babies: list[list[Ciphertext]],
+    plan: MatmulPlan,
+    tile: int,
+    blocks: list[tuple[int, int, int]],
+    level: int,
+    tag: str,
+) -> Ciphertext:
+    """sum_a rot(sum_i sum_b rot(x_i, b) * D[i, a, b], a*B), rescaled.
+
+    blocks = (slot offset, first diagonal, diagonal count) per block.
+    """
+    w, p = mat.weights, plan.period
+    col0 = tile * plan.tile
+    nt = min(plan.tile, plan.n - col0)
+    t = np.arange(nt)
+    result: Ciphertext = None
+    for a in reversed(range(plan.giant)):
+        acc: Ciphertext | None = None
+        for i, xs in enumerate(babies):
+            row0 = i * p
+            for b, xb in enumerate(xs):
+                d = a * plan.baby + b
+                build = partial(_diagonal_values, w, plan, blocks, row0, d, a * plan.baby, col0, t)
+                pt = mat.plaintext(eng, (tag, i, tile, a, b), level, build)
+                if pt is not None:
+                    acc = eng.mul_plain_acc(acc, xb, pt)
+        if acc is None:
+            acc = eng.mul_plain(babies[0][0], eng.const(0.0, level))
+        result = acc if result is None else eng.add(eng.rotate(result, plan.baby), acc)
+    return eng.rescale(result)
+
+
+def _prepare(eng: Engine, x: EncVector, plan: MatmulPlan, level: int | None) -> tuple[EncVector, int]:
+    lvl = x.level if level is None else level
+    eng.require("matmul", min(x.level, lvl), 1)
+    if lvl > x.level:
+        raise LayoutError(f"cannot compute at level {lvl} above the input's level {x.level}")
+    if plan.period < eng.slots and not x.clean:
+        eng.require("matmul (clean input padding first)", x.level, 2)
+        x = arith.clean(eng, x)
+        lvl = min(lvl, x.level)
+    return arith.drop(eng, x, lvl), lvl
+
+
+def matmul(
+    eng: Engine, x: EncVector, mat: PlainMatrix, plan: MatmulPlan | None = None, level: int | None = None
+) -> EncVector:
+    """y = x^T W for an encrypted vector x (length m) and plaintext W (m x n). Depth 1.
+
+    Args:
+        eng: worker engine with the plan's Galois keys (`plan.rotation_plan()`).
+        x: encrypted input; needs clean padding if its period is below the slot count (else one
+            extra level is spent to clean it).
+        mat: the weights with their plaintext cache.
+        plan: from `plan_matmul(m, n, slots, x.chunk)` (computed if omitted).
+        level: multiply at this level (drop x first): level 1 is cheapest (smaller plaintexts and
+            rotations) and leaves the result at level 0.
+
+    Returns:
+        `n` values in ciphertexts of `plan.tile` values, one level below the level used.
+
+    Raises:
+        LevelsExhausted, LayoutError, MissingRotationKey.
+    """
+    m, n = mat.shape
+    if x.length != m:
+        raise LayoutError(f"input has {x.length} values, matrix has {m} rows")
+    plan = plan if plan is not None else plan_matmul(m, n, eng.slots, x.chunk)
+    if plan.chunks != len(x.cts) or (plan.chunks > 1 and plan.period != x.chunk):
+        raise LayoutError(
+            f"plan for {plan.chunks} chunks of {plan.period}, input has {len(x.cts)} of {x.chunk}"
+        )
+    x, lvl = _prepare(eng, x, plan, level)
+    babies = []
+    for ct in x.cts:
+        rep = replicate(eng, ct, plan.period, plan.copies) if plan.period < eng.slots else ct
+        xs = [rep]
+        for _ in range(1, plan.baby):
+            xs.append(eng.rotate(xs[-1], 1))
+        babies.append(xs)
+    blocks = [
+        (r * plan.stride, r * plan.diags, min(plan.diags, plan.period - r * plan.diags))
+        for r in range(plan.blocks)
+    ]
+    outs = []
+    for tile in range(plan.tiles):
+        y = diagonal_sum(eng, mat, babies, plan, tile, blocks, lvl, "vec")
+        if plan.blocks > 1:
+            acc, cur = y, y
+            for _ in range(plan.blocks - 1):
+                cur = eng.rotate(cur, plan.stride)
+                acc = eng.add(acc, cur)
+            y = acc
+        outs.append(y)
+    return EncVector(tuple(outs), n, plan.tile, lvl - 1, clean=plan.blocks == 1)

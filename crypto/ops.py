@@ -1,0 +1,119 @@
+"""The sampler's `VectorOps` interface on CKKS ciphertexts, with counted refreshes.
+
+`CkksOps` satisfies `model.vector_ops.VectorOps[EncVector]` structurally (this module does not import
+`model.vector_ops`), so the sampler runs unchanged on ciphertexts. Refresh is the key holder's oracle
+(DESIGN.md section 4): a constructor argument `refresh(vec) -> vec` that decrypts and re-encrypts at
+the top level; `local_refresh(secret)` is that function for tests and benchmarks.
+
+Depths at N = 8192 (2 levels per fresh ciphertext): cubic 2, mul / mul_const 1, prefix_sum 2,
+shift_right 1, add / sub / add_const 0. Before an operation that needs more levels than its input has,
+`CkksOps` refreshes the input (counted in `refreshes`) if `auto_refresh` is on, else raises
+`LevelsExhausted` before computing. `ensure_levels` refreshes explicitly. A sampler step (DESIGN.md
+section 2) takes ~28 refreshes of the 12-ciphertext vocabulary vector at N = 8192: one before the
+first cubic (the prefix sum used both levels), one per further cubic (25), one for the shift and the
+product, one for PP.
+
+References: model/vector_ops.py; DESIGN.md sections 2 and 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from crypto import arith, poly, prefix
+from crypto.engine import Engine
+from crypto.keys import RotationPlan, SecretContext
+from crypto.vector import EncVector, decrypt_vector, encrypt_vector
+from model.errors import LevelsExhausted
+
+Refresh = Callable[[EncVector], EncVector]
+Cubic = tuple[float, float, float, float]
+
+
+def local_refresh(secret: SecretContext) -> Refresh:
+    """A refresh oracle run in-process by the key holder: decrypt, re-encrypt at the top, same layout."""
+    eng = Engine.for_key_holder(secret)
+
+    def refresh(vec: EncVector) -> EncVector:
+        return encrypt_vector(secret, decrypt_vector(secret, vec), chunk=vec.chunk, engine=eng)
+
+    return refresh
+
+
+def sampler_rotation_plan(slot_count: int, chunk: int | None = None) -> RotationPlan:
+    """Galois keys for every `CkksOps` operation on vectors of `chunk` values per ciphertext."""
+    c = slot_count if chunk is None else chunk
+    return prefix.prefix_rotation_plan(slot_count).union(prefix.shift_rotation_plan(slot_count, c))
+
+
+class CkksOps:
+    """`VectorOps[EncVector]` over a worker engine.
+
+    Args:
+        engine: the worker's engine (Galois keys from `sampler_rotation_plan`).
+        refresh: the key holder's refresh oracle.
+        auto_refresh: refresh automatically when an operation lacks levels (else raise LevelsExhausted).
+    """
+
+    def __init__(self, engine: Engine, refresh: Refresh, auto_refresh: bool = True) -> None:
+        self.engine = engine
+        self._refresh = refresh
+        self.auto_refresh = auto_refresh
+        self.refreshes = 0
+        self.refreshed_ciphertexts = 0
+
+    def refresh(self, a: EncVector) -> EncVector:
+        """Call the oracle (counted)."""
+        self.refreshes += 1
+        self.refreshed_ciphertexts += len(a.cts)
+        out = self._refresh(a)
+        if out.level < self.engine.top_level:
+            raise LevelsExhausted("refresh", self.engine.top_level, out.level)
+        return out
+
+    def _levels(self, a: EncVector, needed: int, operation: str) -> EncVector:
+        if a.level >= needed:
+            return a
+        if not self.auto_refresh:
+            raise LevelsExhausted(operation, needed, a.level)
+        return self.ensure_levels(a, needed)
+
+    def ensure_levels(self, a: EncVector, levels: int) -> EncVector:
+        """`a`, refreshed if it has fewer than `levels` levels left.
+
+        Raises:
+            LevelsExhausted: `levels` exceeds the depth of the parameter set (no refresh can help).
+        """
+        if levels > self.engine.top_level:
+            raise LevelsExhausted("ensure_levels", levels, self.engine.top_level)
+        return a if a.level >= levels else self.refresh(a)
+
+    def add(self, a: EncVector, b: EncVector) -> EncVector:
+        return arith.add(self.engine, a, b)
+
+    def sub(self, a: EncVector, b: EncVector) -> EncVector:
+        return arith.sub(self.engine, a, b)
+
+    def mul(self, a: EncVector, b: EncVector) -> EncVector:
+        a = self._levels(a, 1, "mul")
+        b = self._levels(b, 1, "mul")
+        return arith.mul(self.engine, a, b)
+
+    def mul_const(self, a: EncVector, c: float) -> EncVector:
+        if c == 1.0:
+            return a
+        if c == -1.0:
+            return arith.negate(self.engine, a)
+        return arith.mul_const(self.engine, self._levels(a, 1, "mul_const"), c)
+
+    def add_const(self, a: EncVector, c: float) -> EncVector:
+        return arith.add_const(self.engine, a, c)
+
+    def cubic(self, a: EncVector, coeffs: Cubic) -> EncVector:
+        return poly.cubic(self.engine, self._levels(a, poly.cubic_depth(coeffs), "cubic"), coeffs)
+
+    def prefix_sum(self, a: EncVector) -> EncVector:
+        return prefix.prefix_sum(self.engine, self._levels(a, prefix.PREFIX_DEPTH, "prefix_sum"))
+
+    def shift_right(self, a: EncVector) -> EncVector:
+        return prefix.shift_right(self.engine, self._levels(a, prefix.SHIFT_DEPTH, "shift_right"))
