@@ -47,8 +47,10 @@ class Engine:
         relin_keys: Any = None,
         galois_keys: Any = None,
         plan: RotationPlan | None = None,
+        public_key: Any = None,
     ) -> None:
         self.params = params
+        self._zero_encryptor = sealapi.Encryptor(seal_context, public_key) if public_key is not None else None
         self.seal_context = seal_context
         self.encoder = sealapi.CKKSEncoder(seal_context)
         self.evaluator = sealapi.Evaluator(seal_context)
@@ -78,12 +80,22 @@ class Engine:
     @classmethod
     def for_worker(cls, public: PublicContext) -> Engine:
         """Engine over a loaded public context (relinearisation and planned Galois keys)."""
-        return cls(public.params, public.seal_context, public.relin_keys, public.galois_keys, public.plan)
+        return cls(
+            public.params,
+            public.seal_context,
+            public.relin_keys,
+            public.galois_keys,
+            public.plan,
+            public.tenseal_context.public_key().data,
+        )
 
     @classmethod
     def for_key_holder(cls, secret: SecretContext) -> Engine:
         """Engine for encoding / level bookkeeping on the key holder (no Galois keys)."""
-        return cls(secret.params, secret.seal_context, secret.tenseal_context.relin_keys().data)
+        ctx = secret.tenseal_context
+        return cls(
+            secret.params, secret.seal_context, ctx.relin_keys().data, public_key=ctx.public_key().data
+        )
 
     # --- levels and scales -------------------------------------------------------------------
 
@@ -128,6 +140,15 @@ class Engine:
         return pt
 
     # --- arithmetic --------------------------------------------------------------------------
+
+    def zero(self, level: int, scale: float | None = None) -> Ciphertext:
+        """A fresh public-key encryption of zero (SEAL refuses to produce all-zero "transparent" results)."""
+        if self._zero_encryptor is None:
+            raise LayoutError("this engine has no public key to encrypt a zero ciphertext")
+        out = sealapi.Ciphertext()
+        self._zero_encryptor.encrypt_zero(self._parms[level], out)
+        out.scale = self._scales[level] if scale is None else scale
+        return out
 
     def copy(self, ct: Ciphertext) -> Ciphertext:
         out = sealapi.Ciphertext()

@@ -102,7 +102,8 @@ def _geometry(p: int, nt: int, r: int, slots: int) -> tuple[int, int, int] | Non
             return None
         if slots - (r - 1) * stride < nt:
             return None
-        return k, stride, slots // p
+        reach = (r - 1) * stride + k + nt - 1
+        return k, stride, -(-reach // p) if reach <= slots else slots // p
     stride = k + max(0, -(-(nt - k) // p)) * p  # = K mod p, >= nt
     reach = (r - 1) * stride + k + nt - 1
     if reach > (slots // p) * p:
@@ -250,9 +251,12 @@ def diagonal_sum(
                 pt = mat.plaintext(eng, (tag, i, tile, a, b), level, build)
                 if pt is not None:
                     acc = eng.mul_plain_acc(acc, xb, pt)
-        if acc is None:
-            acc = eng.mul_plain(babies[0][0], eng.const(0.0, level))
-        result = acc if result is None else eng.add(eng.rotate(result, plan.baby), acc)
+        if result is not None:
+            result = eng.rotate(result, plan.baby)
+        if acc is not None:
+            result = acc if result is None else eng.add(result, acc)
+    if result is None:  # an all-zero tile of W
+        return eng.zero(level - 1)
     return eng.rescale(result)
 
 

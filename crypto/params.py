@@ -14,10 +14,11 @@ Presets (DESIGN.md sections 2, 4 and 7):
 | `CKKS_DEFAULT`  | 8,192  | 60, 49, 49, 60 (218 bits)     | 2^49  | 2     | 4,096 |
 | `CKKS_DEEP`     | 16,384 | 60, 6 x 50, 60 (420 bits)     | 2^50  | 6     | 8,192 |
 
-`CKKS_DEFAULT` spends the whole 218-bit budget of N = 8192 on precision: the prefix sum over the
-49,152-slot vocabulary adds up the noise of every slot, and at 2^40 (`CKKS_40`, TenSEAL's usual
-choice) the error of `c - r` is close to the 1e-7 budget; at 2^49 it is far below (see
-bench/bench_crypto.py for measured figures).
+`CKKS_TEST` is for fast wiring tests only: at scale 2^24 one rotation already costs up to ~4e-2 of
+absolute error, so it cannot check precision. `CKKS_DEFAULT` spends the whole 218-bit budget of
+N = 8192 on precision: the prefix sum over the 49,152-slot vocabulary adds up the noise of every slot;
+at 2^40 (`CKKS_40`, TenSEAL's usual choice) the error of `c - r` is ~5e-7, above the 1e-7 budget of
+DESIGN.md section 2, at 2^49 it is ~1e-9 (bench/bench_crypto.py measures both).
 
 References: SEAL `CoeffModulus::MaxBitCount` (HomomorphicEncryption.org security standard).
 """

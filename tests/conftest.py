@@ -46,3 +46,44 @@ def tiny():  # type: ignore[no-untyped-def]
     from model.loading import build_tiny_model
 
     return build_tiny_model()
+
+
+# --- CKKS fixtures ---
+
+
+class CkksKeys:
+    """One secret context per preset, and worker engines built from public bytes, cached per rotation plan."""
+
+    def __init__(self, params):  # type: ignore[no-untyped-def]
+        from crypto.keys import create_secret_context
+
+        self.params = params
+        self.secret = create_secret_context(params)
+        self._engines: dict[object, object] = {}
+
+    def engine(self, plan=None):  # type: ignore[no-untyped-def]
+        """A worker engine loaded from `public_context_bytes(secret, plan)` (the real wire path)."""
+        from crypto.engine import Engine
+        from crypto.keys import RotationPlan, load_public_context, public_context_bytes
+
+        plan = RotationPlan() if plan is None else plan
+        if plan not in self._engines:
+            public = load_public_context(public_context_bytes(self.secret, plan))
+            self._engines[plan] = Engine.for_worker(public)
+        return self._engines[plan]
+
+
+@pytest.fixture(scope="session")
+def ckks():  # type: ignore[no-untyped-def]
+    """Keys for CKKS_DEFAULT (N=8192, scale 2^49): precise enough for 1e-6 comparisons."""
+    from crypto.params import CKKS_DEFAULT
+
+    return CkksKeys(CKKS_DEFAULT)
+
+
+@pytest.fixture(scope="session")
+def ckks_small():  # type: ignore[no-untyped-def]
+    """Keys for CKKS_TEST (N=4096, 2,048 slots, scale 2^24): fast, ~1e-3 precision."""
+    from crypto.params import CKKS_TEST
+
+    return CkksKeys(CKKS_TEST)

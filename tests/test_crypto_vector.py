@@ -1,0 +1,73 @@
+"""Encrypted vectors longer than one ciphertext: levels, serialisation (whole and chunked)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crypto.vector import (
+    decrypt_vector,
+    deserialize_decrypt_decode,
+    encode_encrypt_serialize,
+    encrypt_vector,
+    vector_from_bytes,
+    vector_from_chunks,
+    vector_nbytes,
+    vector_to_bytes,
+    vector_to_chunks,
+)
+from model.errors import LayoutError, WireFormatError
+from tests.conftest import assert_close
+
+ATOL = 1e-9
+
+
+@pytest.mark.parametrize("length,chunk", [(1, None), (4096, None), (10_000, None), (1000, 300)])
+def test_encrypt_decrypt_and_round_trips(ckks, rng, length: int, chunk: int | None) -> None:  # type: ignore[no-untyped-def]
+    x = rng.uniform(-1, 1, length)
+    v = encrypt_vector(ckks.secret, x, chunk)
+    assert v.level == ckks.params.depth
+    assert len(v.cts) == -(-length // (chunk or ckks.params.slot_count))
+    assert_close(decrypt_vector(ckks.secret, v), x, ATOL)
+    worker = ckks.engine()
+    public = type("P", (), {"seal_context": worker.seal_context, "params": worker.params})()
+    w = vector_from_bytes(public, vector_to_bytes(v))
+    assert (w.length, w.chunk, w.level) == (v.length, v.chunk, v.level)
+    assert_close(decrypt_vector(ckks.secret, w), x, ATOL)
+    chunks = vector_to_chunks(v)
+    assert len(chunks) == 1 + len(v.cts)
+    assert_close(decrypt_vector(ckks.secret, vector_from_chunks(public, chunks)), x, ATOL)
+    assert vector_nbytes(v) == sum(len(c) for c in chunks)
+
+
+def test_encode_encrypt_serialize_pipeline(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    x = rng.uniform(-1, 1, 5000)
+    assert_close(deserialize_decrypt_decode(ckks.secret, encode_encrypt_serialize(ckks.secret, x)), x, ATOL)
+
+
+def test_lower_level_encryption_is_tracked(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    x = rng.uniform(-1, 1, 10)
+    v = encrypt_vector(ckks.secret, x, level=0)
+    assert v.level == 0
+    assert vector_from_bytes(ckks.secret, vector_to_bytes(v)).level == 0
+
+
+def test_header_level_mismatch_and_garbage_are_rejected(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    v = encrypt_vector(ckks.secret, rng.uniform(-1, 1, 10))
+    chunks = vector_to_chunks(v)
+    header = json.loads(chunks[0])
+    header["level"] = 0
+    with pytest.raises(WireFormatError):
+        vector_from_chunks(ckks.secret, [json.dumps(header).encode(), *chunks[1:]])
+    with pytest.raises(WireFormatError):
+        vector_from_chunks(ckks.secret, [chunks[0], b"not a ciphertext"])
+    with pytest.raises(WireFormatError):
+        vector_from_bytes(ckks.secret, vector_to_bytes(v)[:-7])
+
+
+def test_bad_layouts_raise(ckks) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(LayoutError):
+        encrypt_vector(ckks.secret, [])
+    with pytest.raises(LayoutError):
+        encrypt_vector(ckks.secret, [1.0], chunk=ckks.params.slot_count + 1)
