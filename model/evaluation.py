@@ -22,13 +22,15 @@ Li et al. 2016 (distinct-n); Wilson 1927 (score interval).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from model.errors import InputError
+from model.generate import DecodeSession, Selector
 from model.loading import LoadedModel
 from model.sampler import compose, one_hot_from_steps, post_process, step_polynomials
 from model.simulate import mixture
@@ -104,9 +106,18 @@ class SingleStepDraws:
 
 
 def single_step_draws(
-    q: FloatArray, table: FloatArray, rs: FloatArray, amp_rounds: int, batch: int = 64
+    q: FloatArray,
+    table: FloatArray,
+    rs: FloatArray,
+    amp_rounds: int,
+    batch: int = 64,
+    on_progress: Callable[[int], None] | None = None,
 ) -> SingleStepDraws:
-    """Run the circuit for every r on one ordered distribution q; `table` is W_pi (V, d) in the same order."""
+    """Run the circuit for every r on one ordered distribution q; `table` is W_pi (V, d) in the same order.
+
+    Args:
+        on_progress: called with the number of draws finished after every batch.
+    """
     norm_max = float(np.linalg.norm(table, axis=1).max())
     parts: list[tuple[FloatArray, ...]] = []
     targets = exact_positions(q, rs)
@@ -127,6 +138,8 @@ def single_step_draws(
                 raw.sum(axis=1),
             )
         )
+        if on_progress is not None:
+            on_progress(len(t))
     columns = [np.concatenate([p[i] for p in parts]) for i in range(5)]
     return SingleStepDraws(targets, *columns)
 
@@ -235,7 +248,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 
 
 def bootstrap_mean_interval(
-    values: Sequence[float], rng: np.random.Generator, resamples: int = 2000, level: float = 0.95
+    values: npt.ArrayLike, rng: np.random.Generator, resamples: int = 2000, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean; (nan, nan) for no values."""
     data = np.asarray(values, dtype=np.float64)
@@ -244,3 +257,50 @@ def bootstrap_mean_interval(
     means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
     tail = (1 - level) / 2
     return (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
+
+
+# --- fixed-length generation for the collapse study ---------------------------------------------
+
+
+def generate_fixed_length(
+    loaded: LoadedModel,
+    prompt_ids: Sequence[int],
+    selector: Selector,
+    length: int,
+    seed: int,
+    ban_eos: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Generate exactly `length` displayed tokens with the KV-cached loop of `model.generate`.
+
+    EOS logits are set to -inf in every condition when `ban_eos` (the instruct model would otherwise end
+    most replies after a few hundred tokens, and collapse is a long-generation effect). The r stream is
+    `default_rng(seed).random()`, one per step, as in `generate`, so conditions with the same seed share it.
+
+    Args:
+        on_progress: called with 1 after every generated token.
+
+    Raises:
+        InputError: the prompt plus `length` does not fit the context window.
+    """
+    if len(prompt_ids) + length > loaded.context_window:
+        raise InputError(
+            f"prompt ({len(prompt_ids)} tokens) + length ({length}) exceeds {loaded.name}'s context window "
+            f"({loaded.context_window}); lower --length"
+        )
+    rng = np.random.default_rng(seed)
+    session = DecodeSession(loaded)
+    banned = torch.tensor(sorted(loaded.eos_token_ids), dtype=torch.long)
+    logits = session.prefill(prompt_ids)
+    tokens: list[int] = []
+    for index in range(length):
+        if ban_eos and banned.numel():
+            logits = logits.clone()
+            logits[banned] = -math.inf
+        choice = selector.select(logits, float(rng.random()))
+        tokens.append(choice.token_id)
+        if index < length - 1:
+            logits = session.step(choice.embedding)
+        if on_progress is not None:
+            on_progress(1)
+    return tokens
