@@ -92,3 +92,16 @@ def test_noise_model_is_off_at_sigma_zero_and_changes_weights_above(
     for field in ("noise_sigma", "input_noise_sigma"):
         noisy = SimulateSelector(embeddings, perm, SamplerConfig(**{field: 1e-6}))  # type: ignore[arg-type]
         assert not np.array_equal(noisy.one_hot(logits, 0.4), clean)
+
+
+@pytest.mark.slow
+def test_default_model_simulate_matches_plain_with_a_sharp_step() -> None:
+    from model.loading import load_default
+
+    loaded = load_default()
+    prompt = build_prompt(loaded, USER)
+    embeddings = loaded.input_embeddings()
+    settings = GenerationSettings(max_new_tokens=32, temperature=1.0, seed=3)
+    plain = [s.token_id for s in generate(loaded, prompt, ExactSelector(embeddings, 1.0), settings)]
+    selector = SimulateSelector(embeddings, identity_perm(embeddings.shape[0]), NEAR_EXACT)
+    assert [s.token_id for s in generate(loaded, prompt, selector, settings)] == plain
