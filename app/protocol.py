@@ -40,6 +40,7 @@ from model.errors import (
     CryptoError,
     InputError,
     MessageTooLarge,
+    ParamsError,
     ProtocolError,
     SecretKeyError,
     UnknownMessageType,
@@ -319,6 +320,8 @@ def error_message(exc: Exception, request: str = "") -> Error:
     """The `Error` message for an exception, with its code (4500 for anything unexpected)."""
     if isinstance(exc, ProtocolError):
         code = exc.code
+    elif isinstance(exc, ParamsError):
+        code = CODE_BAD_REQUEST
     elif isinstance(exc, SecretKeyError):
         code = CODE_SECRET_KEY
     elif isinstance(exc, CryptoError):

@@ -1,0 +1,246 @@
+"""The key holder's client: connect to a worker, upload public keys, stream a reply, answer the oracle.
+
+Synchronous on purpose (websockets' sync client): the UI and the command line consume replies as
+plain generators, and while the key holder answers an oracle call the worker is waiting for it anyway.
+The secret key stays in `KeyHolderMath` on this side; only `public_context_bytes` output and
+ciphertexts go over the wire.
+
+    client = KeyHolderClient(url, math)         # connects, says Hello, uploads keys (chunked)
+    for event in client.generate(prompt_ids, settings):
+        ...                                     # TokenEvent / ProgressEvent, until the reply ends
+    client.close()
+
+Closing the generator early (the user pressed Stop, or the key holder saw EOS) sends Cancel and waits
+for the worker's Done, so the connection is ready for the next reply.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from websockets.exceptions import ConnectionClosed, InvalidURI
+from websockets.sync.client import ClientConnection, connect
+
+from app import protocol as p
+from model.errors import ChatError, ProtocolError
+
+
+class WorkerUnavailable(ChatError):
+    """The worker cannot be reached or went away; the message says where it was looked for."""
+
+
+class WorkerError(ChatError):
+    """The worker answered with an Error message."""
+
+    def __init__(self, error: p.Error) -> None:
+        self.code = error.code
+        super().__init__(f"worker error {error.code}: {error.message}")
+
+
+class KeyHolderMath(Protocol):
+    """The key holder's cryptography and plaintext functions (model/encrypted.py, or a test double)."""
+
+    preset: str
+
+    def public_context(self, galois_steps: list[int]) -> bytes: ...
+
+    def encrypt_prompt(self, prompt_ids: list[int]) -> list[bytes]: ...
+
+    def answer(self, fn: str, layer: int, blobs: list[bytes]) -> list[bytes]: ...
+
+    def read_token(self, blobs: list[bytes]) -> int: ...
+
+    def new_reply(self, settings: dict[str, Any]) -> None:
+        """Forget per-reply state (the attention cache) and take the reply's settings (temperature)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    """What the key holder asks the worker for (the worker-visible part of the settings)."""
+
+    max_new_tokens: int
+    seed: int
+    tsp: bool = True
+    pp: bool = True
+    amp_rounds: int = 3
+    temperature: float = 1.0  # applied by the key holder in the logits' softmax; never sent
+
+
+@dataclass
+class Telemetry:
+    """Per-token accounting kept on the key-holder side (the worker adds its own in Token.telemetry)."""
+
+    oracle_calls: int = 0
+    bytes_up: int = 0  # key holder -> worker
+    bytes_down: int = 0  # worker -> key holder
+    oracle_seconds: float = 0.0  # time this side spent answering
+    by_fn: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    index: int
+    token_id: int
+    worker: dict[str, Any]  # the worker's telemetry for this token
+    local: Telemetry
+    seconds: float  # wall time since the previous token
+    last_frame_hex: str  # the first bytes of the token's ciphertext, for "what the worker saw"
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    reason: str
+
+
+Event = TokenEvent | ProgressEvent | DoneEvent
+
+
+class KeyHolderClient:
+    """One session with a worker."""
+
+    def __init__(
+        self,
+        url: str,
+        math: KeyHolderMath,
+        open_timeout: float = 10.0,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.math = math
+        self.url = url
+        try:
+            self.conn: ClientConnection = connect(
+                url, max_size=p.MAX_MESSAGE_BYTES, compression=None, open_timeout=open_timeout
+            )
+        except (OSError, TimeoutError, InvalidURI, ConnectionClosed) as exc:
+            raise WorkerUnavailable(
+                f"cannot reach the worker at {url} ({exc}); start it with `python -m app worker` "
+                "or point --worker-url / HE_CHAT_WORKER_URL at a running one"
+            ) from exc
+        self.welcome = self._hello()
+        self.key_bytes = self._upload_keys(on_progress)
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _send(self, message: p.Message) -> int:
+        frame = p.encode(message)
+        try:
+            self.conn.send(frame)
+        except ConnectionClosed as exc:
+            raise WorkerUnavailable(f"the worker at {self.url} closed the connection ({exc})") from exc
+        return len(frame)
+
+    def _recv(self, timeout: float | None = None) -> tuple[p.Message, int]:
+        try:
+            frame = self.conn.recv(timeout=timeout)
+        except ConnectionClosed as exc:
+            raise WorkerUnavailable(f"the worker at {self.url} went away ({exc}); retry") from exc
+        if isinstance(frame, str):
+            raise ProtocolError("the worker sent a text frame")
+        message = p.decode(frame)
+        if isinstance(message, p.Error):
+            raise WorkerError(message)
+        return message, len(frame)
+
+    def _expect(self, kind: type[Any], timeout: float = 600.0) -> Any:
+        message, _ = self._recv(timeout)
+        if not isinstance(message, kind):
+            raise ProtocolError(f"expected {kind.type}, the worker sent {message.type}")
+        return message
+
+    def _hello(self) -> p.Welcome:
+        self._send(p.Hello(version=p.PROTOCOL_VERSION, preset=self.math.preset, client="he-chat key holder"))
+        welcome: p.Welcome = self._expect(p.Welcome, timeout=60)
+        return welcome
+
+    def _upload_keys(self, on_progress: Callable[[str, int, int], None] | None) -> int:
+        data = self.math.public_context(self.welcome.galois_steps)
+        size = self.welcome.key_chunk_bytes
+        chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+        for index, chunk in enumerate(chunks):
+            self._send(p.KeyChunk(self.welcome.session, index, len(chunks), [chunk]))
+            if on_progress:
+                on_progress("uploading keys", index + 1, len(chunks))
+        accepted: p.KeysAccepted = self._expect(p.KeysAccepted)
+        return accepted.bytes
+
+    # --- replies ------------------------------------------------------------------------------
+
+    def generate(self, prompt_ids: list[int], request: ReplyRequest) -> Iterator[Event]:
+        """Stream one reply. Closing the iterator early cancels it on the worker."""
+        self.math.new_reply({"temperature": request.temperature})
+        request_id = uuid.uuid4().hex
+        blobs = self.math.encrypt_prompt(prompt_ids)
+        local = Telemetry()
+        local.bytes_up += self._send(
+            p.Generate(
+                session=self.welcome.session,
+                request=request_id,
+                prompt_tokens=len(prompt_ids),
+                max_new_tokens=request.max_new_tokens,
+                seed=request.seed,
+                tsp=request.tsp,
+                pp=request.pp,
+                amp_rounds=request.amp_rounds,
+                blobs=blobs,
+            )
+        )
+        finished = False
+        last = time.perf_counter()
+        try:
+            while True:
+                message, size = self._recv()
+                local.bytes_down += size
+                if isinstance(message, p.OracleRequest):
+                    start = time.perf_counter()
+                    answer = self.math.answer(message.fn, message.layer, message.blobs)
+                    local.oracle_seconds += time.perf_counter() - start
+                    local.oracle_calls += 1
+                    local.by_fn[message.fn] = local.by_fn.get(message.fn, 0) + 1
+                    local.bytes_up += self._send(
+                        p.OracleReply(self.welcome.session, request_id, message.call, answer)
+                    )
+                elif isinstance(message, p.Progress):
+                    yield ProgressEvent(message.stage, message.done, message.total)
+                elif isinstance(message, p.Token):
+                    now = time.perf_counter()
+                    token = self.math.read_token(message.blobs)
+                    preview = message.blobs[0][:32].hex() if message.blobs else ""
+                    yield TokenEvent(message.index, token, message.telemetry, local, now - last, preview)
+                    local, last = Telemetry(), now
+                elif isinstance(message, p.Done):
+                    finished = True
+                    yield DoneEvent(message.reason)
+                    return
+        except WorkerError:
+            finished = True  # the worker rejected or aborted the request: nothing left to cancel
+            raise
+        finally:
+            if not finished:
+                self._cancel(request_id)
+
+    def _cancel(self, request_id: str) -> None:
+        """Tell the worker to stop and drain until its Done, answering nothing further."""
+        try:
+            self._send(p.Cancel(self.welcome.session, request_id))
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                message, _ = self._recv(timeout=deadline - time.monotonic())
+                if isinstance(message, p.Done):
+                    return
+        except (ChatError, TimeoutError):
+            self.close()  # the connection is in an unknown state; a new client reconnects
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,335 @@
+"""The model worker: a websockets server that computes on ciphertexts and never holds a secret key.
+
+One connection = one session. The key holder says Hello, uploads its public context in chunks, then
+asks for replies with Generate. A reply runs in a worker thread (`asyncio.to_thread`), so pings and
+other sessions stay alive; the job reaches the key holder only through `JobContext.oracle` (refresh and
+the allow-listed functions) and `JobContext.emit` (Progress, Token, Done).
+
+Faults never take the worker down: every bad frame gets an `Error` message with a code in 4000-4999
+(app/protocol.py); protocol violations that leave the connection unusable also close it with that
+code. A session's keys and job die with its connection. Only one reply is generated at a time (a
+2-core machine gains nothing from two); a second Generate meanwhile gets WorkerBusy (4007).
+
+Math lives elsewhere: `WorkerModel` (model/encrypted.py for the real pipeline) does the computing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from app import protocol as p
+from crypto.keys import PublicContext, load_public_context
+from crypto.params import preset
+from model.errors import (
+    ChatError,
+    LimitExceeded,
+    OutOfOrder,
+    ProtocolError,
+    UnknownSession,
+    VersionMismatch,
+    WorkerBusy,
+)
+
+log = logging.getLogger("he_chat.worker")
+FATAL_CODES = {4000, 4001, 4002, 4003}  # the peer does not speak our protocol: close the connection
+
+
+class Cancelled(Exception):
+    """Raised inside a job when the key holder cancelled or vanished."""
+
+
+@dataclass
+class JobContext:
+    """What a generation job may touch: the public context and two narrow channels to the key holder."""
+
+    public: PublicContext
+    request: p.Generate
+    oracle: Callable[[str, int, list[bytes]], list[bytes]]  # (fn, layer, blobs) -> blobs; blocks
+    emit: Callable[[p.Message], None]  # Progress / Token messages to the key holder
+    cancelled: threading.Event
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+
+
+class WorkerModel(Protocol):
+    """The computing part of a worker (the encrypted pipeline, or a test double)."""
+
+    name: str
+    vocab: int
+    ordering: str  # fingerprint of the baked-in vocabulary order
+
+    def galois_steps(self, preset_name: str) -> list[int]:
+        """Rotation steps the plan needs for a parameter preset (raises ParamsError if unsupported)."""
+        ...
+
+    def run(self, job: JobContext) -> str:
+        """Generate; emit Token messages; return the finish reason ("length" or "context")."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """Resource limits; a client that exceeds one gets LimitExceeded, the others carry on."""
+
+    max_message_bytes: int = p.MAX_MESSAGE_BYTES  # websockets max_size: one frame
+    max_sessions: int = 16  # concurrent connections with a session
+    max_key_bytes: int = 512 * 1024 * 1024  # public context per session (a full N=16384 key set is ~330 MB)
+    idle_seconds: float = 900.0  # a session with no message for this long is expired and closed
+    oracle_timeout: float = 600.0  # a key holder that does not answer an oracle call in time is dropped
+
+
+@dataclass
+class Session:
+    id: str
+    preset: str
+    connection: ServerConnection
+    last_seen: float = field(default_factory=time.monotonic)
+    key_chunks: list[bytes] = field(default_factory=list)
+    key_total: int = 0
+    public: PublicContext | None = None
+    job: asyncio.Task[None] | None = None
+    request: str = ""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    calls: dict[int, asyncio.Future[list[bytes]]] = field(default_factory=dict)
+    next_call: int = 0
+
+    @property
+    def key_bytes(self) -> int:
+        return sum(len(c) for c in self.key_chunks)
+
+
+class Worker:
+    """Sessions, dispatch and the single generation slot."""
+
+    def __init__(self, model: WorkerModel, limits: WorkerLimits = WorkerLimits()) -> None:
+        self.model = model
+        self.limits = limits
+        self.sessions: dict[str, Session] = {}
+        self.busy: Session | None = None  # the session whose reply is being generated
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- connection ---------------------------------------------------------------------------
+
+    async def handler(self, connection: ServerConnection) -> None:
+        self.loop = asyncio.get_running_loop()
+        session: Session | None = None
+        try:
+            while True:
+                try:
+                    frame = await asyncio.wait_for(connection.recv(), timeout=self.limits.idle_seconds)
+                except TimeoutError:
+                    expired = UnknownSession(
+                        f"session expired after {self.limits.idle_seconds:.0f} s without a message; reconnect"
+                    )
+                    await self._fail(connection, expired, close=True)
+                    return
+                try:
+                    message = p.decode(frame, self.limits.max_message_bytes)
+                    session = await self.dispatch(connection, session, message)
+                except (ChatError, ValueError) as exc:
+                    await self._fail(connection, exc)
+                    if isinstance(exc, ProtocolError) and exc.code in FATAL_CODES:
+                        return
+        except ConnectionClosed:
+            pass
+        except Exception as exc:  # noqa: BLE001 - one broken session must never take the worker down
+            log.exception("session crashed")
+            await self._fail(connection, exc)
+        finally:
+            if session is not None:
+                await self.drop(session)
+
+    async def _fail(self, connection: ServerConnection, exc: Exception, close: bool = False) -> None:
+        error = p.error_message(exc)
+        try:
+            await connection.send(p.encode(error))
+            if close or error.code in FATAL_CODES:
+                await connection.close(error.code, error.message[:120])
+        except ConnectionClosed:
+            pass
+
+    async def drop(self, session: Session) -> None:
+        """Free everything a session holds (keys, job, pending oracle calls)."""
+        session.cancelled.set()
+        for future in session.calls.values():
+            future.cancel()
+        if session.job is not None:
+            try:
+                await session.job
+            except Exception:  # noqa: BLE001, S110 - the job's own errors were already reported
+                pass
+        self.sessions.pop(session.id, None)
+        session.key_chunks.clear()
+        session.public = None
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    async def dispatch(
+        self, conn: ServerConnection, session: Session | None, msg: p.Message
+    ) -> Session | None:
+        if isinstance(msg, p.Hello):
+            return await self._hello(conn, session, msg)
+        if session is None:
+            raise OutOfOrder(f"{msg.type} before hello; start every connection with a Hello message")
+        if getattr(msg, "session", session.id) != session.id:
+            raise UnknownSession(f"unknown session {getattr(msg, 'session', '')!r}; use the id from Welcome")
+        session.last_seen = time.monotonic()
+        if isinstance(msg, p.KeyChunk):
+            await self._key_chunk(conn, session, msg)
+        elif isinstance(msg, p.Generate):
+            self._generate(conn, session, msg)
+        elif isinstance(msg, p.OracleReply):
+            future = session.calls.pop(msg.call, None) if msg.request == session.request else None
+            if future is None:
+                raise OutOfOrder(
+                    f"oracle reply for call {msg.call} of request {msg.request!r}, which is not open"
+                )
+            if not future.done():
+                future.set_result(msg.blobs)
+        elif isinstance(msg, p.Cancel):
+            if msg.request == session.request:
+                session.cancelled.set()
+                for future in session.calls.values():
+                    future.cancel()
+        else:
+            raise OutOfOrder(f"{msg.type} is a worker-to-client message; the worker does not accept it")
+        return session
+
+    async def _hello(self, conn: ServerConnection, session: Session | None, msg: p.Hello) -> Session:
+        if msg.version != p.PROTOCOL_VERSION:
+            raise VersionMismatch(f"client speaks protocol {msg.version}, this worker {p.PROTOCOL_VERSION}")
+        if session is not None:
+            raise OutOfOrder("hello twice on one connection; open a new connection for a new session")
+        if len(self.sessions) >= self.limits.max_sessions:
+            raise LimitExceeded(f"the worker serves {self.limits.max_sessions} sessions at most; retry later")
+        preset(msg.preset)  # raises ParamsError for an unknown preset
+        steps = self.model.galois_steps(msg.preset)
+        session = Session(id=uuid.uuid4().hex, preset=msg.preset, connection=conn)
+        self.sessions[session.id] = session
+        welcome = p.Welcome(
+            session=session.id,
+            model=self.model.name,
+            vocab=self.model.vocab,
+            ordering=self.model.ordering,
+            galois_steps=steps,
+            max_message_bytes=self.limits.max_message_bytes,
+            key_chunk_bytes=p.KEY_CHUNK_BYTES,
+        )
+        await conn.send(p.encode(welcome))
+        return session
+
+    async def _key_chunk(self, conn: ServerConnection, session: Session, msg: p.KeyChunk) -> None:
+        if session.public is not None:
+            raise OutOfOrder("keys were already accepted for this session")
+        if msg.index != len(session.key_chunks) or not 0 < msg.total <= 4096 or msg.index >= msg.total:
+            raise OutOfOrder(
+                f"key chunk {msg.index}/{msg.total} out of order; send chunks 0..total-1 in order"
+            )
+        if session.key_total and msg.total != session.key_total:
+            raise OutOfOrder("key chunk total changed during the upload")
+        session.key_total = msg.total
+        session.key_chunks.append(b"".join(msg.blobs))
+        if session.key_bytes > self.limits.max_key_bytes:
+            session.key_chunks.clear()
+            raise LimitExceeded(f"public context exceeds {self.limits.max_key_bytes:,} bytes")
+        if len(session.key_chunks) < msg.total:
+            return
+        data = b"".join(session.key_chunks)
+        session.key_chunks.clear()
+        public = await asyncio.to_thread(load_public_context, data)  # SecretKeyError / WireFormatError
+        if public.params.name != session.preset:
+            raise OutOfOrder(f"keys are for preset {public.params.name!r}, hello said {session.preset!r}")
+        session.public = public
+        await conn.send(p.encode(p.KeysAccepted(session.id, len(data))))
+
+    def _generate(self, conn: ServerConnection, session: Session, msg: p.Generate) -> None:
+        if session.public is None:
+            raise OutOfOrder("generate before the keys were uploaded; send the KeyChunk messages first")
+        if self.busy is not None:
+            raise WorkerBusy("the worker is generating another reply; retry when it is done")
+        self.busy = session
+        session.request = msg.request
+        session.cancelled = threading.Event()
+        session.job = asyncio.create_task(self._run(conn, session, msg))
+
+    async def _run(self, conn: ServerConnection, session: Session, msg: p.Generate) -> None:
+        assert session.public is not None and self.loop is not None
+        loop = self.loop
+
+        def emit(message: p.Message) -> None:
+            asyncio.run_coroutine_threadsafe(conn.send(p.encode(message)), loop).result()
+
+        def oracle(fn: str, layer: int, blobs: list[bytes]) -> list[bytes]:
+            if session.cancelled.is_set():
+                raise Cancelled()
+            future = asyncio.run_coroutine_threadsafe(self._ask(conn, session, fn, layer, blobs), loop)
+            try:
+                return future.result(timeout=self.limits.oracle_timeout)
+            except (concurrent.futures.CancelledError, ConnectionClosed) as exc:
+                raise Cancelled() from exc  # Cancel, or the key holder vanished
+            except TimeoutError as exc:
+                future.cancel()
+                raise LimitExceeded(
+                    f"the key holder did not answer a {fn} call within {self.limits.oracle_timeout:.0f} s"
+                ) from exc
+
+        job = JobContext(
+            public=session.public, request=msg, oracle=oracle, emit=emit, cancelled=session.cancelled
+        )
+        try:
+            reason = await asyncio.to_thread(self.model.run, job)
+            await conn.send(p.encode(p.Done(msg.request, reason)))
+        except Cancelled:
+            await self._send_quietly(conn, p.Done(msg.request, "cancelled"))
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            if not isinstance(exc, ChatError):
+                log.exception("generation failed")
+            await self._send_quietly(conn, p.error_message(exc, msg.request))
+        finally:
+            session.request = ""
+            session.job = None
+            if self.busy is session:
+                self.busy = None
+
+    async def _ask(
+        self, conn: ServerConnection, session: Session, fn: str, layer: int, blobs: list[bytes]
+    ) -> list[bytes]:
+        call = session.next_call
+        session.next_call += 1
+        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        session.calls[call] = future
+        await conn.send(p.encode(p.OracleRequest(session.request, call, fn, layer, blobs)))
+        return await future
+
+    @staticmethod
+    async def _send_quietly(conn: ServerConnection, message: p.Message) -> None:
+        try:
+            await conn.send(p.encode(message))
+        except ConnectionClosed:
+            pass
+
+
+async def start(worker: Worker, host: str = "127.0.0.1", port: int = 0) -> Server:
+    """Start serving; port 0 picks a free port (see `server.sockets[0].getsockname()`)."""
+    return await serve(
+        worker.handler,
+        host,
+        port,
+        max_size=worker.limits.max_message_bytes,
+        compression=None,  # ciphertexts do not compress
+        ping_interval=20,
+        ping_timeout=60,
+    )

@@ -1,0 +1,313 @@
+"""The worker server and the key-holder client over real loopback websockets (port 0), real CKKS.
+
+The computing part is a small test double (`CounterModel`): per token it refreshes the encrypted
+prompt through the oracle and adds 1 under encryption, so every test exercises real ciphertexts, the
+real oracle round trip and the real session machinery, in milliseconds. The encrypted transformer
+itself is tested in tests/test_encrypted.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from app import protocol as p
+from app.keyholder import DoneEvent, KeyHolderClient, ProgressEvent, ReplyRequest, TokenEvent, WorkerError
+from app.worker import JobContext, Worker, WorkerLimits, start
+from crypto import arith
+from crypto.engine import Engine
+from crypto.keys import MAGIC, WIRE_VERSION, RotationPlan, create_secret_context, public_context_bytes
+from crypto.params import CKKS_TEST, preset
+from crypto.vector import decrypt_vector, encrypt_vector, vector_from_chunks, vector_to_chunks
+
+
+class CounterModel:
+    """Worker test double: token k = prompt[0] + k + 1, computed on ciphertexts."""
+
+    name = "counter"
+    vocab = 8
+    ordering = "identity"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    def galois_steps(self, preset_name: str) -> list[int]:
+        preset(preset_name)
+        return []
+
+    def run(self, job: JobContext) -> str:
+        engine = Engine.for_worker(job.public)
+        vec = vector_from_chunks(job.public, job.request.blobs)
+        for index in range(job.request.max_new_tokens):
+            job.check()
+            job.emit(p.Progress(job.request.request, "counting", index, job.request.max_new_tokens))
+            vec = vector_from_chunks(job.public, job.oracle("refresh", -1, vector_to_chunks(vec)))
+            vec = arith.add_const(engine, vec, 1.0)
+            time.sleep(self.delay)
+            job.emit(p.Token(job.request.request, index, {"oracle_calls": 1}, vector_to_chunks(vec)))
+        return "length"
+
+
+class CounterMath:
+    """Key-holder test double: real keys, real encryption, refresh = decrypt + re-encrypt."""
+
+    def __init__(self, preset_name: str = "test") -> None:
+        self.preset = preset_name
+        self.secret = create_secret_context(preset(preset_name))
+
+    def public_context(self, galois_steps: list[int]) -> bytes:
+        return public_context_bytes(self.secret, RotationPlan.of(galois_steps, self.secret.params.slot_count))
+
+    def encrypt_prompt(self, prompt_ids: list[int]) -> list[bytes]:
+        return vector_to_chunks(encrypt_vector(self.secret, np.asarray(prompt_ids, dtype=float)))
+
+    def answer(self, fn: str, layer: int, blobs: list[bytes]) -> list[bytes]:
+        assert fn == "refresh"
+        values = decrypt_vector(self.secret, vector_from_chunks(self.secret, blobs))
+        return vector_to_chunks(encrypt_vector(self.secret, values))
+
+    def read_token(self, blobs: list[bytes]) -> int:
+        return int(round(decrypt_vector(self.secret, vector_from_chunks(self.secret, blobs))[0]))
+
+    def new_reply(self, settings: dict[str, Any]) -> None:
+        pass
+
+
+class LoopbackWorker:
+    """A worker serving on 127.0.0.1:<free port> from a background event loop."""
+
+    def __init__(self, model: Any, limits: WorkerLimits) -> None:
+        self.worker = Worker(model, limits)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(start(self.worker), self.loop).result(30)
+        self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def stop(self) -> None:
+        self.server.close()
+        asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while (self.worker.sessions or self.worker.busy) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not self.worker.sessions and self.worker.busy is None, "sessions were not freed"
+
+
+@pytest.fixture
+def served() -> Iterator[LoopbackWorker]:
+    server = LoopbackWorker(CounterModel(delay=0.05), WorkerLimits(max_message_bytes=4 * 1024 * 1024))
+    yield server
+    server.stop()
+
+
+def reply(client: KeyHolderClient, prompt: list[int], n: int) -> list[Any]:
+    return list(client.generate(prompt, ReplyRequest(max_new_tokens=n, seed=0)))
+
+
+def test_a_reply_is_computed_on_ciphertexts_and_streamed(served: LoopbackWorker) -> None:
+    client = KeyHolderClient(served.url, CounterMath())
+    events = reply(client, [5, 1, 2], 4)
+    tokens = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    assert tokens == [6, 7, 8, 9]
+    assert any(isinstance(e, ProgressEvent) for e in events)
+    assert isinstance(events[-1], DoneEvent) and events[-1].reason == "length"
+    first = next(e for e in events if isinstance(e, TokenEvent))
+    assert first.local.oracle_calls == 1 and first.local.bytes_up > 0 and first.local.bytes_down > 0
+    assert client.key_bytes > 0
+    assert reply(client, [20], 2)[-1] == DoneEvent("length")  # the session serves a second reply
+    client.close()
+    served.wait_idle()
+
+
+def test_closing_the_stream_cancels_promptly(served: LoopbackWorker) -> None:
+    client = KeyHolderClient(served.url, CounterMath())
+    stream = client.generate([1], ReplyRequest(max_new_tokens=1000, seed=0))
+    assert isinstance(next(e for e in stream if isinstance(e, TokenEvent)), TokenEvent)
+    start = time.perf_counter()
+    stream.close()
+    assert time.perf_counter() - start < 5
+    assert [e.token_id for e in reply(client, [1], 2) if isinstance(e, TokenEvent)] == [2, 3]
+    client.close()
+
+
+def raw_exchange(url: str, frames: list[bytes | str]) -> tuple[list[p.Message], int | None]:
+    """Send frames on a raw connection; collect what comes back until the worker closes or goes quiet."""
+    received: list[p.Message] = []
+    code = None
+    with connect(url, max_size=None, compression=None) as conn:
+        try:
+            for frame in frames:
+                conn.send(frame)
+            while True:
+                data = conn.recv(timeout=3)
+                received.append(p.decode(data))
+        except TimeoutError:
+            pass
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+    return received, code
+
+
+HELLO = p.encode(p.Hello(p.PROTOCOL_VERSION, "test"))
+
+
+def tamper(frame: bytes, **changes: Any) -> bytes:
+    """Re-frame a valid message with some header fields changed."""
+    (n,) = struct.unpack(">I", frame[:4])
+    header = {**json.loads(frame[4 : 4 + n]), **changes}
+    head = json.dumps(header).encode()
+    return struct.pack(">I", len(head)) + head + frame[4 + n :]
+
+
+def errors(messages: list[p.Message]) -> list[int]:
+    return [m.code for m in messages if isinstance(m, p.Error)]
+
+
+@pytest.mark.parametrize(
+    ("frames", "code", "closed"),
+    [
+        ([b"\x00\x00\x00\x05garbage"], 4000, True),  # malformed frame
+        (["text frame"], 4000, True),
+        ([tamper(p.encode(p.Cancel("s", "r")), type="cancelx")], 4001, True),  # unknown type
+        ([p.encode(p.Hello(2, "test"))], 4002, True),  # wrong protocol version in hello
+        ([tamper(HELLO, v=9)], 4002, True),  # wrong frame version
+        ([p.encode(p.Cancel("s", "r"))], 4008, False),  # before hello
+        ([HELLO, p.encode(p.Cancel("not-my-session", "r"))], 4004, False),  # unknown session
+        ([HELLO, HELLO], 4008, False),  # hello twice
+        ([p.encode(p.Hello(1, "no-such-preset"))], 4009, False),
+        ([HELLO, p.encode(p.Done("r", "length"))], 4008, False),  # a worker-to-client message
+    ],
+)
+def test_bad_frames_get_typed_errors(
+    served: LoopbackWorker, frames: list[Any], code: int, closed: bool
+) -> None:
+    bystander = KeyHolderClient(served.url, CounterMath())
+    received, close_code = raw_exchange(served.url, frames)
+    assert code in errors(received), received
+    assert (close_code == code) if closed else close_code is None
+    assert [e.token_id for e in reply(bystander, [3], 1) if isinstance(e, TokenEvent)] == [4]  # unaffected
+    bystander.close()
+    served.wait_idle()
+
+
+def test_oversized_message_is_refused(served: LoopbackWorker) -> None:
+    received, code = raw_exchange(served.url, [HELLO, b"x" * (5 * 1024 * 1024)])
+    assert code == 1009  # websockets' "message too big", enforced by max_size before parsing
+    served.wait_idle()
+
+
+def _upload(url: str, data: bytes) -> list[p.Message]:
+    with connect(url, max_size=None, compression=None) as conn:
+        conn.send(HELLO)
+        welcome = p.decode(conn.recv(timeout=10))
+        assert isinstance(welcome, p.Welcome)
+        conn.send(p.encode(p.KeyChunk(welcome.session, 0, 1, [data])))
+        return [p.decode(conn.recv(timeout=30))]
+
+
+def test_a_context_with_a_secret_key_is_refused(served: LoopbackWorker) -> None:
+    secret = create_secret_context(CKKS_TEST)
+    private = secret.tenseal_context.serialize(save_secret_key=True)
+    header = json.dumps(
+        {
+            "params": CKKS_TEST.to_dict(),
+            "steps": [],
+            "conjugate": False,
+            "context_bytes": len(private),
+            "galois_bytes": 0,
+        }
+    ).encode()
+    data = struct.pack(">6sHI", MAGIC, WIRE_VERSION, len(header)) + header + private
+    assert errors(_upload(served.url, data)) == [p.CODE_SECRET_KEY]
+    assert not any(s.public for s in served.worker.sessions.values())
+    served.wait_idle()
+
+
+def test_garbage_keys_are_refused(served: LoopbackWorker) -> None:
+    assert errors(_upload(served.url, b"HECKKS garbage")) == [p.CODE_BAD_CIPHERTEXT]
+
+
+def test_a_ciphertext_from_another_context_is_refused(served: LoopbackWorker) -> None:
+    client = KeyHolderClient(served.url, CounterMath("test"))
+    other = CounterMath("n8192-s40")  # other parameters: the worker cannot parse its ciphertexts
+    client.math.encrypt_prompt = other.encrypt_prompt  # type: ignore[method-assign]
+    with pytest.raises(WorkerError, match="worker error 4006"):
+        reply(client, [1], 2)
+    client.math.encrypt_prompt = CounterMath.encrypt_prompt.__get__(client.math)  # type: ignore[method-assign]
+    assert [e.token_id for e in reply(client, [1], 1) if isinstance(e, TokenEvent)] == [2]
+    client.close()
+
+
+def test_a_second_client_is_told_the_worker_is_busy(served: LoopbackWorker) -> None:
+    first = KeyHolderClient(served.url, CounterMath())
+    second = KeyHolderClient(served.url, CounterMath())
+    stream = first.generate([1], ReplyRequest(max_new_tokens=40, seed=0))
+    next(e for e in stream if isinstance(e, TokenEvent))
+    with pytest.raises(WorkerError, match="worker error 4007"):
+        reply(second, [1], 1)
+    assert list(stream)[-1] == DoneEvent("length")
+    assert [e.token_id for e in reply(second, [1], 1) if isinstance(e, TokenEvent)] == [2]
+    first.close()
+    second.close()
+
+
+def test_idle_sessions_expire() -> None:
+    server = LoopbackWorker(CounterModel(), WorkerLimits(idle_seconds=0.5))
+    try:
+        received, code = raw_exchange(server.url, [HELLO])
+        assert isinstance(received[0], p.Welcome)
+        assert errors(received) == [4004] and code == 4004
+        server.wait_idle()
+    finally:
+        server.stop()
+
+
+def test_vanishing_clients_free_their_sessions_and_leak_nothing(served: LoopbackWorker) -> None:
+    def vanish() -> None:
+        math = CounterMath()
+        client = KeyHolderClient(served.url, math)
+        client.conn.send(
+            p.encode(
+                p.Generate(client.welcome.session, "r", 1, 1000, 0, True, True, 3, math.encrypt_prompt([1]))
+            )
+        )
+        client.conn.recv(timeout=10)  # the worker is mid-generation (an oracle request or progress)
+        client.conn.close()
+
+    for _ in range(5):  # warm up allocator pools before measuring
+        vanish()
+    served.wait_idle()
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    for _ in range(50):
+        vanish()
+    served.wait_idle()
+    gc.collect()
+    grown = psutil.Process().memory_info().rss - before
+    assert grown < 40 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB over 50 vanished sessions"
+    client = KeyHolderClient(served.url, CounterMath())  # and the worker still serves
+    assert reply(client, [1], 1)[-1] == DoneEvent("length")
+    client.close()
+
+
+def test_worker_unreachable_is_a_clear_error() -> None:
+    from app.keyholder import WorkerUnavailable
+
+    with pytest.raises(WorkerUnavailable, match="cannot reach the worker at ws://127.0.0.1:9"):
+        KeyHolderClient("ws://127.0.0.1:9", CounterMath(), open_timeout=2)
