@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from model.errors import ChatError, InputError
@@ -236,9 +237,7 @@ def summarise_single_step(
                 "TSP": tsp,
                 "PP": pp,
                 "draws": n,
-                "mean max-error of I' [95% CI]": interval_text(
-                    float(cell["error"].mean()), *error_ci
-                ),
+                "mean max-error of I' [95% CI]": interval_text(float(cell["error"].mean()), *error_ci),
                 "mean cosine distance [95% CI]": interval_text(cos_mean, *cos_ci),
                 "cos. dist. vs neither": f"{100 * (cos_mean / base_cos - 1):+.0f}%"
                 if base_cos > 0
@@ -471,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--temperature", type=float, default=1.0)
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--prompt", action="append", help="a prompt (repeatable); default: built-in prompts")
+        sub.add_argument(
+            "--threads",
+            type=positive("--threads"),
+            default=1,
+            help="torch threads (1 suits a shared machine)",
+        )
         if name == "single-step":
             sub.add_argument(
                 "--draws", type=positive("--draws"), default=10_000, help="draws of r per prompt"
@@ -491,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)  # OpenMP spin-waiting is costly when other jobs share the cores
     try:
         folder = RESULTS / args.name
         folder.mkdir(parents=True, exist_ok=True)

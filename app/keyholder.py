@@ -46,7 +46,7 @@ class KeyHolderMath(Protocol):
 
     preset: str
 
-    def public_context(self, galois_steps: list[int]) -> bytes: ...
+    def public_context(self, galois_steps: list[int], conjugate: bool) -> bytes: ...
 
     def encrypt_prompt(self, prompt_ids: list[int]) -> list[bytes]: ...
 
@@ -165,7 +165,7 @@ class KeyHolderClient:
         return welcome
 
     def _upload_keys(self, on_progress: Callable[[str, int, int], None] | None) -> int:
-        data = self.math.public_context(self.welcome.galois_steps)
+        data = self.math.public_context(self.welcome.galois_steps, self.welcome.conjugate)
         size = self.welcome.key_chunk_bytes
         chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
         for index, chunk in enumerate(chunks):
@@ -179,7 +179,7 @@ class KeyHolderClient:
 
     def generate(self, prompt_ids: list[int], request: ReplyRequest) -> Iterator[Event]:
         """Stream one reply. Closing the iterator early cancels it on the worker."""
-        self.math.new_reply({"temperature": request.temperature})
+        self.math.new_reply({"temperature": request.temperature, "tsp": request.tsp})
         request_id = uuid.uuid4().hex
         blobs = self.math.encrypt_prompt(prompt_ids)
         local = Telemetry()

@@ -76,6 +76,7 @@ class Welcome:
     vocab: int
     ordering: str  # fingerprint of the vocabulary order the worker baked in
     galois_steps: list[int]  # rotation steps the worker's plan needs keys for
+    conjugate: bool  # whether the plan also needs the conjugation key
     max_message_bytes: int
     key_chunk_bytes: int
 

@@ -29,7 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from app import protocol as p
-from crypto.keys import PublicContext, load_public_context
+from crypto.keys import PublicContext, RotationPlan, load_public_context
 from crypto.params import preset
 from model.errors import (
     ChatError,
@@ -71,8 +71,8 @@ class WorkerModel(Protocol):
     vocab: int
     ordering: str  # fingerprint of the baked-in vocabulary order
 
-    def galois_steps(self, preset_name: str) -> list[int]:
-        """Rotation steps the plan needs for a parameter preset (raises ParamsError if unsupported)."""
+    def rotation_plan(self, preset_name: str) -> RotationPlan:
+        """The rotations the plan needs for a parameter preset (raises ParamsError if unsupported)."""
         ...
 
     def run(self, job: JobContext) -> str:
@@ -216,7 +216,7 @@ class Worker:
         if len(self.sessions) >= self.limits.max_sessions:
             raise LimitExceeded(f"the worker serves {self.limits.max_sessions} sessions at most; retry later")
         preset(msg.preset)  # raises ParamsError for an unknown preset
-        steps = self.model.galois_steps(msg.preset)
+        plan = self.model.rotation_plan(msg.preset)
         session = Session(id=uuid.uuid4().hex, preset=msg.preset, connection=conn)
         self.sessions[session.id] = session
         welcome = p.Welcome(
@@ -224,7 +224,8 @@ class Worker:
             model=self.model.name,
             vocab=self.model.vocab,
             ordering=self.model.ordering,
-            galois_steps=steps,
+            galois_steps=sorted(plan.steps),
+            conjugate=plan.conjugate,
             max_message_bytes=self.limits.max_message_bytes,
             key_chunk_bytes=p.KEY_CHUNK_BYTES,
         )

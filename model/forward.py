@@ -19,7 +19,7 @@ References: transformers' LlamaModel (RMSNorm, RoPE, grouped-query attention, Sw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -251,9 +251,16 @@ def decoder_layer(backend: Backend[T], prepared: PreparedModel, index: int, x: T
     return backend.add(x, backend.linear(mixed, f"{key}.down", w.down))
 
 
-def forward(backend: Backend[T], prepared: PreparedModel, x: T) -> T:
-    """Input embeddings of T new positions (T, d) -> logits of the last position in TSP order, (1, V)."""
+def forward(
+    backend: Backend[T], prepared: PreparedModel, x: T, on_layer: Callable[[int], None] | None = None
+) -> T:
+    """Input embeddings of T new positions (T, d) -> logits of the last position in TSP order, (1, V).
+
+    `on_layer(i)` is called before layer i (progress reports and cancellation checks).
+    """
     for index in range(prepared.shape.layers):
+        if on_layer is not None:
+            on_layer(index)
         x = decoder_layer(backend, prepared, index, x)
     h = backend.apply("final_norm", prepared.shape.layers, [x])  # (1, d): the last position only
     return backend.linear(h, "lm_head", prepared.lm_head)  # (1, V)

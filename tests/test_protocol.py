@@ -20,7 +20,7 @@ from model.errors import (
 
 EXAMPLES: list[p.Message] = [
     p.Hello(version=1, preset="test", client="pytest"),
-    p.Welcome("s1", "SmolLM2", 49152, "abc", [1, 2, -4], 1 << 20, 1 << 16),
+    p.Welcome("s1", "SmolLM2", 49152, "abc", [1, 2, -4], True, 1 << 20, 1 << 16),
     p.KeyChunk("s1", 0, 2, [b"\x00\x01" * 100]),
     p.KeysAccepted("s1", 12345),
     p.Generate("s1", "r1", 12, 20, 7, True, True, 3, [b"ct0", b"", b"ct2" * 1000]),

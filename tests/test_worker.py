@@ -43,9 +43,9 @@ class CounterModel:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
 
-    def galois_steps(self, preset_name: str) -> list[int]:
+    def rotation_plan(self, preset_name: str) -> RotationPlan:
         preset(preset_name)
-        return []
+        return RotationPlan()
 
     def run(self, job: JobContext) -> str:
         engine = Engine.for_worker(job.public)
@@ -67,8 +67,9 @@ class CounterMath:
         self.preset = preset_name
         self.secret = create_secret_context(preset(preset_name))
 
-    def public_context(self, galois_steps: list[int]) -> bytes:
-        return public_context_bytes(self.secret, RotationPlan.of(galois_steps, self.secret.params.slot_count))
+    def public_context(self, galois_steps: list[int], conjugate: bool) -> bytes:
+        plan = RotationPlan.of(galois_steps, self.secret.params.slot_count, conjugate)
+        return public_context_bytes(self.secret, plan)
 
     def encrypt_prompt(self, prompt_ids: list[int]) -> list[bytes]:
         return vector_to_chunks(encrypt_vector(self.secret, np.asarray(prompt_ids, dtype=float)))
