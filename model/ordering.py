@@ -179,7 +179,7 @@ def identity_ordering(embeddings: np.ndarray | torch.Tensor) -> Ordering:
 
 def mean_adjacent_distance(embeddings: np.ndarray | torch.Tensor, perm: npt.ArrayLike) -> float:
     """Mean cosine distance between consecutive tokens of `perm` (the figure of the quality report)."""
-    unit = tsp_graph.unit_rows(torch.from_numpy(_as_numpy(embeddings)))
+    unit = tsp_graph.unit_rows(torch.from_numpy(_as_numpy(embeddings)), torch.float64)
     order = np.asarray(perm, dtype=np.int64)
     return tsp_graph.path_length(unit, order) / max(len(order) - 1, 1)
 
@@ -227,11 +227,12 @@ def compute_ordering(
     def steps(stage: str) -> tsp_graph.StepCallback:
         return lambda done, total: report(OrderingProgress(stage, done, total))
 
-    unit = tsp_graph.unit_rows(torch.from_numpy(array))  # (V, d) float32
+    unit64 = tsp_graph.unit_rows(torch.from_numpy(array), torch.float64)  # (V, d): exact distances
+    unit = unit64.float()  # (V, d): block products and exact re-ranking
     quality: dict[str, Any] = {"vocab_size": n, "dim": int(array.shape[1]), "method": config.method}
-    lengths: dict[str, float] = {"id_order": tsp_graph.path_length(unit, np.arange(n))}
+    lengths: dict[str, float] = {"id_order": tsp_graph.path_length(unit64, np.arange(n))}
     rng = np.random.default_rng(config.seed)
-    lengths["random_order"] = tsp_graph.path_length(unit, rng.permutation(n))
+    lengths["random_order"] = tsp_graph.path_length(unit64, rng.permutation(n))
     if config.method == "identity" or n < 3:
         perm = np.arange(n, dtype=np.int64)
         lengths["final"] = lengths["id_order"]
@@ -246,7 +247,7 @@ def compute_ordering(
             greedy = tsp_graph.greedy_nearest_neighbour(
                 unit, ids[:, :gk], config.start_token, steps("paper greedy")
             )
-            lengths["paper_greedy"] = tsp_graph.path_length(unit, greedy)
+            lengths["paper_greedy"] = tsp_graph.path_length(unit64, greedy)
             lap("paper_greedy")
         if config.method == "paper":
             perm = greedy
@@ -261,15 +262,15 @@ def compute_ordering(
                     config.bf16_prefilter,
                     steps("construction"),
                 )
-                lengths["construction"] = tsp_graph.path_length(unit, first)
+                lengths["construction"] = tsp_graph.path_length(unit64, first)
                 lap("construction")
             else:
                 first = greedy
                 lengths["construction"] = lengths["paper_greedy"]
-            perm = _improve(unit, first, ids[:, : config.knn_k], config, report, quality)
+            perm = _improve(unit64, first, ids[:, : config.knn_k], config, report, quality)
             timings.update(quality.pop("_timings"))
             clock = time.perf_counter()
-        lengths["final"] = tsp_graph.path_length(unit, perm)
+        lengths["final"] = tsp_graph.path_length(unit64, perm)
         bounds = {"two_neighbour": tsp_graph.two_neighbour_bound(dists)}
         if held_karp:
             report(OrderingProgress("quality", 0, 0, "Held-Karp bound"))
@@ -303,7 +304,7 @@ def _improve(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     deadline = start + config.time_budget_s
-    rows = unit.double().numpy()  # (V, d) float64 for exact move gains
+    rows = unit.numpy()  # (V, d) float64 rows for exact move gains
     search = tsp_improve.PathSearch(rows, first, ids)
     search.optimise(deadline, lambda d, t: report(OrderingProgress("local search", d, t)))
     timings["local_search"] = round(time.perf_counter() - start, 3)

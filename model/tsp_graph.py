@@ -30,11 +30,11 @@ FloatArray = npt.NDArray[np.float64]
 StepCallback = Callable[[int, int], None]  # (done, total)
 
 
-def unit_rows(embeddings: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the rows (float32, contiguous); an all-zero row stays zero."""
-    x = embeddings.detach().to(torch.float32)
-    norms = x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    unit: torch.Tensor = (x / norms).contiguous()  # (V, d)
+def unit_rows(embeddings: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """L2-normalise the rows in float64, return them as `dtype` (contiguous); a zero row stays zero."""
+    x = embeddings.detach().to(torch.float64)
+    norms = x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    unit: torch.Tensor = (x / norms).to(dtype).contiguous()  # (V, d)
     return unit
 
 

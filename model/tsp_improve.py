@@ -166,10 +166,34 @@ class PathSearch:
                 self.push(a)
         return gain
 
+    def reopen(self) -> float:
+        """Close the path into a cycle and open it at its longest edge if that is shorter: gain.
+
+        The one move 2-opt and Or-opt cannot see: on a cycle-like path (e.g. points on a circle) the
+        greedy path may be cut at the wrong place, and moving the cut exchanges two huge segments.
+        """
+        n = self.last + 1
+        if n < 3:
+            return 0.0
+        order = self.tour.tolist()
+        lengths = [self.dist(x, y) for x, y in zip(order[:-1], order[1:], strict=True)]  # ~50 ms at 49k
+        k = int(np.argmax(lengths))
+        gain = float(lengths[k]) - self.dist(int(self.tour[-1]), int(self.tour[0]))
+        if gain <= _EPS:
+            return 0.0
+        self._place(0, np.concatenate([self.tour[k + 1 :], self.tour[: k + 1]]))
+        self.push(self.at(0), self.at(1), self.at(self.last - 1), self.at(self.last))
+        return gain
+
     def optimise(self, deadline: float, on_step: StepCallback | None = None) -> float:
-        """Local search from every node until no 2-opt / Or-opt move gains: total gain."""
+        """Local search from every node until no 2-opt / Or-opt / reopening move gains: total gain."""
         self.push(*self.tour.tolist())
         gain = self.run(deadline, on_step)
+        for _ in range(8):  # each reopening is followed by a local repair; rarely more than one
+            moved = self.reopen()
+            if moved <= 0.0:
+                break
+            gain += moved + self.run(deadline, on_step)
         self.clear_queue()
         return gain
 
