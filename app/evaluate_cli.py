@@ -77,7 +77,8 @@ def tsp_order(loaded: LoadedModel) -> tuple[np.ndarray, str]:
     except ImportError:
         return greedy_path_cached(loaded), "greedy nearest-neighbour path computed by app/evaluate_cli.py"
     ordering = ordering_for_model(loaded)
-    return np.asarray(ordering.perm, dtype=np.int64), "model.ordering.ordering_for_model"
+    source = f"model.ordering.ordering_for_model (method {ordering.config.method})"
+    return np.asarray(ordering.perm, dtype=np.int64), source
 
 
 def greedy_path_cached(loaded: LoadedModel) -> np.ndarray:
