@@ -218,3 +218,16 @@ def test_config_round_trips_as_a_dict() -> None:
     assert SamplerConfig.from_dict(config.to_dict()) == config
     with pytest.raises(InputError, match="unknown"):
         SamplerConfig.from_dict({**config.to_dict(), "bogus": 1})
+
+
+@pytest.mark.slow
+def test_the_same_circuit_runs_on_ckks_ciphertexts(ckks, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+    from crypto.ops import CkksOps, local_refresh, sampler_rotation_plan
+    from crypto.vector import decrypt_vector, encrypt_vector
+
+    ops = CkksOps(ckks.engine(sampler_rotation_plan(ckks.params.slot_count)), local_refresh(ckks.secret))
+    q = rng.dirichlet(np.ones(300))
+    r = float(np.cumsum(q)[100] + 1e-3)  # well away from a boundary: the step is sharp
+    encrypted = approx_one_hot(ops, encrypt_vector(ckks.secret, q), r, amp_rounds=3, pp=True)
+    assert_close(decrypt_vector(ckks.secret, encrypted), approx_one_hot(OPS, q, r, 3, pp=True), atol=1e-4)
+    assert ops.refreshes >= SamplerConfig().depth // 2 - 1  # about one refresh per cubic at N = 8192
