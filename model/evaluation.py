@@ -34,7 +34,7 @@ from model.generate import DecodeSession, Selector
 from model.loading import LoadedModel
 from model.sampler import compose, one_hot_from_steps, post_process, step_polynomials
 from model.simulate import mixture
-from model.vector_ops import FloatArray, NumpyOps
+from model.vector_ops import Cubic, FloatArray, NumpyOps
 
 IntArray = npt.NDArray[np.int64]
 NO_DRAW = -1  # target position when r >= sum(q): exact sampling draws nothing
@@ -52,13 +52,32 @@ class RowwiseNumpyOps(NumpyOps):
         out[..., 1:] = a[..., :-1]
         return out
 
+    def cubic(self, a: FloatArray, coeffs: Cubic) -> FloatArray:
+        """NumpyOps' Horner scheme in one fresh buffer, skipping additions of a zero coefficient.
+
+        Equal to `NumpyOps.cubic` value for value (adding 0.0 changes at most the sign of a zero), about
+        twice as fast on large batches.
+        """
+        c0, c1, c2, c3 = coeffs
+        out = np.multiply(a, c3)
+        for c in (c2, c1):
+            if c != 0.0:
+                out += c
+            out *= a
+        if c0 != 0.0:
+            out += c0
+        return out
+
 
 def batched_one_hot(q: FloatArray, rs: FloatArray, amp_rounds: int) -> FloatArray:
     """I (B, V) without PP for one q (V,) and B uniforms: the circuit of `approx_one_hot`, one row per r."""
     ops = RowwiseNumpyOps()
     c = ops.prefix_sum(q)  # (V,)
-    x = ops.sub(c[None, :], rs[:, None])  # (B, V): c_j - r, the same rounding as add_const(c, -r)
-    s = compose(ops, x, step_polynomials(amp_rounds))
+    # S is element-wise, so equal c_j (runs of zero-probability tokens, ~80% of the vocabulary in fp16)
+    # give bit-identical s_j: evaluate S once per distinct value and scatter back. Exact, ~5x faster.
+    distinct, where = np.unique(c, return_inverse=True)
+    x = ops.sub(distinct[None, :], rs[:, None])  # (B, U): c_j - r, the same rounding as add_const(c, -r)
+    s = compose(ops, x, step_polynomials(amp_rounds))[:, where]  # (B, V)
     return one_hot_from_steps(ops, s)
 
 
