@@ -1,12 +1,14 @@
-"""Command line: `python -m app` (the chat page) and `python -m app chat "..."` (tokens to the terminal).
+"""Command line: the chat page, a worker, and chat in the terminal.
 
-    python -m app                       # chat page on http://127.0.0.1:7860 (default model)
-    python -m app ui --port 8000        # the same on another port
+    python -m app                        # chat page on http://127.0.0.1:7860 with an in-process worker
+    python -m app ui --worker-url ws://host:8765   # the page, using a remote worker for encrypted mode
+    python -m app worker --port 8765     # a model worker on 127.0.0.1:8765
     python -m app chat "What is the capital of France?"
-    python -m app chat                  # interactive: one message per line, Ctrl-D to quit
+    python -m app chat --mode encrypted "Hi"       # starts an in-process worker unless --worker-url
+    python -m app chat                   # interactive: one message per line, Ctrl-D to quit
 
-Every subcommand takes --model-path DIR (any local transformers causal LM) or --tiny (the random test
-model), and the generation settings. Errors print one line naming the problem and the fix, exit 2.
+Model options: --model-path DIR (any local transformers causal LM) or --tiny (the random test model).
+Errors print one line naming the problem and the fix, and exit with status 2.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from app.chat import CHAT_TEMPERATURE, stream_reply
+from app.chat import CHAT_TEMPERATURE, MODES, ChatService, ChatSettings, EncryptedSession
 from model.errors import ChatError
-from model.generate import GenerationSettings
 from model.loading import LoadedModel, build_tiny_model, load_default, load_local
+from model.ordering import OrderingProgress
+
+ENV_WORKER_URL = "HE_CHAT_WORKER_URL"
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +33,19 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model-path", type=Path, help="a local transformers causal-LM directory")
     source.add_argument("--tiny", action="store_true", help="the tiny random test model (fast, nonsense)")
     parser.add_argument("--cache-dir", type=Path, help="where the converted default model is cached")
+    parser.add_argument("--preset", default="default", help="CKKS parameter preset (crypto/params.py)")
+
+
+def _add_reply_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=MODES, default="plain")
     parser.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE, help="0 = greedy")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's uniforms")
+    parser.add_argument("--no-tsp", dest="tsp", action="store_false", help="token-id order instead of TSP")
+    parser.add_argument(
+        "--no-pp", dest="pp", action="store_false", help="skip the post-processing polynomial"
+    )
+    parser.add_argument("--amp-rounds", type=int, default=3, help="rounds of g1^5 in the step function")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(ui)
     ui.add_argument("--host", default=os.environ.get("HE_CHAT_HOST", "127.0.0.1"))
     ui.add_argument("--port", type=int, default=int(os.environ.get("HE_CHAT_PORT", "7860")))
-    chat = commands.add_parser("chat", help="answer a prompt in the terminal, streaming tokens")
+    ui.add_argument("--worker-url", default=os.environ.get(ENV_WORKER_URL), help="a remote worker")
+    worker = commands.add_parser("worker", help="serve a model worker (websockets)")
+    _add_model_arguments(worker)
+    worker.add_argument("--host", default="127.0.0.1")
+    worker.add_argument("--port", type=int, default=8765)
+    chat = commands.add_parser("chat", help="answer in the terminal, streaming tokens")
     _add_model_arguments(chat)
+    _add_reply_arguments(chat)
+    chat.add_argument("--worker-url", default=os.environ.get(ENV_WORKER_URL), help="a remote worker")
     chat.add_argument("prompt", nargs="?", help="the message; omit it to chat interactively")
     return parser
 
@@ -54,66 +76,180 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
     return load_default(args.cache_dir, on_progress=lambda line: print(line, file=sys.stderr))
 
 
-def _answer(loaded: LoadedModel, messages: list[dict[str, str]], settings: GenerationSettings) -> str:
+class _OrderingBar:
+    """Renders ordering progress (only shown when the order has to be computed) with tqdm."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.stage = ""
+
+    def __call__(self, event: OrderingProgress) -> None:
+        from tqdm import tqdm
+
+        if event.total == 0:
+            if event.note:
+                print(f"ordering: {event.note}", file=sys.stderr)
+            return
+        if event.stage != self.stage:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=event.total, desc=f"TSP order: {event.stage}", file=sys.stderr)
+            self.stage = event.stage
+        self.bar.n = event.done
+        self.bar.refresh()
+
+
+def make_service(args: argparse.Namespace, loaded: LoadedModel) -> ChatService:
+    return ChatService.create(
+        loaded, getattr(args, "worker_url", None), args.preset, on_progress=_OrderingBar()
+    )
+
+
+def start_local_worker(service: ChatService) -> Any:
+    """An in-process worker on 127.0.0.1 (random port) for encrypted mode; returns it (call .stop())."""
+    from app.worker import BackgroundWorker
+    from model.encrypted import worker_model_for
+
+    model = worker_model_for(service.loaded, service.ordering.perm, service.ordering.order_id)
+    worker = BackgroundWorker(model)
+    service.worker_url = worker.url
+    return worker
+
+
+def _status(stage: str, done: int, total: int) -> None:
+    sys.stderr.write(f"\r\033[K[{stage} {done}/{total}]")
+    sys.stderr.flush()
+
+
+def _answer(
+    service: ChatService,
+    messages: list[dict[str, str]],
+    settings: ChatSettings,
+    session: EncryptedSession | None,
+) -> str:
     text = ""
-    for update in stream_reply(loaded, messages, settings):
+    for update in service.reply(messages, settings, session):
+        if update.stage:
+            _status(update.stage, *update.progress)
+            continue
+        if settings.mode == "encrypted":
+            sys.stderr.write("\r\033[K")
         sys.stdout.write(update.delta)
         sys.stdout.flush()
         text = update.text
         if update.finish is not None:
             print(
-                f"\n[{update.tokens} tokens, {update.tokens_per_second:.1f} tokens/s, {update.finish}]",
+                f"\n[{settings.label()}: {update.tokens} tokens, {update.tokens_per_second:.2f} tokens/s, "
+                f"{update.finish}]",
                 file=sys.stderr,
             )
     return text
 
 
-def run_chat(args: argparse.Namespace, settings: GenerationSettings) -> int:
+def run_chat(args: argparse.Namespace) -> int:
+    settings = ChatSettings(
+        mode=args.mode,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        tsp=args.tsp,
+        pp=args.pp,
+        amp_rounds=args.amp_rounds,
+    )
+    if args.prompt is not None and not args.prompt.strip():
+        raise ChatError("The message is empty; type some text before sending.")
     loaded = load_model(args)
-    if args.prompt is not None:
-        _answer(loaded, [{"role": "user", "content": args.prompt}], settings)
+    service = make_service(args, loaded)
+    local_worker = None
+    session = None
+    try:
+        if settings.mode == "encrypted":
+            if not service.worker_url:
+                local_worker = start_local_worker(service)
+            session = service.open_encrypted(on_progress=_status)
+            sys.stderr.write("\r\033[K")
+        if args.prompt is not None:
+            _answer(service, [{"role": "user", "content": args.prompt}], settings, session)
+            return 0
+        history: list[dict[str, str]] = []
+        print(
+            f"Chatting with {loaded.name} ({settings.label()}). One message per line; Ctrl-D quits.",
+            file=sys.stderr,
+        )
+        for line in sys.stdin:
+            message = line.strip()
+            if not message:
+                continue
+            try:
+                reply = _answer(service, [*history, {"role": "user", "content": message}], settings, session)
+            except ChatError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                continue
+            history += [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
         return 0
-    history: list[dict[str, str]] = []
-    print(f"Chatting with {loaded.name} (plain mode). One message per line; Ctrl-D to quit.", file=sys.stderr)
-    for line in sys.stdin:
-        message = line.strip()
-        if not message:
-            continue
-        try:
-            reply = _answer(loaded, [*history, {"role": "user", "content": message}], settings)
-        except ChatError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            continue
-        history += [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
+    finally:
+        if session is not None:
+            session.close()
+        if local_worker is not None:
+            local_worker.stop()
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from app.worker import Worker, start
+    from model.encrypted import worker_model_for
+
+    _check_port(args.port)
+    loaded = load_model(args)
+    service = make_service(args, loaded)
+    model = worker_model_for(loaded, service.ordering.perm, service.ordering.order_id)
+
+    async def serve_forever() -> None:
+        server = await start(Worker(model), args.host, args.port)
+        print(f"Worker for {loaded.name} on ws://{args.host}:{args.port}", file=sys.stderr)
+        await server.serve_forever()
+
+    asyncio.run(serve_forever())
     return 0
+
+
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ChatError(f"--port must be between 0 and 65535, got {port}")
 
 
 def run_ui(args: argparse.Namespace) -> int:
     from app.ui import build_ui
 
-    if not 0 <= args.port <= 65535:
-        raise ChatError(f"--port must be between 0 and 65535, got {args.port}")
+    _check_port(args.port)
     loaded = load_model(args)
-    page = build_ui(loaded)
+    service = make_service(args, loaded)
+    local_worker = start_local_worker(service) if not service.worker_url else None
+    page = build_ui(service)
     print(f"Serving the chat page on http://{args.host}:{args.port}", file=sys.stderr)
-    page.queue().launch(server_name=args.host, server_port=args.port, show_error=True)
+    try:
+        page.queue().launch(server_name=args.host, server_port=args.port, show_error=True)
+    finally:
+        if local_worker is not None:
+            local_worker.stop()
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["ui", *(argv or sys.argv[1:])])
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] not in ("ui", "worker", "chat", "-h", "--help"):
+        arguments = ["ui", *arguments]
+    args = parser.parse_args(arguments)
     try:
-        settings = GenerationSettings(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
-        )
         if args.command == "chat":
-            return run_chat(args, settings)
+            return run_chat(args)
+        if args.command == "worker":
+            return run_worker(args)
         return run_ui(args)
     except ChatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"\nerror: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -334,3 +334,24 @@ async def start(worker: Worker, host: str = "127.0.0.1", port: int = 0) -> Serve
         ping_interval=20,
         ping_timeout=60,
     )
+
+
+class BackgroundWorker:
+    """A worker serving from its own event-loop thread (the app's in-process worker, and tests)."""
+
+    def __init__(
+        self, model: WorkerModel, host: str = "127.0.0.1", port: int = 0, limits: WorkerLimits | None = None
+    ):
+        self.worker = Worker(model, limits or WorkerLimits())
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="he-chat-worker", daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(start(self.worker, host, port), self.loop).result(60)
+        bound_host, bound_port = self.server.sockets[0].getsockname()[:2]
+        self.url = f"ws://{bound_host}:{bound_port}"
+
+    def stop(self) -> None:
+        self.server.close()
+        asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -312,3 +312,14 @@ class KeyHolderSide:
         weights = self._decrypt(blobs[0])
         position = int(np.argmax(weights))
         return int(self.perm[position]) if self.tsp else position
+
+
+def worker_model_for(loaded: Any, perm: npt.ArrayLike, ordering: str) -> EncryptedWorkerModel:
+    """The worker's computing part for a loaded Llama-family model and its vocabulary order."""
+    return EncryptedWorkerModel(
+        PreparedModel.from_loaded(loaded, perm),
+        PreparedModel.from_loaded(loaded),
+        loaded.name,
+        ordering,
+        loaded.context_window,
+    )

@@ -18,13 +18,13 @@ def test_chat_streams_a_reply_and_reports_the_finish() -> None:
     result = run_app("chat", "--tiny", "--max-new-tokens", "7", "--temperature", "1", "Hello there")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()  # random tokens, but some text
-    assert "[7 tokens" in result.stderr and "length]" in result.stderr
+    assert "plain: 7 tokens" in result.stderr and "length]" in result.stderr
 
 
 def test_interactive_chat_keeps_going_after_an_empty_line() -> None:
     result = run_app("chat", "--tiny", "--max-new-tokens", "3", stdin="first\n\nsecond\n")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("[3 tokens") == 2
+    assert result.stderr.count("plain: 3 tokens") == 2
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,26 @@ def test_bad_arguments_exit_2_with_a_message(args: list[str], message: str) -> N
 def test_argparse_type_errors_are_reported_too() -> None:
     result = run_app("chat", "--tiny", "--seed", "abc", "hi")
     assert result.returncode == 2 and "invalid int value" in result.stderr
+
+
+def test_simulate_mode_from_the_command_line() -> None:
+    result = run_app(
+        "chat", "--tiny", "--mode", "simulate", "--max-new-tokens", "4", "--temperature", "1", "Hi"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "simulate (TSP on, PP on, amp 3): 4 tokens" in result.stderr
+
+
+def test_encrypted_mode_starts_a_local_worker_and_streams() -> None:
+    result = run_app(
+        "chat", "--tiny", "--mode", "encrypted", "--max-new-tokens", "2", "--temperature", "1", "Hi"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "encrypted (TSP on, PP on, amp 3): 2 tokens" in result.stderr
+    assert "layer 1/2" in result.stderr  # progress from the worker's telemetry
+
+
+def test_encrypted_mode_with_an_unreachable_worker_says_so() -> None:
+    result = run_app("chat", "--tiny", "--mode", "encrypted", "--worker-url", "ws://127.0.0.1:9", "Hi")
+    assert result.returncode == 2
+    assert "cannot reach the worker at ws://127.0.0.1:9" in result.stderr

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from gradio_client import Client
 
+from app.chat import ChatService
 from app.ui import build_ui
 from model.loading import LoadedModel
 
@@ -21,7 +22,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def page_url(tiny: LoadedModel) -> Iterator[str]:
-    page = build_ui(tiny)
+    page = build_ui(ChatService.create(tiny))
     port = _free_port()
     page.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -38,11 +39,17 @@ def test_page_is_served_on_loopback(page_url: str) -> None:
 
 def test_reply_streams_in_growing_chunks(page_url: str) -> None:
     client = Client(page_url, verbose=False)
-    job = client.submit("Hello", 1.0, 6, 0, api_name="/respond")
+    job = client.submit("Hello", "plain", 1.0, 6, 0, True, True, api_name="/respond")
     outputs = list(job)
     assert len(outputs) >= 2
     assert all(outputs[i + 1].startswith(outputs[i].split("\n\n<sub>")[0]) for i in range(len(outputs) - 1))
     assert "plain · 6 tokens" in outputs[-1]
+
+
+def test_simulate_mode_streams_with_its_label(page_url: str) -> None:
+    client = Client(page_url, verbose=False)
+    reply = client.predict("Hello", "simulate", 1.0, 4, 0, True, True, api_name="/respond")
+    assert "simulate (TSP on, PP on, amp 3) · 4 tokens" in reply
 
 
 @pytest.mark.parametrize(
@@ -54,5 +61,6 @@ def test_bad_input_is_reported_and_the_page_keeps_working(
 ) -> None:
     client = Client(page_url, verbose=False)
     with pytest.raises(Exception, match=error):
-        client.predict(message, temperature, 6, 0, api_name="/respond")
-    assert "plain · 3 tokens" in client.predict("Hello again", 1.0, 3, 0, api_name="/respond")
+        client.predict(message, "plain", temperature, 6, 0, True, True, api_name="/respond")
+    reply = client.predict("Hello again", "plain", 1.0, 3, 0, True, True, api_name="/respond")
+    assert "plain · 3 tokens" in reply
