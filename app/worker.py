@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import psutil
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -87,6 +88,9 @@ class WorkerLimits:
     max_message_bytes: int = p.MAX_MESSAGE_BYTES  # websockets max_size: one frame
     max_sessions: int = 16  # concurrent connections with a session
     max_key_bytes: int = 512 * 1024 * 1024  # public context per session (a full N=16384 key set is ~330 MB)
+    max_total_bytes: int = (
+        20 * 1024**3
+    )  # worker RSS above which new sessions are refused (weights' caches ~9 GB)
     idle_seconds: float = 900.0  # a session with no message for this long is expired and closed
     oracle_timeout: float = 600.0  # a key holder that does not answer an oracle call in time is dropped
 
@@ -215,6 +219,12 @@ class Worker:
             raise OutOfOrder("hello twice on one connection; open a new connection for a new session")
         if len(self.sessions) >= self.limits.max_sessions:
             raise LimitExceeded(f"the worker serves {self.limits.max_sessions} sessions at most; retry later")
+        rss = psutil.Process().memory_info().rss
+        if rss > self.limits.max_total_bytes:
+            raise LimitExceeded(
+                f"the worker uses {rss / 2**30:.1f} GiB, above its "
+                f"{self.limits.max_total_bytes / 2**30:.1f} GiB limit; retry when other sessions have ended"
+            )
         preset(msg.preset)  # raises ParamsError for an unknown preset
         plan = self.model.rotation_plan(msg.preset)
         session = Session(id=uuid.uuid4().hex, preset=msg.preset, connection=conn)

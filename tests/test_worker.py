@@ -268,6 +268,24 @@ def test_a_second_client_is_told_the_worker_is_busy(served: LoopbackWorker) -> N
     second.close()
 
 
+def test_session_and_memory_limits_refuse_new_sessions_only() -> None:
+    server = LoopbackWorker(CounterModel(), WorkerLimits(max_sessions=1))
+    try:
+        first = KeyHolderClient(server.url, CounterMath())
+        received, _ = raw_exchange(server.url, [HELLO])
+        assert errors(received) == [4010]
+        assert [e.token_id for e in reply(first, [1], 1) if isinstance(e, TokenEvent)] == [2]
+        first.close()
+    finally:
+        server.stop()
+    server = LoopbackWorker(CounterModel(), WorkerLimits(max_total_bytes=1))
+    try:
+        received, _ = raw_exchange(server.url, [HELLO])
+        assert errors(received) == [4010] and "GiB" in received[0].message  # type: ignore[union-attr]
+    finally:
+        server.stop()
+
+
 def test_idle_sessions_expire() -> None:
     server = LoopbackWorker(CounterModel(), WorkerLimits(idle_seconds=0.5))
     try:
