@@ -53,7 +53,7 @@ class VectorOps(Protocol[V]):
         ...
 
     def prefix_sum(self, a: V) -> V:
-        """out[j] = a[0] + ... + a[j] (inclusive cumulative sum, no wrap-around). Depth 0 or 1."""
+        """out[j] = a[0] + ... + a[j] (inclusive cumulative sum, no wrap-around). Depth 2 under CKKS."""
         ...
 
     def shift_right(self, a: V) -> V:
