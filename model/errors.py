@@ -183,3 +183,57 @@ class WorkerBusy(ProtocolError):
 
 class LimitExceeded(ProtocolError):
     code = 4010
+
+
+# --- study (app/study_*.py: user studies with human raters) ---------------------------------------
+#
+#    StudyError
+#    ├── StudyFileError          a study definition file is malformed (names the field and the fix)
+#    │   └── UnknownCondition    a reference to a condition id the study does not define
+#    ├── StudyStoreError         a study database is missing, of another schema version or another study
+#    └── AnswerError             a submitted answer cannot be accepted (nothing is written)
+#        ├── ParticipantError    a bad participant id, or no consent yet
+#        ├── TamperedItem        an item id that is not in this participant's assignment
+#        ├── OutOfOrderAnswer    an item submitted before the items that come before it
+#        ├── AnswerConflict      a second, different answer to an item already answered
+#        └── InvalidAnswer       a missing or out-of-range rating
+
+
+class StudyError(ChatError):
+    """Base of the user-study errors (study file, study database, participants' answers)."""
+
+
+class StudyFileError(StudyError, ValueError):
+    """A study definition file cannot be used as written (the message names the field and the fix)."""
+
+
+class UnknownCondition(StudyFileError):
+    """A study refers to a condition id that it does not define."""
+
+
+class StudyStoreError(StudyError):
+    """A study database is missing, has another schema version, or belongs to another study file."""
+
+
+class AnswerError(StudyError, ValueError):
+    """A participant's submission that cannot be accepted; the database is left unchanged."""
+
+
+class ParticipantError(AnswerError):
+    """A participant id that is malformed, unknown, or has not given consent."""
+
+
+class TamperedItem(AnswerError):
+    """An item id that does not belong to this participant's assignment (edited, or another person's)."""
+
+
+class OutOfOrderAnswer(AnswerError):
+    """An answer to an item that comes after the participant's next unanswered item."""
+
+
+class AnswerConflict(AnswerError):
+    """A different answer to an item that this participant has already answered (answers are final)."""
+
+
+class InvalidAnswer(AnswerError):
+    """A rating that is missing, of the wrong type or outside its scale."""
