@@ -1,19 +1,39 @@
-"""The Gradio chat page (plain mode for now): streaming replies, history, Stop, generation settings.
+"""The chat page: streaming chat in three modes, encrypted progress, "What the worker saw", compare.
 
-Gradio calls `respond` as a generator; each yield replaces the reply bubble with the growing text, and
-Stop closes the generator, which stops the decode loop at its next step. Bad input (empty or over-long
-message, invalid settings) is shown as an error and the page keeps working.
+    Chat tab      a Chatbot with history, message box, Send and Stop; settings (mode, TSP, PP, temperature,
+                  max new tokens, seed); the "What the worker saw" panel for the last encrypted token.
+    Compare tab   one prompt and seed streamed in two modes or settings side by side.
+
+Handlers are generators (STYLE.md rule 13): each yield replaces the chat with the history plus the reply
+so far (`app.ui_parts.ReplyView`). Stop sets this session's stop flag; the running reply sees it at its
+next update, closes the reply iterator (which sends Cancel to the worker) and ends with a "stopped"
+footer, so the page never waits on a spinner. Keys live in a `gr.State` (`Keyring`) with a callable
+initializer, a time to live and a delete callback that closes the worker connection (rule 14).
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 
 from app.chat import CHAT_TEMPERATURE, MODES, ChatService, ChatSettings, to_messages
-from model.errors import ChatError
+from app.ui_parts import (
+    KEY_TTL_SECONDS,
+    Keyring,
+    ReplyView,
+    close_keyring,
+    error_message,
+    error_title,
+    new_keyring,
+    read_settings,
+    stream_reply,
+    worker_panel,
+)
+from model.errors import InputError
 from model.generate import MAX_NEW_TOKENS_LIMIT
 
 EXAMPLES = [
@@ -21,76 +41,288 @@ EXAMPLES = [
     "Write a haiku about the sea.",
     "Explain photosynthesis in two sentences.",
 ]
+MODE_INFO = {
+    "plain": "plain: the exact model and exact sampling, in the clear on this server (the baseline).",
+    "simulate": "simulate: the paper's polynomial sampler in floating point, mixture-embedding feedback.",
+    "encrypted": (
+        "encrypted: the model runs on CKKS ciphertexts on the worker; each token takes seconds to minutes "
+        "(max new tokens is capped at 16 when you pick it; raise it if you are patient)."
+    ),
+}
+ENCRYPTED_TOKEN_CAP = 16
 
 
-def make_respond(service: ChatService):  # type: ignore[no-untyped-def]
-    def respond(
-        message: str,
-        history: list[Any],
+def _user(message: str) -> dict[str, Any]:
+    return {"role": "user", "content": message}
+
+
+def make_chat(service: ChatService):  # type: ignore[no-untyped-def]
+    """The Send handler: validates, streams the reply as chat messages, updates the worker panel."""
+
+    def chat(
+        message: str | None,
+        history: list[Any] | None,
+        ring: Keyring,
         mode: str,
         temperature: float,
         max_new_tokens: float,
         seed: float,
         tsp: bool,
         pp: bool,
-    ) -> Iterator[str]:
+    ) -> Iterator[tuple[Any, ...]]:
+        ring = ring if isinstance(ring, Keyring) else Keyring()
+        history = list(history or [])
+        message = message or ""
+        busy = (gr.update(value="", interactive=False), gr.update(interactive=False))
+        ready = (gr.update(interactive=True), gr.update(interactive=True))
         try:
-            settings = ChatSettings(
-                mode=mode,  # type: ignore[arg-type]
-                max_new_tokens=int(max_new_tokens),
-                temperature=float(temperature),
-                seed=int(seed),
-                tsp=bool(tsp),
-                pp=bool(pp),
+            if not message.strip():
+                raise InputError("the message is empty; type some text before sending")
+            settings = read_settings(mode, temperature, max_new_tokens, seed, tsp, pp)
+        except InputError as exc:
+            shown = [*history, *([_user(message)] if message.strip() else [])]
+            yield (
+                [*shown, error_message(error_title(exc), str(exc))],
+                *ready,
+                ring,
+                worker_panel(ring, service.worker_url),
             )
-            messages = to_messages(history, message or "")
-            session = service.open_encrypted() if settings.mode == "encrypted" else None
-            try:
-                for update in service.reply(messages, settings, session):
-                    footer = ""
-                    if update.stage:
-                        footer = f"\n\n<sub>{update.stage} …</sub>"
-                    if update.finish is not None:
-                        footer = (
-                            f"\n\n<sub>{settings.label()} · {update.tokens} tokens · "
-                            f"{update.tokens_per_second:.2f} tokens/s · stopped by {update.finish}</sub>"
-                        )
-                    yield update.text + footer
-            finally:
-                if session is not None:
-                    session.close()
-        except ChatError as exc:
-            raise gr.Error(str(exc), title="Cannot answer") from exc
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise gr.Error(f"Invalid setting: {exc}", title="Cannot answer") from exc
+            return
+        messages = to_messages(history, message)
+        history.append(_user(message))
+        stop = ring.stop["chat"]
+        stop.clear()
+        view: ReplyView | None = None
+        for view in stream_reply(service, ring, messages, settings, stop):
+            yield [*history, *view.messages()], *busy, ring, worker_panel(ring, service.worker_url)
+        if view is not None:
+            yield [*history, *view.messages()], *ready, ring, worker_panel(ring, service.worker_url)
 
-    return respond
+    return chat
+
+
+def make_compare(service: ChatService):  # type: ignore[no-untyped-def]
+    """The Compare handler: two replies to the same prompt and seed, streamed side by side (threads)."""
+
+    def compare(
+        prompt: str | None,
+        ring: Keyring,
+        mode_a: str,
+        tsp_a: bool,
+        pp_a: bool,
+        mode_b: str,
+        tsp_b: bool,
+        pp_b: bool,
+        temperature: float,
+        max_new_tokens: float,
+        seed: float,
+    ) -> Iterator[tuple[Any, ...]]:
+        ring = ring if isinstance(ring, Keyring) else Keyring()
+        prompt = prompt or ""
+        shown: list[list[dict[str, Any]]] = [[_user(prompt)] if prompt.strip() else [], []]
+        shown[1] = list(shown[0])
+        chats: list[list[dict[str, Any]]] = [list(shown[0]), list(shown[1])]
+        sides: list[ChatSettings | None] = [None, None]
+        for i, (mode, tsp, pp) in enumerate(((mode_a, tsp_a, pp_a), (mode_b, tsp_b, pp_b))):
+            try:
+                if not prompt.strip():
+                    raise InputError("the prompt is empty; type some text before comparing")
+                sides[i] = read_settings(mode, temperature, max_new_tokens, seed, tsp, pp)
+            except InputError as exc:
+                chats[i] = [*shown[i], error_message(error_title(exc), str(exc))]
+        a, b = sides
+        if a is not None and b is not None and a.mode == b.mode == "encrypted":
+            sides[1] = None
+            chats[1] = [
+                *shown[1],
+                error_message(
+                    "Only one side can be encrypted",
+                    "The worker runs one encrypted job at a time; compare encrypted with plain or simulate.",
+                ),
+            ]
+        stop = ring.stop["compare"]
+        stop.clear()
+        updates: queue.Queue[tuple[int, list[dict[str, Any]] | None]] = queue.Queue()
+        messages = [_user(prompt)]
+
+        def pump(side: int, settings: ChatSettings) -> None:
+            try:
+                for view in stream_reply(service, ring, messages, settings, stop):
+                    updates.put((side, view.messages()))
+            finally:
+                updates.put((side, None))
+
+        running = 0
+        for i, settings in enumerate(sides):
+            if settings is not None:
+                threading.Thread(
+                    target=pump, args=(i, settings), name=f"he-chat-compare-{i}", daemon=True
+                ).start()
+                running += 1
+        panel = worker_panel(ring, service.worker_url)
+        yield chats[0], chats[1], gr.update(interactive=running == 0), ring, panel
+        try:
+            while running:
+                side, rendered = updates.get()
+                while True:  # take everything queued so far, then render once
+                    if rendered is None:
+                        running -= 1
+                    else:
+                        chats[side] = [*shown[side], *rendered]
+                    try:
+                        side, rendered = updates.get_nowait()
+                    except queue.Empty:
+                        break
+                yield (
+                    chats[0],
+                    chats[1],
+                    gr.update(interactive=False),
+                    ring,
+                    worker_panel(ring, service.worker_url),
+                )
+        finally:
+            stop.set()  # the page went away mid-compare: let both threads wind down (and cancel the worker)
+        yield chats[0], chats[1], gr.update(interactive=True), ring, worker_panel(ring, service.worker_url)
+
+    return compare
+
+
+def _cap_for_encrypted(mode: str, max_new_tokens: float) -> tuple[Any, Any]:
+    capped = mode == "encrypted" and (max_new_tokens or 0) > ENCRYPTED_TOKEN_CAP
+    return (
+        gr.update(value=ENCRYPTED_TOKEN_CAP) if capped else gr.update(),
+        MODE_INFO.get(mode, ""),
+    )
+
+
+def _request_stop(ring: Keyring, which: str) -> None:
+    if isinstance(ring, Keyring):
+        ring.stop[which].set()
+
+
+def _forget_keys(ring: Keyring, service: ChatService) -> tuple[Keyring, str]:
+    ring.drop()
+    ring.last_wire = None
+    return ring, worker_panel(ring, service.worker_url)
+
+
+def _header(service: ChatService) -> str:
+    worker = f"worker `{service.worker_url}`" if service.worker_url else "no worker configured"
+    return (
+        "## 🔐 Private chat under homomorphic encryption\n"
+        f"Model **{service.loaded.name}** · CKKS preset `{service.preset}` · {worker}. "
+        "In **encrypted** mode the model runs on a worker that only ever sees ciphertexts and picks "
+        "each next token with the TSP-ordered polynomial sampler of arXiv 2510.12343; **simulate** runs "
+        "that sampler in floating point, **plain** is the exact model."
+    )
 
 
 def build_ui(service: ChatService) -> gr.Blocks:
     """The chat page for one loaded model."""
-    loaded = service.loaded
+    limit = min(MAX_NEW_TOKENS_LIMIT, 1024)
     with gr.Blocks(title="Encrypted chat") as page:
-        gr.Markdown(
-            f"## Private chat under homomorphic encryption\n"
-            f"Model: **{loaded.name}** · pick a mode under Settings: plain, simulate (the paper's sampler in "
-            "floating point) or encrypted (the model runs on ciphertexts)."
+        ring = gr.State(new_keyring, time_to_live=KEY_TTL_SECONDS, delete_callback=close_keyring)
+        gr.Markdown(_header(service), elem_id="header")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=340):
+                        chatbot = gr.Chatbot(
+                            label="Conversation",
+                            height=520,
+                            feedback_options=None,
+                            elem_id="chatbot",
+                            placeholder="Type a message below. Each reply names the mode that made it.",
+                        )
+                        with gr.Row(equal_height=True):
+                            textbox = gr.Textbox(
+                                show_label=False,
+                                placeholder="Your message (Enter sends)",
+                                lines=1,
+                                max_lines=6,
+                                scale=5,
+                                min_width=180,
+                                elem_id="message",
+                            )
+                            send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send")
+                            stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop")
+                        gr.Examples(EXAMPLES, inputs=[textbox], label="Examples")
+                        with gr.Row():
+                            clear = gr.Button("Clear chat", size="sm", elem_id="clear")
+                            forget = gr.Button("Forget my keys", size="sm", elem_id="forget")
+                    with gr.Column(scale=2, min_width=300):
+                        with gr.Accordion("Settings", open=True, elem_id="settings"):
+                            mode = gr.Radio(list(MODES), value="plain", label="Mode", elem_id="mode")
+                            mode_hint = gr.Markdown(MODE_INFO["plain"], elem_id="mode_hint")
+                            with gr.Row():
+                                tsp = gr.Checkbox(value=True, label="TSP vocabulary order", elem_id="tsp")
+                                pp = gr.Checkbox(value=True, label="Post-processing (PP)", elem_id="pp")
+                            temperature = gr.Slider(
+                                0.0, 2.0, value=CHAT_TEMPERATURE, step=0.05, label="Temperature (0 = greedy)"
+                            )
+                            max_new_tokens = gr.Slider(
+                                1, limit, value=128, step=1, label="Max new tokens", elem_id="max_new_tokens"
+                            )
+                            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
+                        with gr.Accordion("What the worker saw", open=True, elem_id="worker_saw"):
+                            panel = gr.Markdown(worker_panel(Keyring(), service.worker_url), elem_id="panel")
+            with gr.Tab("Compare", id="compare"):
+                gr.Markdown(
+                    "The same prompt and seed, two settings, streamed side by side. The default compares "
+                    "the paper's sampler without and with TSP order and post-processing. One side may be "
+                    "*encrypted* (it is much slower, so give it few tokens)."
+                )
+                prompt = gr.Textbox(label="Prompt", value=EXAMPLES[1], lines=2, elem_id="compare_prompt")
+                with gr.Row():
+                    c_temperature = gr.Slider(
+                        0.0, 2.0, value=1.0, step=0.05, label="Temperature", min_width=200
+                    )
+                    c_tokens = gr.Slider(1, limit, value=48, step=1, label="Max new tokens", min_width=200)
+                    c_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", min_width=120)
+                with gr.Row(equal_height=False):
+                    with gr.Column(min_width=300):
+                        mode_a = gr.Radio(list(MODES), value="simulate", label="A: mode", elem_id="mode_a")
+                        with gr.Row():
+                            tsp_a = gr.Checkbox(value=False, label="TSP", elem_id="tsp_a")
+                            pp_a = gr.Checkbox(value=False, label="PP", elem_id="pp_a")
+                        chat_a = gr.Chatbot(label="A", height=380, feedback_options=None, elem_id="chat_a")
+                    with gr.Column(min_width=300):
+                        mode_b = gr.Radio(list(MODES), value="simulate", label="B: mode", elem_id="mode_b")
+                        with gr.Row():
+                            tsp_b = gr.Checkbox(value=True, label="TSP", elem_id="tsp_b")
+                            pp_b = gr.Checkbox(value=True, label="PP", elem_id="pp_b")
+                        chat_b = gr.Chatbot(label="B", height=380, feedback_options=None, elem_id="chat_b")
+                with gr.Row():
+                    run = gr.Button("Compare", variant="primary", elem_id="compare_run")
+                    c_stop = gr.Button("Stop", variant="stop", elem_id="compare_stop")
+
+        settings = [mode, temperature, max_new_tokens, seed, tsp, pp]
+        gr.on(
+            [textbox.submit, send.click],
+            make_chat(service),
+            [textbox, chatbot, ring, *settings],
+            [chatbot, textbox, send, ring, panel],
+            api_name="chat",
+            show_progress="hidden",
         )
-        gr.ChatInterface(
-            make_respond(service),
-            additional_inputs=[
-                gr.Radio(list(MODES), value="plain", label="Mode"),
-                gr.Slider(0.0, 2.0, value=CHAT_TEMPERATURE, step=0.05, label="Temperature (0 = greedy)"),
-                gr.Slider(1, min(MAX_NEW_TOKENS_LIMIT, 1024), value=256, step=1, label="Max new tokens"),
-                gr.Number(value=0, precision=0, minimum=0, label="Seed"),
-                gr.Checkbox(value=True, label="TSP vocabulary order"),
-                gr.Checkbox(value=True, label="Post-processing polynomial"),
-            ],
-            additional_inputs_accordion=gr.Accordion("Settings", open=False),
-            examples=[[e, "plain", CHAT_TEMPERATURE, 256, 0, True, True] for e in EXAMPLES],
-            run_examples_on_click=False,
-            flagging_mode="never",
-            save_history=False,
-            fill_height=True,
+        stop.click(lambda r: _request_stop(r, "chat"), [ring], None, queue=False, api_name="stop")
+        clear.click(lambda: [], None, [chatbot], queue=False, api_visibility="private")
+        forget.click(lambda r: _forget_keys(r, service), [ring], [ring, panel], api_name="forget_keys")
+        mode.change(
+            _cap_for_encrypted,
+            [mode, max_new_tokens],
+            [max_new_tokens, mode_hint],
+            queue=False,
+            api_visibility="private",
         )
-    return page
+        run.click(
+            make_compare(service),
+            [prompt, ring, mode_a, tsp_a, pp_a, mode_b, tsp_b, pp_b, c_temperature, c_tokens, c_seed],
+            [chat_a, chat_b, run, ring, panel],
+            api_name="compare",
+            show_progress="hidden",
+        )
+        c_stop.click(
+            lambda r: _request_stop(r, "compare"), [ring], None, queue=False, api_name="stop_compare"
+        )
+    return page  # type: ignore[no-any-return]

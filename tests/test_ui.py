@@ -1,17 +1,31 @@
-"""The chat page served for real on loopback, driven through gradio_client (browser tests: issue 6)."""
+"""The chat page served for real on loopback, driven through gradio_client, plus its pure parts.
+
+The encrypted path against a real worker, Stop in the browser and the layout are in test_browser.py; here
+the worker URL points at a closed port, so encrypted mode exercises the "worker unreachable" message.
+"""
 
 from __future__ import annotations
 
+import copy
 import socket
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from gradio_client import Client
 
-from app.chat import ChatService
+from app.chat import ChatSettings, ReplyUpdate, to_messages
+from app.keyholder import WorkerUnavailable
 from app.ui import build_ui
+from app.ui_parts import Keyring, ReplyView, close_keyring, read_settings, stream_reply
+from model.errors import InputError
+from model.generate import MAX_PROMPT_CHARS
 from model.loading import LoadedModel
+
+CLOSED_PORT_URL = "ws://127.0.0.1:9"
 
 
 def _free_port() -> int:
@@ -22,7 +36,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def page_url(tiny: LoadedModel) -> Iterator[str]:
-    page = build_ui(ChatService.create(tiny))
+    from app.chat import ChatService
+
+    service = ChatService.create(tiny, worker_url=CLOSED_PORT_URL)
+    page = build_ui(service)
     port = _free_port()
     page.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -31,36 +48,194 @@ def page_url(tiny: LoadedModel) -> Iterator[str]:
         page.close()
 
 
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return str(content or "")
+
+
+def _titles(chat: list[dict[str, Any]]) -> list[str]:
+    return [str((m.get("metadata") or {}).get("title", "")) for m in chat]
+
+
+def _replies(chat: list[dict[str, Any]]) -> list[str]:
+    return [_text(m) for m in chat if m.get("role") == "assistant" and not m.get("metadata")]
+
+
+def _chat(client: Client, message: str, mode: str = "plain", tokens: int = 6, **kw: Any) -> Any:
+    args = [message, kw.get("history", []), mode, kw.get("temperature", 1.0), tokens, kw.get("seed", 0)]
+    return client.submit(*args, kw.get("tsp", True), kw.get("pp", True), api_name="/chat")
+
+
 def test_page_is_served_on_loopback(page_url: str) -> None:
     with urllib.request.urlopen(page_url, timeout=30) as response:
         assert response.status == 200
-        assert "Encrypted chat" in response.read().decode()
+        page = response.read().decode()
+    assert "Encrypted chat" in page and "What the worker saw" in page and "Compare" in page
 
 
-def test_reply_streams_in_growing_chunks(page_url: str) -> None:
+def test_plain_reply_streams_and_names_its_mode(page_url: str) -> None:
+    outputs = list(_chat(Client(page_url, verbose=False), "Hello", tokens=6))
+    chats = [out[0] for out in outputs]
+    texts = [(_replies(chat) or [""])[-1] for chat in chats]
+    assert len({t for t in texts if t}) >= 2, "the reply should arrive in several growing chunks"
+    assert all(texts[i + 1].startswith(texts[i]) for i in range(len(texts) - 1))
+    final = chats[-1]
+    assert _text(final[0]) == "Hello" and final[0]["role"] == "user"
+    assert _titles(final)[-1].startswith("🟢 plain · 6 tokens")
+    assert "reached max new tokens" in _titles(final)[-1]
+    assert "ran on this server in the clear" in outputs[-1][-1]
+
+
+def test_simulate_footer_names_tsp_and_pp(page_url: str) -> None:
+    final = _chat(Client(page_url, verbose=False), "Hello", "simulate", 4, tsp=False).result()[0]
+    assert _titles(final)[-1].startswith("🧪 simulate (TSP off, PP on, amp 3) · 4 tokens")
+
+
+def test_follow_up_keeps_history_and_leaves_notes_out_of_the_context(page_url: str) -> None:
     client = Client(page_url, verbose=False)
-    job = client.submit("Hello", "plain", 1.0, 6, 0, True, True, api_name="/respond")
-    outputs = list(job)
-    assert len(outputs) >= 2
-    assert all(outputs[i + 1].startswith(outputs[i].split("\n\n<sub>")[0]) for i in range(len(outputs) - 1))
-    assert "plain · 6 tokens" in outputs[-1]
-
-
-def test_simulate_mode_streams_with_its_label(page_url: str) -> None:
-    client = Client(page_url, verbose=False)
-    reply = client.predict("Hello", "simulate", 1.0, 4, 0, True, True, api_name="/respond")
-    assert "simulate (TSP on, PP on, amp 3) · 4 tokens" in reply
+    first = _chat(client, "Hello", tokens=3).result()[0]
+    second = _chat(client, "And then?", tokens=3, history=first).result()[0]
+    assert [m["role"] for m in second[: len(first)]] == [m["role"] for m in first]
+    assert _text(second[len(first)]) == "And then?"
+    context = to_messages(second, "next")
+    assert [m["role"] for m in context] == ["user", "assistant", "user", "assistant", "user"]
 
 
 @pytest.mark.parametrize(
-    ("message", "temperature", "error"),
-    [("   ", 0.3, "empty"), ("Hello", 9.0, "greater than maximum value 2.0")],
+    ("message", "seed", "title", "detail"),
+    [
+        ("   ", 0, "Cannot send this", "empty"),
+        ("x" * (MAX_PROMPT_CHARS + 1), 0, "Cannot send this", "limit is 20,000"),
+        ("Hello", 2**70, "Cannot send this", "seed"),
+    ],
 )
-def test_bad_input_is_reported_and_the_page_keeps_working(
-    page_url: str, message: str, temperature: float, error: str
+def test_bad_input_is_a_chat_message_and_the_page_keeps_working(
+    page_url: str, message: str, seed: int, title: str, detail: str
 ) -> None:
     client = Client(page_url, verbose=False)
-    with pytest.raises(Exception, match=error):
-        client.predict(message, "plain", temperature, 6, 0, True, True, api_name="/respond")
-    reply = client.predict("Hello again", "plain", 1.0, 3, 0, True, True, api_name="/respond")
-    assert "plain · 3 tokens" in reply
+    chat, *_, panel = _chat(client, message, seed=seed).result()
+    assert _titles(chat)[-1] == f"⚠️ {title}"
+    assert detail in _text(chat[-1])
+    again = _chat(client, "Hello again", tokens=3).result()[0]
+    assert _titles(again)[-1].startswith("🟢 plain · 3 tokens")
+
+
+def test_unreachable_worker_is_reported_in_the_chat(page_url: str) -> None:
+    client = Client(page_url, verbose=False)
+    chat, *_, panel = _chat(client, "Hi", "encrypted", 2).result()
+    titles = _titles(chat)
+    assert titles[-1] == "⚠️ The worker cannot be reached"
+    assert CLOSED_PORT_URL in _text(chat[-1])
+    assert "interrupted" in titles[-2]
+    assert "none yet" in panel  # no keys kept after the failure
+    plain = _chat(client, "Hello", tokens=2).result()[0]
+    assert _titles(plain)[-1].startswith("🟢 plain · 2 tokens")
+
+
+def test_stop_ends_the_reply_with_a_stopped_footer(page_url: str) -> None:
+    client = Client(page_url, verbose=False)
+    job = _chat(client, "Tell me a long story", tokens=1024, temperature=1.0)
+    deadline = time.monotonic() + 120
+    while len(job.outputs()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.predict(api_name="/stop")  # same client: the same browser session and stop flag
+    final = job.result(timeout=120)[0]
+    title = _titles(final)[-1]
+    assert "stopped by you" in title, title
+    assert int(title.split(" · ")[1].split()[0]) < 1024
+
+
+def test_compare_streams_two_settings_side_by_side(page_url: str) -> None:
+    client = Client(page_url, verbose=False)
+    job = client.submit(
+        "Hello", "simulate", False, False, "plain", True, True, 1.0, 5, 3, api_name="/compare"
+    )
+    outputs = list(job)
+    a, b = outputs[-1][0], outputs[-1][1]
+    assert _text(a[0]) == _text(b[0]) == "Hello"
+    assert _titles(a)[-1].startswith("🧪 simulate (TSP off, PP off, amp 3) · 5 tokens")
+    assert _titles(b)[-1].startswith("🟢 plain · 5 tokens")
+    assert len(outputs) >= 3
+
+
+def test_compare_refuses_two_encrypted_sides(page_url: str) -> None:
+    client = Client(page_url, verbose=False)
+    a, b, *_ = client.predict(
+        "Hi", "encrypted", True, True, "encrypted", True, True, 1.0, 2, 0, api_name="/compare"
+    )
+    assert _titles(b)[-1] == "⚠️ Only one side can be encrypted"
+    assert _titles(a)[-1] == "⚠️ The worker cannot be reached"  # side A still ran (and found no worker)
+
+
+# --- the pure parts ---------------------------------------------------------------------------------
+
+
+def _update(text: str, tokens: int, seconds: float, **kw: Any) -> ReplyUpdate:
+    return ReplyUpdate(text, "", tokens, seconds, kw.pop("first", 12.0), **kw)
+
+
+def test_progress_estimates_time_left_from_the_median_token_time() -> None:
+    view = ReplyView(ChatSettings(mode="encrypted", max_new_tokens=10))
+    assert "estimated after the first token" in view.messages()[-1]["content"]
+    for tokens, seconds in [(1, 12.0), (2, 18.0), (3, 30.0), (4, 36.0)]:  # gaps 6, 12, 6 s
+        view.push(_update("abc", tokens, seconds))
+    view.push(_update("abc", 4, 37.0, stage="token: layer 2/30", progress=(1, 33)))
+    assert view.seconds_per_token() == 6.0
+    assert view.seconds_left() == 36.0  # 6 tokens left x 6 s
+    reply, status = view.messages()
+    assert reply == {"role": "assistant", "content": "abc"}
+    assert status["metadata"]["status"] == "pending"
+    assert "token 5 of at most 10 · token: layer 2/30" in status["metadata"]["title"]
+    assert "about 36 s left" in status["content"] and "step 2 of 33" in status["content"]
+
+
+def test_settings_errors_name_the_field() -> None:
+    with pytest.raises(InputError, match="max new tokens must be a whole number"):
+        read_settings("plain", 0.3, 2.5, 0, True, True)
+    with pytest.raises(InputError, match="mode must be one of"):
+        read_settings("quantum", 0.3, 5, 0, True, True)
+    assert read_settings("simulate", 0.3, 5.0, 7, False, True).label() == "simulate (TSP off, PP on, amp 3)"
+
+
+class _FakeSession:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _FakeService:
+    """Stands in for ChatService: one token, then the worker goes away."""
+
+    worker_url = "ws://worker"
+
+    def reply(self, messages: Any, settings: ChatSettings, session: Any) -> Iterator[ReplyUpdate]:
+        yield _update(" Paris", 1, 1.0, first=1.0)
+        raise WorkerUnavailable("the worker at ws://worker went away (1006); retry")
+
+
+def test_a_worker_dropping_mid_reply_keeps_the_text_and_drops_the_keys() -> None:
+    ring = Keyring()
+    session = _FakeSession()
+    ring.session = session  # type: ignore[assignment]
+    settings = ChatSettings(mode="encrypted", max_new_tokens=5)
+    views = list(stream_reply(_FakeService(), ring, [], settings, threading.Event()))  # type: ignore[arg-type]
+    final = views[-1].messages()
+    assert _text(final[0]) == " Paris"
+    assert "interrupted" in final[1]["metadata"]["title"]
+    assert final[2]["metadata"]["title"] == "⚠️ The worker cannot be reached"
+    assert session.closed and ring.session is None
+    assert not ring.lock.locked()
+
+
+def test_keys_are_never_copied_shown_or_kept_after_expiry() -> None:
+    ring = Keyring()
+    session = _FakeSession()
+    ring.session = session  # type: ignore[assignment]
+    assert copy.deepcopy(ring).session is None  # Gradio's per-session copy of the initial value
+    assert "Session" not in repr(ring) and "open" in repr(ring)
+    close_keyring(ring)  # what gr.State's delete_callback does on expiry
+    assert session.closed and ring.session is None
