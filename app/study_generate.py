@@ -190,8 +190,15 @@ def _generate_one(
         settings=asdict(settings),
         provenance={
             **shared,
-            "order_id": shared["tsp_order_id"] if settings.tsp else "identity",
+            "order_id": _order_id(settings, shared["tsp_order_id"]),
             "label": settings.label(),
             "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
+
+
+def _order_id(settings: ChatSettings, tsp_order_id: str) -> str:
+    """The vocabulary order the sampler used: none in plain mode, token-id order with TSP off."""
+    if settings.mode == "plain":
+        return "none"
+    return tsp_order_id if settings.tsp else "identity"

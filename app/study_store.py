@@ -432,7 +432,8 @@ class StudyStore:
             AnswerError: ParticipantError, TamperedItem, OutOfOrderAnswer, AnswerConflict or
                 InvalidAnswer; nothing is written.
         """
-        check_participant_id(participant_id)
+        with self._connect() as db:
+            self._check_consented(db, participant_id)  # first: an unknown participant learns nothing more
         answer = normalise_answer(self.study, raw_answer)
         position = find_item(self.secret, self.study, participant_id, candidate_item_id)
         if position is None:

@@ -135,8 +135,15 @@ def build_study_page(store: StudyStore) -> gr.Blocks:
                 return stay(str(exc))
 
         page.load(on_load, None, participant_box, api_visibility="private")
-        start.click(on_start, [participant_box, agree], outputs, api_visibility="private")
-        submit.click(on_submit, [participant, current, *answer_components], outputs, api_visibility="private")
+        hidden: Any = "undocumented"  # callable (tests drive the page's own handlers), not in the API docs
+        start.click(on_start, [participant_box, agree], outputs, api_name="ui_start", api_visibility=hidden)
+        submit.click(
+            on_submit,
+            [participant, current, *answer_components],
+            outputs,
+            api_name="ui_submit",
+            api_visibility=hidden,
+        )
         _add_api(store)
     return page
 

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_close
 
 from app import study_analysis as analysis
 from app.study_file import Study
 from app.study_plan import study_texts
 from app.study_store import StudyStore, TextRecord
+from tests.conftest import assert_close
 
 # Student t 0.975 quantiles as printed in statistical tables (e.g. NIST/SEMATECH e-Handbook 1.3.6.7.2)
 T_TABLE_975 = {1: 12.706, 2: 4.303, 3: 3.182, 5: 2.571, 10: 2.228, 30: 2.042, 100: 1.984}

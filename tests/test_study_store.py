@@ -159,7 +159,7 @@ def test_concurrent_double_submits_write_one_row(store: StudyStore) -> None:
         ("alice", "first", {"fluency": True}, InvalidAnswer, ["fluency"]),
         ("alice", "first", {"fluency": 3, "notes": "x" * 5000}, InvalidAnswer, ["at most"]),
         ("alice", "first", [3], InvalidAnswer, ["object"]),
-        ("carol", "first", {"fluency": 3}, TamperedItem, ["not part of"]),
+        ("bob", "first", {"fluency": 3}, TamperedItem, ["not part of"]),  # alice's item
         ("dave", "dave's", {"fluency": 3}, ParticipantError, ["consent"]),
         ("bad id!", "first", {"fluency": 3}, ParticipantError, ["participant id"]),
     ],
