@@ -341,6 +341,7 @@ def render_markdown(
     prefs: Sequence[Preference],
     plot_name: str | None = None,
     notes: Sequence[str] = (),
+    texts: Sequence[TextRecord] = (),
 ) -> str:
     """The report as Markdown: design, provenance, means with CIs, preference rates, plot link."""
     participants = sorted({str(r["participant_id"]) for r in rows})
@@ -386,6 +387,12 @@ def render_markdown(
         )
     if plot_name:
         lines += ["", f"![mean ratings with 95% CIs]({plot_name})"]
+    if texts:
+        lines += ["", "## The rated texts", "", "| text | tokens | stop | text as shown to raters |"]
+        lines.append("|---|---|---|---|")
+        for t in texts:
+            shown = t.text.replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {t.text_id} | {t.tokens} | {t.finish} | {shown} |")
     lines += [
         "",
         "Intervals treat every rating as independent; each rater contributes several, so they are optimistic "

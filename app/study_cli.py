@@ -20,6 +20,7 @@ import argparse
 import os
 import secrets
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,18 @@ def run_generate(args: argparse.Namespace) -> int:
     worker = None
     bar = tqdm(total=0, unit="text", desc="study texts", file=sys.stderr)
 
+    last_refresh = 0.0
+
     def on_progress(event: GenerationProgress) -> None:
-        bar.total = event.total
-        bar.n = event.done
+        nonlocal last_refresh
         stage = f" {event.stage}" if event.stage else ""
-        bar.set_postfix_str(f"{event.current} {event.tokens} tok{stage}" if event.current else "done")
+        bar.set_postfix_str(
+            f"{event.current} {event.tokens} tok{stage}" if event.current else "done", refresh=False
+        )
+        now = time.monotonic()
+        if event.done != bar.n or event.total != bar.total or now - last_refresh > 1.0:
+            bar.total, bar.n, last_refresh = event.total, event.done, now
+            bar.refresh()
 
     def open_session() -> Any:
         nonlocal worker
@@ -160,7 +168,8 @@ def run_report(args: argparse.Namespace) -> int:
             "scores from a text heuristic plus noise): these numbers demonstrate the pipeline, "
             "not human judgement."
         )
-    text = analysis.render_markdown(store.study, rows, means, prefs, "means.png", notes)
+    texts = sorted(store.texts().values(), key=lambda t: (t.prompt_id, t.sample, t.condition_id))
+    text = analysis.render_markdown(store.study, rows, means, prefs, "means.png", notes, texts)
     (args.out / "report.md").write_text(text, encoding="utf-8")
     print(text)
     print(f"wrote {args.out / 'report.md'}, means.png and answers.csv", file=sys.stderr)

@@ -192,6 +192,7 @@ def _generate_one(
             **shared,
             "order_id": _order_id(settings, shared["tsp_order_id"]),
             "label": settings.label(),
+            **({"ckks_preset": service.preset} if settings.mode == "encrypted" else {}),
             "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )

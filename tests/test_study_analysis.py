@@ -171,9 +171,11 @@ def test_report_and_plot(tmp_path: Path) -> None:
     rows = analysis.export_rows(store.study, store.answers(), store.texts())
     means = analysis.condition_means(rows)
     prefs = analysis.preferences(rows, ["a", "b"])
-    text = analysis.render_markdown(store.study, rows, means, prefs, "means.png", ["SIMULATED"])
+    texts = list(store.texts().values())
+    text = analysis.render_markdown(store.study, rows, means, prefs, "means.png", ["SIMULATED"], texts)
     a_fluency = means[("a", "fluency")]
     assert f"| fluency (1-5) | a | 6 | {a_fluency.mean:.2f} |" in text
     assert "| a | b | 4 | 1 | 1 | 0.80 |" in text and "> SIMULATED" in text
+    assert "| a/p2/0 | 2 | eos | t |" in text
     analysis.plot_means(store.study, means, tmp_path / "means.png")
     assert (tmp_path / "means.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

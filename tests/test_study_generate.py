@@ -134,3 +134,35 @@ def test_the_study_file_accepts_exactly_what_chat_settings_accepts(field: str, v
     except StudyFileError:
         file_ok = False
     assert file_ok == chat_ok
+
+
+@pytest.mark.slow
+def test_an_encrypted_condition_matches_simulate_with_the_same_seed(
+    tmp_path: Path, service: ChatService
+) -> None:
+    """About 30 s on the tiny model: keys, a loopback worker, two tokens under CKKS."""
+    from app.cli import start_local_worker
+
+    study = Study.from_dict(
+        {
+            "id": "enc",
+            "title": "t",
+            "consent": "c",
+            "conditions": [
+                {"id": "sim", "mode": "simulate", "max_new_tokens": 2},
+                {"id": "enc", "mode": "encrypted", "max_new_tokens": 2},
+            ],
+            "prompts": [{"id": "p", "text": "Hi"}],
+            "questions": [{"id": "q", "text": "?"}],
+        }
+    )
+    store = StudyStore.create(tmp_path / "e.db", study)
+    worker = start_local_worker(service)
+    try:
+        generate_texts(store, service)
+    finally:
+        worker.stop()
+        service.worker_url = None
+    texts = store.texts()
+    assert texts["enc/p/0"].provenance["ckks_preset"] == service.preset
+    assert texts["enc/p/0"].text == texts["sim/p/0"].text  # tiny model: agreement is exact here
