@@ -6,6 +6,7 @@
     python -m app chat "What is the capital of France?"
     python -m app chat --mode encrypted "Hi"       # starts an in-process worker unless --worker-url
     python -m app chat                   # interactive: one message per line, Ctrl-D to quit
+    python -m app study --help           # user studies: init, generate, serve, export, report
 
 Model options: --model-path DIR (any local transformers causal LM) or --tiny (the random test model).
 Errors print one line naming the problem and the fix, and exit with status 2.
@@ -239,6 +240,10 @@ def run_ui(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["study"]:
+        from app.study_cli import main as study_main  # the user-study commands (app/study_cli.py)
+
+        return study_main(arguments[1:])
     if not arguments or arguments[0] not in ("ui", "worker", "chat", "-h", "--help"):
         arguments = ["ui", *arguments]
     args = parser.parse_args(arguments)
