@@ -307,13 +307,24 @@ def run_collapse(args: argparse.Namespace, loaded: LoadedModel, folder: Path) ->
     tsp_perm, tsp_source = tsp_order(loaded) if {"tsp", "both"} & set(conditions) else (None, "unused")
     criteria = CollapseCriteria()
     prompts = args.prompt or list(PROMPTS)
+    run_settings = {
+        "sampler": base.to_dict(),
+        "conditions": conditions,
+        "n": args.n,
+        "length": args.length,
+        "prompts": prompts,
+        "seed": args.seed,
+        "criteria": asdict(criteria),
+        "tsp_order": tsp_source,
+    }
+    write_settings(folder, loaded, run_settings)  # first, so a stopped run can still be summarised
     encoded = [build_prompt(loaded, [{"role": "user", "content": p}], reserve=args.length) for p in prompts]
     rows: list[dict[str, Any]] = []
     texts = (folder / "generations.jsonl").open("w")
     bar = tqdm(total=len(conditions) * args.n * args.length, desc="collapse study", unit="tok")
     started = time.perf_counter()
-    for condition in conditions:
-        for index in range(args.n):
+    for index in range(args.n):  # index-major: a run stopped early still has every condition ~equally often
+        for condition in conditions:
             selector, config = condition_selector(condition, loaded, tsp_perm, base)  # type: ignore[arg-type]
             prompt = encoded[index % len(encoded)]
             seed = args.seed + index  # the same r stream for every condition (paired design)
@@ -367,20 +378,7 @@ def run_collapse(args: argparse.Namespace, loaded: LoadedModel, folder: Path) ->
         f"# Collapse study, {loaded.name}\n\n" + note + markdown_table(summary)
     )
     plot_collapse(summary, folder / "collapse.png", loaded.name)
-    write_settings(
-        folder,
-        loaded,
-        {
-            "sampler": base.to_dict(),
-            "conditions": conditions,
-            "n": args.n,
-            "length": args.length,
-            "prompts": prompts,
-            "seed": args.seed,
-            "criteria": asdict(criteria),
-            "tsp_order": tsp_source,
-        },  # fmt: skip
-    )
+    write_settings(folder, loaded, {**run_settings, "seconds": round(time.perf_counter() - started)})
 
 
 def summarise_collapse(
@@ -428,6 +426,43 @@ def plot_collapse(summary: list[dict[str, Any]], path: Path, model_name: str) ->
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_summarise(args: argparse.Namespace, folder: Path) -> None:
+    """Rebuild the collapse tables from the generations.jsonl of one or more runs (also stopped ones)."""
+    rows: list[dict[str, Any]] = []
+    settings: list[dict[str, Any]] = []
+    for run in args.runs:
+        source = Path(run)
+        if not (source / "generations.jsonl").is_file() or not (source / "settings.json").is_file():
+            raise InputError(
+                f"{source} holds no collapse run (generations.jsonl + settings.json); check the path"
+            )
+        rows += [json.loads(line) for line in (source / "generations.jsonl").open()]
+        settings.append(json.loads((source / "settings.json").read_text()))
+    comparable = {
+        json.dumps({k: s[k] for k in ("length", "prompts", "seed")}, sort_keys=True) for s in settings
+    }
+    samplers = {json.dumps({**s["sampler"], "tsp": None, "pp": None}, sort_keys=True) for s in settings}
+    if len(comparable) > 1 or len(samplers) > 1:
+        raise InputError(
+            "the runs differ in length, prompts, seed or sampler settings; summarise them separately"
+        )
+    unique: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:  # a generation present in two runs (same condition and seed) counts once
+        unique.setdefault((row["condition"], int(row["index"])), row)
+    rows = list(unique.values())
+    conditions = [c for c in CONDITIONS if any(row["condition"] == c for row in rows)]
+    summary = summarise_collapse(rows, conditions, np.random.default_rng(0))
+    write_csv(
+        folder / "generations.csv",
+        [{k: v for k, v in row.items() if k not in ("text", "tokens")} for row in rows],
+    )
+    write_csv(folder / "summary.csv", summary)
+    note = f"Merged from {', '.join(args.runs)} (settings: {args.runs[0]}/settings.json).\n\n"
+    (folder / "summary.md").write_text("# Collapse study (merged)\n\n" + note + markdown_table(summary))
+    plot_collapse(summary, folder / "collapse.png", settings[0]["model"]["name"])
+    (folder / "settings.json").write_text(json.dumps({"merged": args.runs, "runs": settings}, indent=2))
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -492,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--length", type=positive("--length"), default=256, help="tokens per generation")
             sub.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated subset")
             sub.add_argument("--noise-sigma", type=float, default=0.0, help="CKKS noise model (0 = off)")
+    summarise = commands.add_parser("summarise", help="rebuild collapse tables from finished or stopped runs")
+    summarise.add_argument(
+        "runs", nargs="+", help="results/<name> folders of collapse runs with equal settings"
+    )
+    summarise.add_argument("--name", default="collapse-merged", help="results/<name>/ receives the tables")
+    summarise.add_argument("--threads", type=positive("--threads"), default=1, help=argparse.SUPPRESS)
     return parser
 
 
@@ -501,6 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         folder = RESULTS / args.name
         folder.mkdir(parents=True, exist_ok=True)
+        if args.command == "summarise":
+            run_summarise(args, folder)
+            print(f"wrote {folder}/", file=sys.stderr)
+            return 0
         loaded = load_model(args)
         if args.command == "single-step":
             run_single_step(args, loaded, folder)

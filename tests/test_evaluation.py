@@ -168,6 +168,15 @@ def test_cli_writes_tables_plots_and_settings(
     assert evaluate_cli.main(args) == 0
     assert "| both |" in (tmp_path / "col" / "summary.md").read_text()
     assert (tmp_path / "col" / "collapse.png").is_file()
+    assert (
+        evaluate_cli.main(["summarise", str(tmp_path / "col"), str(tmp_path / "col"), "--name", "merged"])
+        == 0
+    )
+    merged = list(csv.DictReader((tmp_path / "merged" / "summary.csv").open()))
+    assert [(row["condition"], row["n"]) for row in merged] == [
+        ("plain", "1"),
+        ("both", "1"),
+    ]  # no duplicates
 
 
 def test_cli_rejects_bad_arguments(
