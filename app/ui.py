@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,7 @@ MODE_INFO = {
     ),
 }
 ENCRYPTED_TOKEN_CAP = 16
+FRAME_SECONDS = 0.05  # at most ~20 chat redraws per second (the browser lags behind faster streams)
 
 
 def _user(message: str) -> dict[str, Any]:
@@ -93,8 +95,11 @@ def make_chat(service: ChatService):  # type: ignore[no-untyped-def]
         stop = ring.stop["chat"]
         stop.clear()
         view: ReplyView | None = None
+        shown_at = 0.0
         for view in stream_reply(service, ring, messages, settings, stop):
-            yield [*history, *view.messages()], *busy, ring, worker_panel(ring, service.worker_url)
+            if time.monotonic() - shown_at >= FRAME_SECONDS or view.note or view.stopping:
+                shown_at = time.monotonic()  # fast plain replies: one frame per 50 ms, not per token
+                yield [*history, *view.messages()], *busy, ring, worker_panel(ring, service.worker_url)
         if view is not None:
             yield [*history, *view.messages()], *ready, ring, worker_panel(ring, service.worker_url)
 
@@ -241,15 +246,13 @@ def build_ui(service: ChatService) -> gr.Blocks:
                                 lines=1,
                                 max_lines=6,
                                 scale=5,
-                                min_width=180,
+                                min_width=150,
                                 elem_id="message",
                             )
                             send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send")
                             stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop")
                         gr.Examples(EXAMPLES, inputs=[textbox], label="Examples")
-                        with gr.Row():
-                            clear = gr.Button("Clear chat", size="sm", elem_id="clear")
-                            forget = gr.Button("Forget my keys", size="sm", elem_id="forget")
+                        forget = gr.Button("Forget my keys", size="sm", elem_id="forget")
                     with gr.Column(scale=2, min_width=300):
                         with gr.Accordion("Settings", open=True, elem_id="settings"):
                             mode = gr.Radio(list(MODES), value="plain", label="Mode", elem_id="mode")
@@ -277,8 +280,19 @@ def build_ui(service: ChatService) -> gr.Blocks:
                     c_temperature = gr.Slider(
                         0.0, 2.0, value=1.0, step=0.05, label="Temperature", min_width=200
                     )
-                    c_tokens = gr.Slider(1, limit, value=48, step=1, label="Max new tokens", min_width=200)
+                    c_tokens = gr.Slider(
+                        1,
+                        limit,
+                        value=48,
+                        step=1,
+                        label="Max new tokens",
+                        min_width=200,
+                        elem_id="compare_tokens",
+                    )
                     c_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", min_width=120)
+                with gr.Row():
+                    run = gr.Button("Compare", variant="primary", elem_id="compare_run")
+                    c_stop = gr.Button("Stop", variant="stop", elem_id="compare_stop")
                 with gr.Row(equal_height=False):
                     with gr.Column(min_width=300):
                         mode_a = gr.Radio(list(MODES), value="simulate", label="A: mode", elem_id="mode_a")
@@ -292,9 +306,6 @@ def build_ui(service: ChatService) -> gr.Blocks:
                             tsp_b = gr.Checkbox(value=True, label="TSP", elem_id="tsp_b")
                             pp_b = gr.Checkbox(value=True, label="PP", elem_id="pp_b")
                         chat_b = gr.Chatbot(label="B", height=380, feedback_options=None, elem_id="chat_b")
-                with gr.Row():
-                    run = gr.Button("Compare", variant="primary", elem_id="compare_run")
-                    c_stop = gr.Button("Stop", variant="stop", elem_id="compare_stop")
 
         settings = [mode, temperature, max_new_tokens, seed, tsp, pp]
         gr.on(
@@ -306,7 +317,6 @@ def build_ui(service: ChatService) -> gr.Blocks:
             show_progress="hidden",
         )
         stop.click(lambda r: _request_stop(r, "chat"), [ring], None, queue=False, api_name="stop")
-        clear.click(lambda: [], None, [chatbot], queue=False, api_visibility="private")
         forget.click(lambda r: _forget_keys(r, service), [ring], [ring, panel], api_name="forget_keys")
         mode.change(
             _cap_for_encrypted,

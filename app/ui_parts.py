@@ -202,7 +202,6 @@ class ReplyView:
             )
         else:
             title, lines = self._progress(label)
-        lines.append(f"Elapsed: {_seconds(time.perf_counter() - self.started)}")
         return {
             "role": "assistant",
             "content": "\n\n".join(lines),
@@ -296,6 +295,7 @@ def stream_reply(
     sends Cancel to the worker in encrypted mode. A worker that is gone drops the session.
     """
     view = ReplyView(settings)
+    ring.last_label = f"{BADGE[settings.mode]} {settings.label()}"
     if settings.mode == "encrypted" and ring.session is None:
         view.note = "Creating your secret key and public keys (once per session)…"
     yield view
@@ -343,7 +343,6 @@ def stream_reply(
     finally:
         if locked:
             ring.lock.release()
-    ring.last_label = f"{BADGE[settings.mode]} {settings.label()}"
     yield view
 
 
@@ -356,7 +355,7 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
     """Markdown for "What the worker saw": keys, the last encrypted token on the wire, the oracle calls."""
     lines: list[str] = []
     if ring.last_label:
-        lines.append(f"**Last reply:** {ring.last_label}")
+        lines.append(f"**Latest reply:** {ring.last_label}")
         if not ring.last_label.startswith(BADGE["encrypted"]):
             lines.append(
                 "That reply ran on this server in the clear; no worker was involved. Choose *encrypted* "
@@ -365,7 +364,7 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
     if ring.session is not None:
         lines.append(
             f"**Your keys:** the secret key is held in this browser session's memory on the page server "
-            f"(the key holder); **{_mb(ring.key_bytes)}** of public keys (relinearisation, Galois) were "
+            f"(the key holder); {_mb(ring.key_bytes)} of public keys (relinearisation, Galois) were "
             f"uploaded once to the worker at `{worker_url}`. They are forgotten after "
             f"{KEY_TTL_SECONDS // 60} minutes without a reply, after you close the tab, "
             "or with *Forget my keys*."
@@ -380,9 +379,7 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
         lines.append("*No encrypted reply yet: nothing has gone to the worker.*")
         return "\n\n".join(lines)
     rows = [
-        "**Last encrypted token on the wire**",
-        "",
-        "| | |",
+        "| Wire | Last encrypted token |",
         "|---|---|",
         f"| Key holder → worker | {_mb(wire.bytes_to_worker)} (ciphertexts) |",
         f"| Worker → key holder | {_mb(wire.bytes_from_worker)} (ciphertexts) |",

@@ -76,14 +76,14 @@ def test_page_is_served_on_loopback(page_url: str) -> None:
 
 
 def test_plain_reply_streams_and_names_its_mode(page_url: str) -> None:
-    outputs = list(_chat(Client(page_url, verbose=False), "Hello", tokens=6))
+    outputs = list(_chat(Client(page_url, verbose=False), "Hello", tokens=100))  # frames: one per 50 ms
     chats = [out[0] for out in outputs]
     texts = [(_replies(chat) or [""])[-1] for chat in chats]
     assert len({t for t in texts if t}) >= 2, "the reply should arrive in several growing chunks"
     assert all(texts[i + 1].startswith(texts[i]) for i in range(len(texts) - 1))
     final = chats[-1]
     assert _text(final[0]) == "Hello" and final[0]["role"] == "user"
-    assert _titles(final)[-1].startswith("🟢 plain · 6 tokens")
+    assert _titles(final)[-1].startswith("🟢 plain · 100 tokens")
     assert "reached max new tokens" in _titles(final)[-1]
     assert "ran on this server in the clear" in outputs[-1][-1]
 
