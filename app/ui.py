@@ -25,8 +25,8 @@ from app.chat import CHAT_TEMPERATURE, MODES, ChatService, ChatSettings, to_mess
 from app.ui_parts import (
     KEY_TTL_SECONDS,
     Keyring,
+    OpenKeyrings,
     ReplyView,
-    close_keyring,
     error_message,
     error_title,
     new_keyring,
@@ -51,6 +51,7 @@ MODE_INFO = {
     ),
 }
 ENCRYPTED_TOKEN_CAP = 16
+REPLIES_AT_ONCE = 4  # sessions served at once (the worker itself runs one encrypted job; others get "busy")
 FRAME_SECONDS = 0.05  # at most ~20 chat redraws per second (the browser lags behind faster streams)
 
 
@@ -58,7 +59,7 @@ def _user(message: str) -> dict[str, Any]:
     return {"role": "user", "content": message}
 
 
-def make_chat(service: ChatService):  # type: ignore[no-untyped-def]
+def make_chat(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-untyped-def]
     """The Send handler: validates, streams the reply as chat messages, updates the worker panel."""
 
     def chat(
@@ -71,8 +72,10 @@ def make_chat(service: ChatService):  # type: ignore[no-untyped-def]
         seed: float,
         tsp: bool,
         pp: bool,
+        request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         ring = ring if isinstance(ring, Keyring) else Keyring()
+        rings.track(getattr(request, "session_hash", None), ring)
         history = list(history or [])
         message = message or ""
         busy = (gr.update(value="", interactive=False), gr.update(interactive=False))
@@ -106,7 +109,7 @@ def make_chat(service: ChatService):  # type: ignore[no-untyped-def]
     return chat
 
 
-def make_compare(service: ChatService):  # type: ignore[no-untyped-def]
+def make_compare(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-untyped-def]
     """The Compare handler: two replies to the same prompt and seed, streamed side by side (threads)."""
 
     def compare(
@@ -121,8 +124,10 @@ def make_compare(service: ChatService):  # type: ignore[no-untyped-def]
         temperature: float,
         max_new_tokens: float,
         seed: float,
+        request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         ring = ring if isinstance(ring, Keyring) else Keyring()
+        rings.track(getattr(request, "session_hash", None), ring)
         prompt = prompt or ""
         shown: list[list[dict[str, Any]]] = [[_user(prompt)] if prompt.strip() else [], []]
         shown[1] = list(shown[0])
@@ -225,8 +230,9 @@ def _header(service: ChatService) -> str:
 def build_ui(service: ChatService) -> gr.Blocks:
     """The chat page for one loaded model."""
     limit = min(MAX_NEW_TOKENS_LIMIT, 1024)
+    rings = OpenKeyrings()
     with gr.Blocks(title="Encrypted chat") as page:
-        ring = gr.State(new_keyring, time_to_live=KEY_TTL_SECONDS, delete_callback=close_keyring)
+        ring = gr.State(new_keyring, time_to_live=KEY_TTL_SECONDS, delete_callback=rings.close)
         gr.Markdown(_header(service), elem_id="header")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
@@ -310,11 +316,12 @@ def build_ui(service: ChatService) -> gr.Blocks:
         settings = [mode, temperature, max_new_tokens, seed, tsp, pp]
         gr.on(
             [textbox.submit, send.click],
-            make_chat(service),
+            make_chat(service, rings),
             [textbox, chatbot, ring, *settings],
             [chatbot, textbox, send, ring, panel],
             api_name="chat",
             show_progress="hidden",
+            concurrency_limit=REPLIES_AT_ONCE,
         )
         stop.click(lambda r: _request_stop(r, "chat"), [ring], None, queue=False, api_name="stop")
         forget.click(lambda r: _forget_keys(r, service), [ring], [ring, panel], api_name="forget_keys")
@@ -326,13 +333,20 @@ def build_ui(service: ChatService) -> gr.Blocks:
             api_visibility="private",
         )
         run.click(
-            make_compare(service),
+            make_compare(service, rings),
             [prompt, ring, mode_a, tsp_a, pp_a, mode_b, tsp_b, pp_b, c_temperature, c_tokens, c_seed],
             [chat_a, chat_b, run, ring, panel],
             api_name="compare",
             show_progress="hidden",
+            concurrency_limit=REPLIES_AT_ONCE,
         )
         c_stop.click(
             lambda r: _request_stop(r, "compare"), [ring], None, queue=False, api_name="stop_compare"
         )
+
+        def forget_keys_on_close(request: gr.Request) -> None:
+            rings.close_session(getattr(request, "session_hash", None))
+
+        page.unload(forget_keys_on_close)
+    page.open_keyrings = rings  # type: ignore[attr-defined]  # for tests: keys per open tab
     return page  # type: ignore[no-any-return]

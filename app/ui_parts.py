@@ -10,8 +10,8 @@ progress notes, footers nor errors reach the model's context.
 Keys: a `Keyring` lives in one browser session's `gr.State` only. It holds the `EncryptedSession` (the
 secret key and the worker connection), opened on the first encrypted reply and reused after that, and
 dropped when the worker goes away so the next reply reconnects. It is never logged (its repr hides it),
-never copied and never saved; Gradio deletes it after `KEY_TTL_SECONDS` without use (or when the tab has
-been closed for an hour) and `close_keyring` then closes the connection.
+never copied and never saved. It is dropped when the tab is closed or reloaded (`Blocks.unload`, via
+`OpenKeyrings`) and after `KEY_TTL_SECONDS` without a reply (the State's time to live and delete callback).
 
 References: STYLE.md rules 12-14; gradio ChatMessage metadata ("thoughts") and State(time_to_live).
 """
@@ -83,10 +83,39 @@ def new_keyring() -> Keyring:
     return Keyring()
 
 
-def close_keyring(ring: Keyring | None) -> None:
-    """gr.State delete_callback: the session expired or the tab was closed."""
-    if ring is not None:
-        ring.drop()
+class OpenKeyrings:
+    """Browser session id -> its Keyring, so that closing the tab drops the keys at once.
+
+    Gradio's own State deletion waits an hour after a tab closes; `Blocks.unload` fires when it closes
+    but gets no State, only the request with its session id.
+    """
+
+    def __init__(self) -> None:
+        self._rings: dict[str, Keyring] = {}
+        self._lock = threading.Lock()
+
+    def track(self, session_id: str | None, ring: Keyring) -> None:
+        if session_id:
+            with self._lock:
+                self._rings[session_id] = ring
+
+    def close_session(self, session_id: str | None) -> None:
+        """The tab was closed or reloaded: forget its keys now."""
+        with self._lock:
+            ring = self._rings.pop(session_id or "", None)
+        if ring is not None:
+            ring.drop()
+
+    def close(self, ring: Keyring | None) -> None:
+        """gr.State delete_callback: the keys expired (time to live) or the session was deleted."""
+        with self._lock:
+            for session_id in [k for k, v in self._rings.items() if v is ring]:
+                del self._rings[session_id]
+        if ring is not None:
+            ring.drop()
+
+    def __len__(self) -> int:
+        return len(self._rings)
 
 
 def read_settings(
@@ -121,7 +150,8 @@ def error_title(exc: BaseException) -> str:
     if isinstance(exc, WorkerUnavailable):
         return "The worker cannot be reached"
     if isinstance(exc, WorkerError):
-        return "The worker stopped this reply"
+        busy = exc.code == WORKER_BUSY_CODE
+        return "The worker is busy with another reply" if busy else "The worker stopped this reply"
     if isinstance(exc, InputError):
         return "Cannot send this"
     if isinstance(exc, ChatError):
@@ -385,7 +415,7 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
         f"| Worker → key holder | {_mb(wire.bytes_from_worker)} (ciphertexts) |",
         f"| Public keys (once per session) | {_mb(wire.key_upload_bytes)} |",
     ]
-    if wire.ciphertext_hex:
+    if wire.ciphertext_hex:  # the first bytes of the blob as sent (framing and chunk header first)
         rows.append(
             f"| The token's encrypted one-hot vector, first bytes | {_describe_hex(wire.ciphertext_hex)} |"
         )

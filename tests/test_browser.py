@@ -76,6 +76,7 @@ def app(tiny: LoadedModel) -> Iterator[dict[str, Any]]:
         port = int(s.getsockname()[1])
     page.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     state = {"url": f"http://127.0.0.1:{port}/", "worker": worker, "service": service, "stopped": False}
+    state["rings"] = page.open_keyrings
     try:
         yield state
     finally:
@@ -254,7 +255,12 @@ def test_phone_width_is_usable(browser: Any, app: dict[str, Any], shots: Path) -
         expect(last_title(phone)).to_contain_text("🟢 plain · 8 tokens", timeout=120_000)
         phone.screenshot(path=str(shots / "09-phone-390.png"), full_page=True)
     finally:
-        phone.close()
+        tabs = len(app["rings"])
+        phone.close(run_before_unload=True)
+    deadline = time.monotonic() + 30  # closing the tab forgets its keys (Blocks.unload)
+    while len(app["rings"]) >= tabs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(app["rings"]) == tabs - 1
 
 
 def test_worker_down_is_a_chat_message_and_the_page_keeps_working(

@@ -20,7 +20,7 @@ from gradio_client import Client
 from app.chat import ChatSettings, ReplyUpdate, to_messages
 from app.keyholder import WorkerUnavailable
 from app.ui import build_ui
-from app.ui_parts import Keyring, ReplyView, close_keyring, read_settings, stream_reply
+from app.ui_parts import Keyring, OpenKeyrings, ReplyView, read_settings, stream_reply
 from model.errors import InputError
 from model.generate import MAX_PROMPT_CHARS
 from model.loading import LoadedModel
@@ -231,11 +231,17 @@ def test_a_worker_dropping_mid_reply_keeps_the_text_and_drops_the_keys() -> None
     assert not ring.lock.locked()
 
 
-def test_keys_are_never_copied_shown_or_kept_after_expiry() -> None:
-    ring = Keyring()
-    session = _FakeSession()
-    ring.session = session  # type: ignore[assignment]
+def test_keys_are_never_copied_shown_or_kept_after_expiry_or_tab_close() -> None:
+    rings = OpenKeyrings()
+    ring, other = Keyring(), Keyring()
+    session, other_session = _FakeSession(), _FakeSession()
+    ring.session, other.session = session, other_session  # type: ignore[assignment]
+    rings.track("tab-1", ring)
+    rings.track("tab-2", other)
     assert copy.deepcopy(ring).session is None  # Gradio's per-session copy of the initial value
     assert "Session" not in repr(ring) and "open" in repr(ring)
-    close_keyring(ring)  # what gr.State's delete_callback does on expiry
-    assert session.closed and ring.session is None
+    rings.close(ring)  # gr.State's delete_callback: the time to live ran out
+    assert session.closed and ring.session is None and len(rings) == 1
+    rings.close_session("tab-2")  # Blocks.unload: the tab was closed
+    assert other_session.closed and other.session is None and len(rings) == 0
+    rings.close_session("tab-2")  # twice is harmless
