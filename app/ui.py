@@ -22,6 +22,7 @@ from typing import Any
 import gradio as gr
 
 from app.chat import CHAT_TEMPERATURE, MODES, ChatService, ChatSettings, to_messages
+from app.ui_panel import worker_panel
 from app.ui_parts import (
     KEY_TTL_SECONDS,
     Keyring,
@@ -32,7 +33,6 @@ from app.ui_parts import (
     new_keyring,
     read_settings,
     stream_reply,
-    worker_panel,
 )
 from model.errors import InputError
 from model.generate import MAX_NEW_TOKENS_LIMIT
@@ -348,5 +348,6 @@ def build_ui(service: ChatService) -> gr.Blocks:
             rings.close_session(getattr(request, "session_hash", None))
 
         page.unload(forget_keys_on_close)
-    page.open_keyrings = rings  # type: ignore[attr-defined]  # for tests: keys per open tab
-    return page  # type: ignore[no-any-return]
+    blocks: gr.Blocks = page
+    blocks.open_keyrings = rings  # type: ignore[attr-defined]  # for tests: keys per open tab
+    return blocks

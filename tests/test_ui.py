@@ -245,3 +245,36 @@ def test_keys_are_never_copied_shown_or_kept_after_expiry_or_tab_close() -> None
     rings.close_session("tab-2")  # Blocks.unload: the tab was closed
     assert other_session.closed and other.session is None and len(rings) == 0
     rings.close_session("tab-2")  # twice is harmless
+
+
+def test_worker_panel_reports_the_wire_the_parameters_and_the_oracle() -> None:
+    from app.chat import WireReport
+    from app.ui_panel import worker_panel
+    from crypto.params import CKKS_DEFAULT
+
+    ring = Keyring()
+    assert "No encrypted reply yet" in worker_panel(ring, "ws://w")
+    ring.last_label = "🔐 encrypted (TSP on, PP on, amp 3)"
+    ring.last_wire = WireReport(
+        key_upload_bytes=31_738_467,
+        bytes_to_worker=129_951_868,
+        bytes_from_worker=49_211_694,
+        oracle_calls={"refresh": 28, "softmax": 1},
+        worker_seconds={"sampler": 5.6},
+        ciphertext_hex="0000000d000000567b226368756e6b223a20343039362c2022636c65616e223a",
+        preset="default",
+        params=CKKS_DEFAULT.to_dict(),
+    )
+    panel = worker_panel(ring, "ws://w")
+    for text in [
+        "| Key holder → worker | 130.0 MB",
+        "| Worker → key holder | 49.2 MB",
+        "| Public keys (once per session) | 31.7 MB",
+        "13 ciphertext chunks",
+        "N = 8,192",
+        "128-bit security",
+        "**refresh** ×28: decrypt and re-encrypt",
+        "**softmax** ×1",
+        "sampler 5.6 s",
+    ]:
+        assert text in panel, text
