@@ -13,7 +13,7 @@ stops the reply when it decrypts EOS (the worker cannot see it) and the secret k
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -207,7 +207,7 @@ class ChatService:
         messages: Sequence[dict[str, str]],
         settings: ChatSettings,
         session: EncryptedSession | None = None,
-    ) -> Iterator[ReplyUpdate]:
+    ) -> Generator[ReplyUpdate, None, None]:
         """Stream a reply in the settings' mode. Closing the iterator stops it (and cancels the worker).
 
         Raises:
@@ -232,7 +232,7 @@ class ChatService:
 
     def _encrypted(
         self, prompt: list[int], settings: ChatSettings, session: EncryptedSession
-    ) -> Iterator[ReplyUpdate]:
+    ) -> Generator[ReplyUpdate, None, None]:
         keys = session.keys
         keys.perm = self.perm(True)
         request = ReplyRequest(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from app import protocol as p
+from crypto.vector import split_vector_bytes
 from model.errors import ChatError, ProtocolError
 
 
@@ -89,7 +90,7 @@ class TokenEvent:
     worker: dict[str, Any]  # the worker's telemetry for this token
     local: Telemetry
     seconds: float  # wall time since the previous token
-    last_frame_hex: str  # the first bytes of the token's ciphertext, for "what the worker saw"
+    last_frame_hex: str  # the first bytes of the token's first SEAL ciphertext, for "what the worker saw"
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,15 @@ class DoneEvent:
 
 
 Event = TokenEvent | ProgressEvent | DoneEvent
+
+
+def _ciphertext_preview(blobs: list[bytes]) -> str:
+    """The first 32 bytes of the token's first SEAL ciphertext (past our framing and JSON header)."""
+    try:
+        chunks = split_vector_bytes(blobs[0])
+    except (IndexError, ChatError):
+        return ""
+    return chunks[1][:32].hex() if len(chunks) > 1 else ""
 
 
 class KeyHolderClient:
@@ -177,7 +187,7 @@ class KeyHolderClient:
 
     # --- replies ------------------------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[int], request: ReplyRequest) -> Iterator[Event]:
+    def generate(self, prompt_ids: list[int], request: ReplyRequest) -> Generator[Event, None, None]:
         """Stream one reply. Closing the iterator early cancels it on the worker."""
         self.math.new_reply({"temperature": request.temperature, "tsp": request.tsp})
         request_id = uuid.uuid4().hex
@@ -216,7 +226,7 @@ class KeyHolderClient:
                 elif isinstance(message, p.Token):
                     now = time.perf_counter()
                     token = self.math.read_token(message.blobs)
-                    preview = message.blobs[0][:32].hex() if message.blobs else ""
+                    preview = _ciphertext_preview(message.blobs)
                     yield TokenEvent(message.index, token, message.telemetry, local, now - last, preview)
                     local, last = Telemetry(), now
                 elif isinstance(message, p.Done):

@@ -195,6 +195,15 @@ def vector_to_bytes(vec: EncVector) -> bytes:
 
 def vector_from_bytes(context: _HasSeal, data: bytes) -> EncVector:
     """Inverse of `vector_to_bytes`."""
+    return vector_from_chunks(context, split_vector_bytes(data))
+
+
+def split_vector_bytes(data: bytes) -> list[bytes]:
+    """The chunks of a `vector_to_bytes` blob: the JSON header, then one SEAL ciphertext each.
+
+    Raises:
+        WireFormatError: truncated or trailing bytes.
+    """
     try:
         (n,) = _U32.unpack_from(data, 0)
         pos, chunks = _U32.size, []
@@ -209,7 +218,7 @@ def vector_from_bytes(context: _HasSeal, data: bytes) -> EncVector:
         raise WireFormatError(f"truncated encrypted vector: {exc}") from exc
     if pos != len(data):
         raise WireFormatError(f"{len(data) - pos} trailing bytes after the encrypted vector")
-    return vector_from_chunks(context, chunks)
+    return chunks
 
 
 def encode_encrypt_serialize(secret: SecretContext, values: npt.ArrayLike, chunk: int | None = None) -> bytes:
