@@ -21,14 +21,21 @@ wire error or a close code.
     │   ├── WireFormatError         bytes that do not parse as the expected CKKS object
     │   ├── LayoutError             encrypted vectors whose slot layouts do not fit the operation
     │   └── MissingRotationKey      a rotation the public context has no Galois key for
-    └── ProtocolError (code 4000)   a wire message that cannot be accepted (app/protocol.py)
-        ├── UnknownMessageType      4001
-        ├── VersionMismatch         4002
-        ├── MessageTooLarge         4003
-        ├── UnknownSession          4004 (also an expired one)
-        ├── WorkerBusy              4007 (a second generation while one runs)
-        ├── OutOfOrder              4008
-        └── LimitExceeded           4010 (session memory or count limits)
+    ├── SamplerError                a sampler input (perm, probabilities) that does not fit
+    ├── ProtocolError (code 4000)   a wire message that cannot be accepted (app/protocol.py)
+    │   ├── UnknownMessageType      4001
+    │   ├── VersionMismatch         4002
+    │   ├── MessageTooLarge         4003
+    │   ├── UnknownSession          4004 (also an expired one)
+    │   ├── WorkerBusy              4007 (a second generation while one runs)
+    │   ├── OutOfOrder              4008
+    │   └── LimitExceeded           4010 (session memory or count limits)
+    └── StudyError                  user studies (app/study_*.py)
+        ├── StudyFileError          a study definition that does not validate
+        │   └── UnknownCondition    a design names a condition the file does not define
+        ├── StudyStoreError         the study database is missing, foreign or of another schema
+        └── AnswerError             a submitted answer that cannot be stored (nothing is written)
+            ├── ParticipantError, TamperedItem, OutOfOrderAnswer, AnswerConflict, InvalidAnswer
 
 This module lives in `model/` because `model/` and `crypto/` are the two pure libraries and both
 may import it; `app/` raises the protocol errors.

@@ -71,9 +71,14 @@ class Selector(Protocol):
 
 
 def softmax64(logits: torch.Tensor, temperature: float) -> np.ndarray:
-    """Probabilities in float64 from logits (V,), at a temperature > 0."""
-    z = logits.detach().to(torch.float64) / temperature
-    return torch.softmax(z, dim=-1).numpy()
+    """Probabilities in float64 from logits (V,), at a temperature > 0.
+
+    In numpy: a torch float64 conversion wakes torch's thread pool and costs 10-30 ms per token on a
+    loaded 2-core machine, against 0.15 ms here.
+    """
+    z = logits.detach().numpy().astype(np.float64) / temperature
+    e = np.exp(z - z.max())
+    return np.asarray(e / e.sum(), dtype=np.float64)
 
 
 def inverse_transform(p: np.ndarray, r: float) -> int:
