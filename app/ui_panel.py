@@ -62,7 +62,7 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
         f"| Worker → key holder | {_mb(wire.bytes_from_worker)} (ciphertexts) |",
         f"| Public keys (once per session) | {_mb(wire.key_upload_bytes)} |",
     ]
-    if wire.ciphertext_hex:  # the first bytes of the blob as sent (framing and chunk header first)
+    if wire.ciphertext_hex:  # the first bytes of the token's first SEAL ciphertext as sent
         rows.append(
             f"| The token's encrypted one-hot vector, first bytes | {_describe_hex(wire.ciphertext_hex)} |"
         )
@@ -88,18 +88,11 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
 
 
 def _describe_hex(hex_text: str) -> str:
-    """The preview as hex words, plus what its framing says (u32 chunk count, u32 length, chunk header)."""
+    """The preview as hex words and what they are."""
     words = " ".join(hex_text[i : i + 8] for i in range(0, len(hex_text), 8))
-    try:
-        raw = bytes.fromhex(hex_text)
-    except ValueError:
-        return f"`{words}`"
-    if len(raw) < 8:
-        return f"`{words}`"
-    count = int.from_bytes(raw[:4], "big")
-    text = "".join(chr(b) if 32 <= b < 127 and chr(b) not in "`|" else "." for b in raw[8:])
     return (
-        f"`{words}` ({count} ciphertext chunks; these first bytes are framing and the chunk header `{text}`)"
+        f"`{words}` (the first {len(hex_text) // 2} bytes of the first SEAL ciphertext: "
+        "SEAL's serialisation header, then encrypted coefficients)"
     )
 
 

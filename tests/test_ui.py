@@ -261,7 +261,7 @@ def test_worker_panel_reports_the_wire_the_parameters_and_the_oracle() -> None:
         bytes_from_worker=49_211_694,
         oracle_calls={"refresh": 28, "softmax": 1},
         worker_seconds={"sampler": 5.6},
-        ciphertext_hex="0000000d000000567b226368756e6b223a20343039362c2022636c65616e223a",
+        ciphertext_hex="5ea10400010000009a3102000000000028b52ffd60c9013d8c01ea4d0a8b9c11",
         preset="default",
         params=CKKS_DEFAULT.to_dict(),
     )
@@ -270,7 +270,7 @@ def test_worker_panel_reports_the_wire_the_parameters_and_the_oracle() -> None:
         "| Key holder → worker | 130.0 MB",
         "| Worker → key holder | 49.2 MB",
         "| Public keys (once per session) | 31.7 MB",
-        "13 ciphertext chunks",
+        "the first 32 bytes of the first SEAL ciphertext",
         "N = 8,192",
         "128-bit security",
         "**refresh** ×28: decrypt and re-encrypt",
