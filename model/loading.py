@@ -123,9 +123,12 @@ def _sha256(path: Path) -> str:
 
 
 def _gguf_identity(gguf: Path) -> str:
-    """Cheap identity of the source file (size and mtime are enough to notice a reinstall)."""
-    stat = gguf.stat()
-    return f"{gguf.name}:{stat.st_size}:{int(stat.st_mtime)}"
+    """Cheap identity of the source file: the pinned package, the file name and its size.
+
+    Not the path or mtime: every virtual environment installs its own copy of the same file, and
+    they must share one cache instead of rebuilding it in turn.
+    """
+    return f"{DEFAULT_MODEL_PIP}:{gguf.name}:{gguf.stat().st_size}"
 
 
 def _cache_is_valid(cache: Path, identity: str) -> bool:
