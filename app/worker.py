@@ -343,6 +343,7 @@ async def start(worker: Worker, host: str = "127.0.0.1", port: int = 0) -> Serve
         compression=None,  # ciphertexts do not compress
         ping_interval=20,
         ping_timeout=60,
+        close_timeout=5,  # a peer that ignores our close (e.g. still pushing an oversized frame) is cut off
     )
 
 
