@@ -239,7 +239,12 @@ class Worker:
             max_message_bytes=self.limits.max_message_bytes,
             key_chunk_bytes=p.KEY_CHUNK_BYTES,
         )
-        await conn.send(p.encode(welcome))
+        try:
+            await conn.send(p.encode(welcome))
+        except ConnectionClosed:
+            # The connection died before the handler could hold the session: free it here.
+            self.sessions.pop(session.id, None)
+            raise
         return session
 
     async def _key_chunk(self, conn: ServerConnection, session: Session, msg: p.KeyChunk) -> None:

@@ -199,7 +199,7 @@ def test_oversized_message_is_refused(served: LoopbackWorker) -> None:
     # websockets enforces max_size before our parser sees a byte: close 1009 "message too big" (or, when
     # the close frame races the client's own write, a dropped connection); never a parse error (4000)
     assert code in (1009, None) and errors(received) == []
-    served.wait_idle(timeout=90)  # the close handshake waits close_timeout for a peer still sending
+    served.wait_idle()  # the connection can die while the Welcome is sent: the session must still go
     client = KeyHolderClient(served.url, CounterMath())
     assert reply(client, [1], 1)[-1] == DoneEvent("length")
     client.close()
