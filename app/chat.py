@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from app.keyholder import DoneEvent, KeyHolderClient, ProgressEvent, ReplyRequest, TokenEvent
 from model.encrypted import KeyHolderSide
 from model.errors import InputError
-from model.forward import PreparedModel
+from model.forward import LlamaShape
 from model.generate import (
     ExactSelector,
     FinishReason,
@@ -160,7 +160,6 @@ class ChatService:
     ordering: Ordering
     worker_url: str | None = None
     preset: str = DEFAULT_PRESET
-    _prepared_shape: Any = field(default=None, repr=False)
 
     @classmethod
     def create(
@@ -195,11 +194,8 @@ class ChatService:
                 "encrypted mode needs a worker; start one with `python -m app worker` and pass "
                 "--worker-url (or set HE_CHAT_WORKER_URL)"
             )
-        if self._prepared_shape is None:
-            self._prepared_shape = PreparedModel.from_loaded(self.loaded).shape
-        keys = KeyHolderSide(
-            self.preset, self._prepared_shape, self.loaded.input_embeddings(), self.perm(True)
-        )
+        shape = LlamaShape.from_config(self.loaded.model.config)
+        keys = KeyHolderSide(self.preset, shape, self.loaded.input_embeddings(), self.perm(True))
         return EncryptedSession(KeyHolderClient(self.worker_url, keys, on_progress=on_progress), keys)
 
     def reply(
@@ -234,7 +230,6 @@ class ChatService:
         self, prompt: list[int], settings: ChatSettings, session: EncryptedSession
     ) -> Generator[ReplyUpdate, None, None]:
         keys = session.keys
-        keys.perm = self.perm(True)
         request = ReplyRequest(
             max_new_tokens=settings.max_new_tokens,
             seed=settings.seed,
@@ -286,9 +281,9 @@ class ChatService:
                     delta = decoder.push(event.token_id)
                     yield ReplyUpdate(decoder.emitted, delta, tokens, now, first, None, "", (0, 0), wire)
                 elif isinstance(event, DoneEvent):
-                    reason: Any = "length" if event.reason == "length" else event.reason
+                    finish: Any = event.reason  # "length", "context" or "cancelled", as the worker says
                     yield ReplyUpdate(
-                        decoder.emitted, decoder.flush(), tokens, now, first, reason, "", (0, 0), wire
+                        decoder.emitted, decoder.flush(), tokens, now, first, finish, "", (0, 0), wire
                     )
         finally:
             stream.close()

@@ -28,8 +28,7 @@ import tenseal as ts  # noqa: E402
 
 from app.keyholder import KeyHolderClient, ReplyRequest, TokenEvent  # noqa: E402
 from app.worker import Worker, WorkerLimits, start  # noqa: E402
-from model.encrypted import EncryptedWorkerModel, KeyHolderSide  # noqa: E402
-from model.forward import PreparedModel  # noqa: E402
+from model.encrypted import KeyHolderSide, worker_model_for  # noqa: E402
 from model.generate import ExactSelector, GenerationSettings, build_prompt, generate  # noqa: E402
 from model.loading import build_tiny_model, load_default  # noqa: E402
 
@@ -60,8 +59,8 @@ def main() -> None:
     loaded = build_tiny_model() if args.tiny else load_default()
     vocab = loaded.model.config.vocab_size
     perm = np.random.default_rng(0).permutation(vocab)  # the order does not change the cost
-    prepared = PreparedModel.from_loaded(loaded, perm)
-    model = EncryptedWorkerModel(prepared, PreparedModel.from_loaded(loaded), loaded.name, "bench", 8192)
+    model = worker_model_for(loaded, perm, "bench")
+    prepared = model.by_tsp[True]
     prompt = build_prompt(loaded, [{"role": "user", "content": "What is the capital of France?"}])
     prompt = prompt[-args.prompt_tokens :]
 

@@ -7,8 +7,8 @@ Targets (issue 4): sampler alone <= 20 ms per step over V = 49,152 in float64 (s
 rounding, reorder, the 53-level circuit, argmax and the mixture embedding); simulate decode
 <= 1.3x plain decode. Plain and simulate runs alternate on the same prompt and the same number of
 steps (EOS does not stop a run here), so both see the same load on this shared machine; the figures
-are medians of per-step times. `plain-np` is plain mode with a numpy softmax, shown because
-`generate.softmax64`'s torch float64 conversion costs ~10-20 ms per token on this machine.
+are medians of per-step times. `plain-np` is plain mode with a numpy softmax, kept from when
+plain used a torch float64 softmax (10-20 ms per token here; plain now uses numpy too).
 """
 
 from __future__ import annotations

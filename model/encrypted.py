@@ -316,9 +316,10 @@ class KeyHolderSide:
 
 def worker_model_for(loaded: Any, perm: npt.ArrayLike, ordering: str) -> EncryptedWorkerModel:
     """The worker's computing part for a loaded Llama-family model and its vocabulary order."""
+    prepared = PreparedModel.from_loaded(loaded, perm)
     return EncryptedWorkerModel(
-        PreparedModel.from_loaded(loaded, perm),
-        PreparedModel.from_loaded(loaded),
+        prepared,
+        prepared.reordered(np.arange(prepared.shape.vocab)),  # TSP off: token-id order, same layers
         loaded.name,
         ordering,
         loaded.context_window,

@@ -55,6 +55,23 @@ class LlamaShape:
     def kv_width(self) -> int:
         return self.kv_heads * self.head_dim
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> LlamaShape:
+        """The shape of a transformers Llama-family config (no weights needed)."""
+        heads = int(cfg.num_attention_heads)
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        return cls(
+            d=int(cfg.hidden_size),
+            heads=heads,
+            kv_heads=int(cfg.num_key_value_heads),
+            head_dim=int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads),
+            ffn=int(cfg.intermediate_size),
+            layers=int(cfg.num_hidden_layers),
+            vocab=int(cfg.vocab_size),
+            eps=float(cfg.rms_norm_eps),
+            rope_theta=float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))),
+        )
+
 
 @dataclass(frozen=True)
 class LayerWeights:
@@ -99,20 +116,7 @@ class PreparedModel:
         order = np.arange(vocab, dtype=np.int64) if perm is None else np.asarray(perm, dtype=np.int64)
         if order.shape != (vocab,) or not np.array_equal(np.sort(order), np.arange(vocab)):
             raise InputError(f"perm must be a permutation of 0..{vocab - 1}; got shape {order.shape}")
-        heads = int(cfg.num_attention_heads)
-        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-        rope = getattr(cfg, "rope_parameters", None) or {}
-        shape = LlamaShape(
-            d=int(cfg.hidden_size),
-            heads=heads,
-            kv_heads=int(cfg.num_key_value_heads),
-            head_dim=head_dim,
-            ffn=int(cfg.intermediate_size),
-            layers=int(cfg.num_hidden_layers),
-            vocab=vocab,
-            eps=float(cfg.rms_norm_eps),
-            rope_theta=float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))),
-        )
+        shape = LlamaShape.from_config(cfg)
         with torch.no_grad():
             layers = []
             for layer in model.model.layers:
@@ -136,6 +140,24 @@ class PreparedModel:
             lm_head = (final_gain * head[index].T).contiguous()  # (d, V) in TSP order
             embed_pi = model.get_input_embeddings().weight.detach().float()[index].contiguous()
         return cls(shape=shape, layers=tuple(layers), lm_head=lm_head, embed_pi=embed_pi, perm=order)
+
+    def reordered(self, perm: npt.ArrayLike) -> PreparedModel:
+        """The same model with another vocabulary order; the layer matrices are shared, not copied."""
+        order = np.asarray(perm, dtype=np.int64)
+        if order.shape != self.perm.shape or not np.array_equal(np.sort(order), np.arange(self.shape.vocab)):
+            raise InputError(
+                f"perm must be a permutation of 0..{self.shape.vocab - 1}; got shape {order.shape}"
+            )
+        position = np.empty_like(self.perm)
+        position[self.perm] = np.arange(self.shape.vocab)  # token id -> its position in the current order
+        index = torch.from_numpy(position[order])
+        return PreparedModel(
+            self.shape,
+            self.layers,
+            self.lm_head[:, index].contiguous(),
+            self.embed_pi[index].contiguous(),
+            order,
+        )
 
 
 class KeyHolderFunctions:

@@ -12,8 +12,7 @@ import torch
 from app import protocol as p
 from app.worker import JobContext
 from crypto.keys import load_public_context
-from model.encrypted import EncryptedWorkerModel, KeyHolderSide
-from model.forward import PreparedModel
+from model.encrypted import EncryptedWorkerModel, KeyHolderSide, worker_model_for
 from model.generate import GenerationSettings, build_prompt, generate
 from model.loading import LoadedModel
 from model.sampler import SamplerConfig
@@ -28,10 +27,8 @@ def tiny_perm(vocab: int) -> np.ndarray:
 
 
 def make_sides(loaded: LoadedModel, perm: np.ndarray) -> tuple[EncryptedWorkerModel, KeyHolderSide]:
-    prepared = PreparedModel.from_loaded(loaded, perm)
-    identity = PreparedModel.from_loaded(loaded)
-    worker = EncryptedWorkerModel(prepared, identity, loaded.name, "test-order", loaded.context_window)
-    keys = KeyHolderSide(PRESET, prepared.shape, loaded.input_embeddings(), perm)
+    worker = worker_model_for(loaded, perm, "test-order")
+    keys = KeyHolderSide(PRESET, worker.shape, loaded.input_embeddings(), perm)
     return worker, keys
 
 

@@ -45,6 +45,18 @@ def test_pi_is_baked_into_the_lm_head_and_the_embedding_rows(tiny: LoadedModel) 
     assert torch.equal(ordered.embed_pi, tiny.input_embeddings()[perm])
 
 
+def test_reordering_shares_the_layers_and_equals_preparing_afresh(tiny: LoadedModel) -> None:
+    vocab = tiny.model.config.vocab_size
+    perm = np.random.default_rng(1).permutation(vocab)
+    ordered = PreparedModel.from_loaded(tiny, perm)
+    back = ordered.reordered(np.arange(vocab))
+    fresh = PreparedModel.from_loaded(tiny)
+    assert torch.equal(back.lm_head, fresh.lm_head) and torch.equal(back.embed_pi, fresh.embed_pi)
+    assert back.layers is ordered.layers
+    with pytest.raises(InputError, match="permutation"):
+        ordered.reordered(np.zeros(vocab, dtype=int))
+
+
 @pytest.mark.parametrize("bad", [np.arange(10), np.zeros(49_152, dtype=int)])
 def test_a_wrong_perm_is_refused(tiny: LoadedModel, bad: np.ndarray) -> None:
     with pytest.raises(InputError, match="permutation"):
