@@ -79,8 +79,7 @@ class PathSearch:
 
     def optimise(self, deadline: float, on_step: StepCallback | None = None) -> float:
         """Local search from every node until no 2-opt / 3-opt / Or-opt / reopening move gains: total gain."""
-        for v in range(self.n):
-            self.queued[v] = 1
+        self.queued[: self.n] = 1
         self.queue[: self.n] = np.arange(self.n)
         self.qs[:] = (0, self.n)
         gain = self._run(deadline, on_step)

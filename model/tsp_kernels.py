@@ -28,11 +28,8 @@ from typing import Any, TypeVar, cast
 
 import numba
 import numpy as np
-import numpy.typing as npt
 
 F = TypeVar("F", bound=Callable[..., Any])
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
 EPS = 1e-10  # gains below this are float noise; requiring more rules out cycling
 JOURNAL = 1 << 16  # flips one kick may record before it can no longer be undone
 # A search `s` is the tuple (rows, tour, pos, nbr, nbr_d, journal, state, queue, queued, qs): the
