@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from model.errors import ChatError
 from model.ordering import (
+    CANDIDATE_RULES,
     CONSTRUCTIONS,
     METHODS,
     Ordering,
@@ -200,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--method", choices=METHODS, default=None)
     compute.add_argument("--construction", choices=CONSTRUCTIONS, default=None)
     compute.add_argument("--start-token", dest="start_token", type=_non_negative, default=None)
-    compute.add_argument("--knn-k", dest="knn_k", type=_positive, default=None)
+    compute.add_argument("--candidate-rule", dest="candidate_rule", choices=CANDIDATE_RULES, default=None)
+    compute.add_argument("--knn-k", dest="knn_k", type=_positive, default=None, help="search list length")
     compute.add_argument("--greedy-k", dest="greedy_k", type=_positive, default=None)
+    compute.add_argument("--ascent-steps", dest="ascent_steps", type=_non_negative, default=None)
     compute.add_argument("--candidates", type=_positive, default=None)
     compute.add_argument("--kicks", type=_non_negative, default=None)
     compute.add_argument("--kick-window", dest="kick_window", type=_positive, default=None)

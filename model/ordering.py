@@ -6,7 +6,9 @@ of the embedding matrix and an `OrderingConfig`, computed offline:
 
 1. kNN candidate lists in row blocks (`model.tsp_graph.knn_lists`; no V x V matrix);
 2. a first path: greedy matching (default) or the paper's greedy nearest-neighbour path from token 0;
-3. 3-opt + Or-opt on the candidate lists to a local optimum, then seeded kicks (iterated local search),
+3. candidate lists for the search: the alpha-nearest rows after a Held-Karp subgradient ascent
+   (`model.tsp_alpha`, default) or the plain kNN lists;
+4. 3-opt + Or-opt on the candidate lists to a local optimum, then seeded kicks (iterated local search),
    compiled with numba (`model.tsp_kernels`), optionally python-tsp on windows of consecutive positions
    (`model.tsp_improve`).
 
@@ -36,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model import tsp_graph, tsp_improve
+from model import tsp_alpha, tsp_graph, tsp_improve
 from model.errors import (
     InvalidPermutation,
     OrderingConfigError,
@@ -48,6 +50,7 @@ ORDERING_FORMAT = 1  # bump when the files or the manifest change meaning
 ASSET_ROOT = Path(__file__).resolve().parent.parent / "assets" / "orderings"
 METHODS = ("improved", "paper", "identity")
 CONSTRUCTIONS = ("greedy_edge", "nearest_neighbour")
+CANDIDATE_RULES = ("alpha", "knn")
 Int32Array = npt.NDArray[np.int32]
 
 
@@ -59,12 +62,14 @@ class OrderingConfig:
     construction: str = "greedy_edge"  # first path of "improved": greedy matching, or the paper's path
     start_token: int = 0  # where the nearest-neighbour path starts; the paper starts at token 0
     seed: int = 0  # drives the kicks and the random-order baseline; nothing else is random
-    knn_k: int = 10  # candidate list length for 3-opt / Or-opt (16 gave 0.1% shorter, 1.5x slower)
-    greedy_k: int = 16  # list length for the constructions (longer = fewer exact scans in the NN path)
+    candidate_rule: str = "alpha"  # search lists: "alpha" (alpha-nearness) or "knn" (nearest rows)
+    knn_k: int = 6  # candidate list length for 3-opt / Or-opt
+    greedy_k: int = 16  # kNN list length for the constructions and the alpha pools
+    ascent_steps: int = 10  # subgradient steps before alpha-nearness (10 and 60 gave the same path)
     candidates: int = 24  # bfloat16 shortlist per row before exact re-ranking (see the note)
     bf16_prefilter: bool = True  # False: float32 block products, exact lists, ~5x slower kNN stage
     block_rows: int = 1024  # rows per block product; peak ~ block_rows x V x 6 bytes
-    kicks: int = 60000  # iterated-local-search steps (~0.3 ms each); deterministic if all fit the budget
+    kicks: int = 100000  # iterated-local-search steps (~0.2 ms each); deterministic if all fit the budget
     kick_window: int = 12  # positions one kick spans (12 beat 50 on SmolLM2: 0.08% shorter)
     window_size: int = 0  # python-tsp windows after the kicks; 0 = off (measured: 0.02% in 30 s)
     time_budget_s: float = 30.0  # wall-clock cap on local search + kicks + windows together
@@ -83,8 +88,17 @@ class OrderingConfig:
             raise OrderingConfigError(
                 f"candidates ({self.candidates}) must be >= knn_k and greedy_k; raise it or shorten the lists"
             )
-        if self.kicks < 0 or self.start_token < 0 or self.seed < 0:
-            raise OrderingConfigError("kicks, start_token and seed must be >= 0")
+        if self.candidate_rule == "alpha" and self.knn_k > self.greedy_k:
+            raise OrderingConfigError(
+                f"knn_k ({self.knn_k}) must be <= greedy_k ({self.greedy_k}): alpha candidates are drawn "
+                "from the greedy_k nearest rows; raise greedy_k or shorten knn_k"
+            )
+        if self.candidate_rule not in CANDIDATE_RULES:
+            raise OrderingConfigError(
+                f"candidate_rule must be one of {CANDIDATE_RULES}, got {self.candidate_rule!r}"
+            )
+        if min(self.kicks, self.start_token, self.seed, self.ascent_steps) < 0:
+            raise OrderingConfigError("kicks, start_token, seed and ascent_steps must be >= 0")
         if self.window_size != 0 and not 4 <= self.window_size <= 400:
             raise OrderingConfigError(
                 "window_size must be 0 (off) or 4..400 (python-tsp needs dense windows), "
@@ -109,7 +123,7 @@ DEFAULT_CONFIG = OrderingConfig()
 class OrderingProgress:
     """One progress report: `done` of `total` units of `stage` (total 0 = a one-off note)."""
 
-    stage: str  # "fingerprint", "knn", "construction", "local search", "kicks", "windows", "quality"
+    stage: str  # "fingerprint", "knn", "construction", "candidates", "local search", "kicks", ...
     done: int
     total: int
     note: str = ""
@@ -268,7 +282,18 @@ def compute_ordering(
             else:
                 first = greedy
                 lengths["construction"] = lengths["paper_greedy"]
-            perm = _improve(unit, first, ids[:, : config.knn_k], config, report, quality)
+            if config.candidate_rule == "alpha":
+                lists = tsp_alpha.alpha_lists(
+                    unit.numpy(),
+                    ids[:, :gk],
+                    config.knn_k,
+                    config.ascent_steps,
+                    steps("candidates"),
+                )
+            else:
+                lists = ids[:, : config.knn_k]
+            lap("candidates")
+            perm = _improve(unit, first, lists, config, report, quality)
             timings.update(quality.pop("_timings"))
             clock = time.perf_counter()
         lengths["final"] = tsp_graph.path_length(unit64, perm)

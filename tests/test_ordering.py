@@ -217,6 +217,9 @@ def test_config_validation_and_dict_round_trip() -> None:
     for bad in (
         {"method": "optimal"},
         {"knn_k": 0},
+        {"knn_k": 20},  # alpha candidates come from the greedy_k (16) nearest rows
+        {"candidate_rule": "random"},
+        {"ascent_steps": -1},
         {"window_size": 2},
         {"candidates": 4},
         {"time_budget_s": 0},
@@ -253,7 +256,13 @@ def test_identity_ordering(rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["compute", "--kicks", "-1"], ["compute", "--method", "best"], ["inspect", "--run-length", "0"], []],
+    [
+        ["compute", "--kicks", "-1"],
+        ["compute", "--method", "best"],
+        ["compute", "--candidate-rule", "x"],
+        ["inspect", "--run-length", "0"],
+        [],
+    ],
 )
 def test_cli_rejects_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
