@@ -136,7 +136,8 @@ def main() -> None:
         f"final is {100 * (lengths['final'] / bound['value'] - 1):.1f}% above it"
     )
     print(
-        f"  kicks done {q['kicks']['done']} (accepted {q['kicks']['accepted']}), stopped by {q['stopped_by']}"
+        f"  kicks done {q['kicks']['done']} (accepted {q['kicks']['accepted']}, "
+        f"unchecked {q['kicks'].get('unchecked', 0)}), stopped by {q['stopped_by']}"
     )
 
 

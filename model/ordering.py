@@ -353,7 +353,11 @@ def _improve(
             on_step=lambda d, t: report(OrderingProgress("windows", d, t)),
         )
         timings["windows"] = round(time.perf_counter() - mark, 3)
-    quality["kicks"] = {"done": search.kicks_done, "accepted": search.kicks_kept}
+    quality["kicks"] = {
+        "done": search.kicks_done,
+        "accepted": search.kicks_kept,
+        "unchecked": search.kicks_unchecked,  # kept without their undo check (journal overflow)
+    }
     quality["stopped_by"] = "time budget" if time.perf_counter() > deadline else "converged"
     quality["_timings"] = timings
     return tour

@@ -60,11 +60,17 @@ def test_points_on_a_line_come_back_in_line_order(rng: np.random.Generator) -> N
     assert_close(result.quality["length"]["final"], mean_adjacent_distance(emb, expected) * 239, atol=1e-9)
 
 
-@pytest.mark.parametrize("construction", ["greedy_edge", "nearest_neighbour"])
-def test_points_on_a_circle_come_back_round_the_circle(rng: np.random.Generator, construction: str) -> None:
+@pytest.mark.parametrize(
+    ("construction", "rule"),
+    [("greedy_edge", "alpha"), ("nearest_neighbour", "alpha"), ("greedy_edge", "knn")],
+)
+def test_points_on_a_circle_come_back_round_the_circle(
+    rng: np.random.Generator, construction: str, rule: str
+) -> None:
     angles = rng.uniform(0.0, 2 * np.pi, size=300)
     emb = _rotate(np.stack([np.cos(angles), np.sin(angles)], axis=1), 12, rng)
-    result = compute_ordering(emb, OrderingConfig(kicks=300, construction=construction))
+    config = OrderingConfig(kicks=300, construction=construction, candidate_rule=rule)
+    result = compute_ordering(emb, config)
     order = np.argsort(angles)
     gaps = np.diff(np.concatenate([angles[order], [angles[order[0]] + 2 * np.pi]]))
     expected = np.roll(order, -(int(np.argmax(gaps)) + 1))  # open the circle at its widest gap
