@@ -135,12 +135,13 @@ def _print_report(ordering: Ordering, tokenizer: Any, runs: int, run_length: int
 
 
 def _compute(args: argparse.Namespace) -> int:
+    config = _config(args)  # checked before the model loads: a bad combination fails at once
     loaded = _load_model(args)
     embeddings = loaded.input_embeddings()
     bars = _Bars()
     try:
         ordering = compute_ordering(
-            embeddings, _config(args), bars, paper_reference=args.paper_reference, held_karp=args.held_karp
+            embeddings, config, bars, paper_reference=args.paper_reference, held_karp=args.held_karp
         )
     finally:
         bars.close()
