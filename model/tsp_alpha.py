@@ -27,6 +27,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from model import tsp_kernels
+
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,7 +50,7 @@ def _root(parent: Any, a: int) -> int:
 
 
 @_jit
-def _kruskal(n: int, eu: Any, ev: Any, w: Any) -> tuple[Any, Any]:
+def spanning_forest(n: int, eu: Any, ev: Any, w: Any) -> tuple[Any, Any]:
     """Minimum spanning forest of an edge list: (chosen edge indices, node degrees).
 
     Ties are broken by edge index (stable sort), so the forest is a pure function of the inputs.
@@ -162,19 +164,10 @@ def _pools(ids: Any, extra: int) -> Any:
     return pool
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _pool_distances(rows: Any, pool: Any) -> Any:
-    """Cosine distances of the pools (float64 sums of float32 products); +inf for padding."""
-    out = np.full(pool.shape, np.inf)
-    for a in range(pool.shape[0]):
-        for j in range(pool.shape[1]):
-            b = pool[a, j]
-            if b >= 0:
-                total = 0.0
-                for t in range(rows.shape[1]):
-                    total += np.float64(rows[a, t]) * np.float64(rows[b, t])
-                out[a, j] = 1.0 - total
-    return out
+def _pool_distances(rows: npt.NDArray[np.float32], pool: IntArray) -> FloatArray:
+    """Cosine distances of the pools by the search's own distance function; +inf for padding."""
+    exact: FloatArray = tsp_kernels.list_distances(rows, np.maximum(pool, 0))
+    return np.where(pool >= 0, exact, np.inf)
 
 
 @_jit
@@ -204,7 +197,7 @@ def ascent(
     size = 0.01 * float(ew.mean())
     previous = np.zeros(n)
     for step in range(steps):
-        _, degree = _kruskal(n, eu, ev, ew + pi[eu] + pi[ev])
+        _, degree = spanning_forest(n, eu, ev, ew + pi[eu] + pi[ev])
         g = (degree - 2).astype(np.float64)
         pi += size * (0.7 * g + 0.3 * previous) if step else size * g
         previous = g
@@ -244,7 +237,7 @@ def alpha_lists(
     eu, ev, ew = keys // n, keys % n, pool_d.ravel()[valid][first]
     pi = ascent(n, eu, ev, ew, steps, on_step)
     w = ew + pi[eu] + pi[ev]
-    chosen, _ = _kruskal(n, eu, ev, w)
+    chosen, _ = spanning_forest(n, eu, ev, w)
     levels = max(1, int(n).bit_length())
     up, heavy, depth, tree = _lifting(n, eu[chosen], ev[chosen], w[chosen], levels)
     alpha = _alphas(pool, pool_d, pi, up, heavy, depth, tree)

@@ -51,7 +51,7 @@ def test_kruskal_weight_and_degrees_match_prim(n: int) -> None:
     w = rng.uniform(size=(n, n))
     w = np.triu(w, 1) + np.triu(w, 1).T
     u, v = np.triu_indices(n, 1)
-    chosen, degree = tsp_alpha._kruskal(n, u, v, w[u, v])
+    chosen, degree = tsp_alpha.spanning_forest(n, u, v, w[u, v])
     assert len(chosen) == n - 1
     np.fill_diagonal(w, np.inf)
     assert w[u, v][chosen].sum() == pytest.approx(_prim(w), rel=1e-12)
@@ -83,7 +83,7 @@ def test_alpha_is_zero_on_tree_edges_and_positive_elsewhere() -> None:
     v = pool.ravel()[pool.ravel() >= 0]
     w = pool_d.ravel()[pool.ravel() >= 0]
     pi = rng.normal(scale=0.01, size=n)
-    chosen, _ = tsp_alpha._kruskal(n, u, v, w + pi[u] + pi[v])
+    chosen, _ = tsp_alpha.spanning_forest(n, u, v, w + pi[u] + pi[v])
     tu, tv = u[chosen], v[chosen]
     up, heavy, depth, tree = tsp_alpha._lifting(n, tu, tv, (w + pi[u] + pi[v])[chosen], n.bit_length())
     alpha = tsp_alpha._alphas(pool, pool_d, pi, up, heavy, depth, tree)
@@ -141,7 +141,7 @@ def test_ascent_moves_degrees_towards_two() -> None:
     w = 1.0 - np.einsum("ij,ij->i", unit[u].astype(np.float64), unit[v].astype(np.float64))
 
     def off_two(pi: np.ndarray) -> int:
-        _, degree = tsp_alpha._kruskal(n, u, v, w + pi[u] + pi[v])
+        _, degree = tsp_alpha.spanning_forest(n, u, v, w + pi[u] + pi[v])
         return int(np.abs(degree - 2).sum())
 
     assert off_two(tsp_alpha.ascent(n, u, v, w, 30)) < 0.8 * off_two(np.zeros(n))
