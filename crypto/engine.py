@@ -90,6 +90,17 @@ class Engine:
         )
 
     @classmethod
+    def for_params(cls, params: CKKSParams) -> Engine:
+        """A keyless engine: encodes plaintexts for `params` (a worker warming its weight caches before
+        any key arrives). SEAL derives the primes deterministically from the bit sizes, so these
+        plaintexts are valid under every session's context with the same parameters."""
+        n = params.poly_modulus_degree
+        parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(n)
+        parms.set_coeff_modulus(sealapi.CoeffModulus.Create(n, list(params.coeff_mod_bit_sizes)))
+        return cls(params, sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128))
+
+    @classmethod
     def for_key_holder(cls, secret: SecretContext) -> Engine:
         """Engine for encoding / level bookkeeping on the key holder (no Galois keys)."""
         ctx = secret.tenseal_context

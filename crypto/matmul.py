@@ -14,16 +14,20 @@ plaintext carries r diagonals. A final fold `sum_rho rot(y, o_rho)` adds the blo
 Baby-step / giant-step: diagonal `k = a*B + b`; the B baby rotations `rot(x, b)` (step 1, chained) are
 shared by every tile, the plaintexts are pre-rotated by `-a*B`, and the giant steps are summed Horner
 style, `(...(acc_{G-1} rot B) + acc_{G-2}) rot B ... + acc_0`, so a plan needs Galois keys for only
-four steps: 1, B, the block stride and the replication period. Products are summed before one rescale
-per output ciphertext.
+four steps: 1, B, the block stride and the replication period. Each giant accumulator is rescaled
+before its rotation, so the giant steps and the fold rotate one-prime ciphertexts (level 0 for a
+level-1 product: 0.7 ms instead of 1.7 ms at N = 8192), and the baby steps are the only rotations at the
+product's level. An input that arrives already replicated (the key holder encrypts it that way,
+`EncVector.copies`) skips the replication rotations.
 
 Plaintext diagonals are encoded on first use and cached in the `PlainMatrix` up to a byte budget (no
 eviction: the first plaintexts stay hot, later ones are re-encoded each call); one plaintext at level l
 takes N * (l + 1) * 8 bytes (131 KB at N = 8192, level 1).
 
 Costs per product: rotations = chunks * (copies - 1 + B - 1) + tiles * (G - 1 + r - 1), plaintext
-products = chunks * tiles * K. TenSEAL's `CKKSVector.mm` does one rotation and one encoding per input
-row and is wrong when input + output length exceeds the slots + 1 (DESIGN.md section 7).
+products = chunks * tiles * K, rescales = tiles * G. TenSEAL's `CKKSVector.mm` does one rotation and
+one encoding per input row and is wrong when input + output length exceeds the slots + 1 (DESIGN.md
+section 7).
 
 References: Halevi & Shoup, "Algorithms in HElib" (2014), diagonal method and BSGS; Juvekar et al.,
 GAZELLE (2018), hybrid/replicated packing; DESIGN.md section 7.
@@ -32,8 +36,9 @@ GAZELLE (2018), hybrid/replicated packing; DESIGN.md section 7.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -47,7 +52,9 @@ from model.errors import LayoutError
 
 FloatArray = npt.NDArray[np.float64]
 DEFAULT_CACHE_BYTES = 2 << 30  # per matrix: holds the LM head's 8,640 level-1 plaintexts (1.1 GB)
-_ROT_MS, _PT_MS = 1.4, 0.15  # measured per rotation / per cached plaintext product (N=8192, level 1)
+# Measured at N = 8192 on one core (DESIGN.md section 7): a rotation at the product's level (two primes),
+# a rotation one level lower, a rescale, and a product with a cached plaintext.
+_ROT_MS, _ROT_LOW_MS, _RESCALE_MS, _PT_MS = 1.7, 0.72, 0.35, 0.19
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,18 @@ class MatmulPlan:
     def rotations(self) -> int:
         return self.chunks * (self.copies - 1 + self.baby - 1) + self.tiles * (
             self.giant - 1 + self.blocks - 1
+        )
+
+    def cost_ms(self, replicated: bool = False) -> float:
+        """Estimated time on one core: baby steps (and replication) at the product's level, giant steps
+        and the fold one level lower after their rescales, plus the plaintext products."""
+        high = self.chunks * ((0 if replicated else self.copies - 1) + self.baby - 1)
+        low = self.tiles * (self.giant - 1 + self.blocks - 1)
+        return (
+            high * _ROT_MS
+            + low * _ROT_LOW_MS
+            + self.tiles * self.giant * _RESCALE_MS
+            + self.plaintexts * _PT_MS
         )
 
     @property
@@ -111,7 +130,10 @@ def _geometry(p: int, nt: int, r: int, slots: int) -> tuple[int, int, int] | Non
     return k, stride, -(-reach // p)
 
 
-def plan_matmul(m: int, n: int, slots: int, in_chunk: int | None = None) -> MatmulPlan:
+@lru_cache(maxsize=1024)
+def plan_matmul(
+    m: int, n: int, slots: int, in_chunk: int | None = None, replicated: bool = False
+) -> MatmulPlan:
     """Choose tiles, blocks and the baby/giant split minimising estimated time.
 
     Args:
@@ -119,6 +141,8 @@ def plan_matmul(m: int, n: int, slots: int, in_chunk: int | None = None) -> Matm
         slots: slot count of the parameter set.
         in_chunk: values per input ciphertext (default: all slots). A single-ciphertext input uses
             period m; a multi-ciphertext input uses period `in_chunk`.
+        replicated: the input will arrive already replicated (`EncVector.copies`), so replication
+            costs nothing and more copies are free.
     """
     if m <= 0 or n <= 0:
         raise LayoutError(f"matrix shape must be positive, got {m} x {n}")
@@ -138,12 +162,11 @@ def plan_matmul(m: int, n: int, slots: int, in_chunk: int | None = None) -> Matm
                 if geo is None:
                     continue
                 k, stride, copies = geo
-                b = max(1, round(math.sqrt(k * tiles / chunks)))
-                g = -(-k // b)
-                plan = MatmulPlan(m, n, slots, p, chunks, nt, r, k, stride, copies, b, g)
-                cost = plan.rotations * _ROT_MS + plan.plaintexts * _PT_MS
-                if found is None or cost < found[0]:
-                    found = (cost, plan)
+                for b in _baby_candidates(k, tiles, chunks):
+                    plan = MatmulPlan(m, n, slots, p, chunks, nt, r, k, stride, copies, b, -(-k // b))
+                    cost = plan.cost_ms(replicated)
+                    if found is None or cost < found[0]:
+                        found = (cost, plan)
         if found is not None and (best is None or found[0] < best[0]):
             best = found
     if best is None:
@@ -151,16 +174,25 @@ def plan_matmul(m: int, n: int, slots: int, in_chunk: int | None = None) -> Matm
     return best[1]
 
 
+def _baby_candidates(k: int, tiles: int, chunks: int) -> range:
+    """Baby-step counts worth trying: around sqrt(K * tiles / chunks), the balance of the two kinds."""
+    centre = max(1, round(math.sqrt(k * tiles / chunks)))
+    return range(max(1, centre // 2), min(k, 2 * centre) + 1)
+
+
 class PlainMatrix:
-    """A plaintext weight matrix (m x n, float64) with its cache of encoded diagonals.
+    """A plaintext weight matrix (m x n) with its cache of encoded diagonals.
 
     Args:
-        weights: the matrix; `y = x^T W`.
+        weights: the matrix; `y = x^T W`. float32 is kept as it is (a view, no copy: the worker's blocks
+            are slices of its matrices) and widened per diagonal; anything else becomes float64.
         cache_bytes: budget for encoded plaintexts (no eviction; beyond it they are re-encoded).
     """
 
     def __init__(self, weights: npt.ArrayLike, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        w = np.asarray(weights, dtype=np.float64)
+        w = np.asarray(weights)
+        if w.dtype not in (np.float32, np.float64):
+            w = w.astype(np.float64)
         if w.ndim != 2:
             raise LayoutError(f"weights must be 2-D, got shape {w.shape}")
         self.weights = w
@@ -177,12 +209,16 @@ class PlainMatrix:
         self.cached_bytes = 0
 
     def plaintext(self, eng: Engine, key: tuple[Any, ...], level: int, build: Any) -> Plaintext | None:
-        """Cached plaintext for `key`, built by `build()` (None if the diagonal block is all zero)."""
-        full = (key, level)
+        """Cached plaintext for `key`, built by `build()` (None if the diagonal block is all zero).
+
+        The cache is keyed by the parameter set too: a plaintext belongs to one modulus chain.
+        """
+        full = (eng.params.poly_modulus_degree, eng.params.coeff_mod_bit_sizes, key, level)
         if full in self._cache:
             return self._cache[full]
         values = build()
         if values is None:
+            self._cache[full] = None  # an all-zero block: remembered, so it is never built again
             return None
         pt = eng.encode(values, level)
         size = eng.params.poly_modulus_degree * (level + 1) * 8
@@ -236,28 +272,65 @@ def diagonal_sum(
 
     blocks = (slot offset, first diagonal, diagonal count) per block.
     """
-    w, p = mat.weights, plan.period
-    col0 = tile * plan.tile
-    nt = min(plan.tile, plan.n - col0)
-    t = np.arange(nt)
     result: Ciphertext = None
     for a in reversed(range(plan.giant)):
         acc: Ciphertext | None = None
         for i, xs in enumerate(babies):
-            row0 = i * p
             for b, xb in enumerate(xs):
-                d = a * plan.baby + b
-                build = partial(_diagonal_values, w, plan, blocks, row0, d, a * plan.baby, col0, t)
-                pt = mat.plaintext(eng, (tag, i, tile, a, b), level, build)
+                pt = _plaintext(eng, mat, plan, blocks, level, tag, i, tile, a, b)
                 if pt is not None:
-                    acc = eng.mul_plain_acc(acc, xb, pt)
+                    acc = eng.mul_plain_acc(acc, xb, pt)  # level l, scale[l]^2
         if result is not None:
-            result = eng.rotate(result, plan.baby)
+            result = eng.rotate(result, plan.baby)  # level l-1: one prime cheaper than before the rescale
         if acc is not None:
+            acc = eng.rescale(acc)  # level l -> l-1, canonical scale
             result = acc if result is None else eng.add(result, acc)
     if result is None:  # an all-zero tile of W
         return eng.zero(level - 1)
-    return eng.rescale(result)
+    return result
+
+
+def _plaintext(
+    eng: Engine,
+    mat: PlainMatrix,
+    plan: MatmulPlan,
+    blocks: list[tuple[int, int, int]],
+    level: int,
+    tag: str,
+    i: int,
+    tile: int,
+    a: int,
+    b: int,
+) -> Plaintext | None:
+    """The cached plaintext of chunk i, tile, giant step a and baby step b (None: all zero)."""
+    col0 = tile * plan.tile
+    t = np.arange(min(plan.tile, plan.n - col0))
+    d = a * plan.baby + b
+    build = partial(_diagonal_values, mat.weights, plan, blocks, i * plan.period, d, a * plan.baby, col0, t)
+    return mat.plaintext(eng, (tag, i, tile, a, b), level, build)
+
+
+def _blocks(plan: MatmulPlan) -> list[tuple[int, int, int]]:
+    """(slot offset, first diagonal, diagonal count) of each diagonal block of the plan."""
+    return [
+        (r * plan.stride, r * plan.diags, min(plan.diags, plan.period - r * plan.diags))
+        for r in range(plan.blocks)
+    ]
+
+
+def prepare(eng: Engine, mat: PlainMatrix, plan: MatmulPlan, level: int) -> int:
+    """Encode every plaintext a product at `level` will use (a warm cache); returns how many.
+
+    `eng` needs no keys: plaintexts depend only on the parameters (`Engine.for_params`).
+    """
+    blocks = _blocks(plan)
+    count = 0
+    for tile in range(plan.tiles):
+        for a in range(plan.giant):
+            for i in range(plan.chunks):
+                for b in range(plan.baby):
+                    count += _plaintext(eng, mat, plan, blocks, level, "vec", i, tile, a, b) is not None
+    return count
 
 
 def _prepare(eng: Engine, x: EncVector, plan: MatmulPlan, level: int | None) -> tuple[EncVector, int]:
@@ -265,6 +338,13 @@ def _prepare(eng: Engine, x: EncVector, plan: MatmulPlan, level: int | None) -> 
     eng.require("matmul", min(x.level, lvl), 1)
     if lvl > x.level:
         raise LayoutError(f"cannot compute at level {lvl} above the input's level {x.level}")
+    if x.copies > 1:
+        if x.period != plan.period or x.copies < plan.copies:
+            raise LayoutError(
+                f"the input holds {x.copies} copies at period {x.period}; the plan needs "
+                f"{plan.copies} at period {plan.period}"
+            )
+        return arith.drop(eng, x, lvl), lvl
     if plan.period < eng.slots and not x.clean:
         eng.require("matmul (clean input padding first)", x.level, 2)
         x = arith.clean(eng, x)
@@ -273,7 +353,12 @@ def _prepare(eng: Engine, x: EncVector, plan: MatmulPlan, level: int | None) -> 
 
 
 def matmul(
-    eng: Engine, x: EncVector, mat: PlainMatrix, plan: MatmulPlan | None = None, level: int | None = None
+    eng: Engine,
+    x: EncVector,
+    mat: PlainMatrix,
+    plan: MatmulPlan | None = None,
+    level: int | None = None,
+    check: Callable[[], None] | None = None,
 ) -> EncVector:
     """y = x^T W for an encrypted vector x (length m) and plaintext W (m x n). Depth 1.
 
@@ -285,6 +370,7 @@ def matmul(
         plan: from `plan_matmul(m, n, slots, x.chunk)` (computed if omitted).
         level: multiply at this level (drop x first): level 1 is cheapest (smaller plaintexts and
             rotations) and leaves the result at level 0.
+        check: called between output tiles (a cancellation point: it may raise).
 
     Returns:
         `n` values in ciphertexts of `plan.tile` values, one level below the level used.
@@ -303,17 +389,17 @@ def matmul(
     x, lvl = _prepare(eng, x, plan, level)
     babies = []
     for ct in x.cts:
-        rep = replicate(eng, ct, plan.period, plan.copies) if plan.period < eng.slots else ct
+        replicated = x.copies > 1 or plan.period >= eng.slots
+        rep = ct if replicated else replicate(eng, ct, plan.period, plan.copies)
         xs = [rep]
         for _ in range(1, plan.baby):
             xs.append(eng.rotate(xs[-1], 1))
         babies.append(xs)
-    blocks = [
-        (r * plan.stride, r * plan.diags, min(plan.diags, plan.period - r * plan.diags))
-        for r in range(plan.blocks)
-    ]
+    blocks = _blocks(plan)
     outs = []
     for tile in range(plan.tiles):
+        if check is not None:
+            check()
         y = diagonal_sum(eng, mat, babies, plan, tile, blocks, lvl, "vec")
         if plan.blocks > 1:
             acc, cur = y, y

@@ -13,21 +13,40 @@ section 2) takes ~28 refreshes of the 12-ciphertext vocabulary vector at N = 819
 first cubic (the prefix sum used both levels), one per further cubic (25), one for the shift and the
 product, one for PP.
 
+A vocabulary vector may be split into contiguous parts held by several worker processes (`Peers`):
+each `CkksOps` then works on its own part, and the two operations that cross part boundaries (the
+prefix sum's carry and the shift by one) swap one or two ciphertexts with the other parts through
+`Peers.exchange`. Every other operation is element-wise and needs nothing from the others.
+
 References: model/vector_ops.py; DESIGN.md sections 2 and 4.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
+
+import tenseal.sealapi as sealapi
 
 from crypto import arith, poly, prefix
-from crypto.engine import Engine
+from crypto.engine import Ciphertext, Engine
 from crypto.keys import RotationPlan, SecretContext
+from crypto.seal_io import seal_from_bytes, seal_to_bytes
 from crypto.vector import EncVector, decrypt_vector, encrypt_vector
 from model.errors import LevelsExhausted
 
 Refresh = Callable[[EncVector], EncVector]
 Cubic = tuple[float, float, float, float]
+
+
+class Peers(Protocol):
+    """The processes that hold the other parts of a split vector, in order (this one is `rank`)."""
+
+    rank: int
+
+    def exchange(self, tag: str, blobs: list[bytes]) -> list[list[bytes]]:
+        """Every part's `blobs` (SEAL ciphertexts) in rank order; each part calls it at the same point."""
+        ...
 
 
 def local_refresh(secret: SecretContext) -> Refresh:
@@ -55,10 +74,13 @@ class CkksOps:
         auto_refresh: refresh automatically when an operation lacks levels (else raise LevelsExhausted).
     """
 
-    def __init__(self, engine: Engine, refresh: Refresh, auto_refresh: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, refresh: Refresh, auto_refresh: bool = True, peers: Peers | None = None
+    ) -> None:
         self.engine = engine
         self._refresh = refresh
         self.auto_refresh = auto_refresh
+        self.peers = peers
         self.refreshes = 0
         self.refreshed_ciphertexts = 0
 
@@ -113,7 +135,28 @@ class CkksOps:
         return poly.cubic(self.engine, self._levels(a, poly.cubic_depth(coeffs), "cubic"), coeffs)
 
     def prefix_sum(self, a: EncVector) -> EncVector:
-        return prefix.prefix_sum(self.engine, self._levels(a, prefix.PREFIX_DEPTH, "prefix_sum"))
+        a = self._levels(a, prefix.PREFIX_DEPTH, "prefix_sum")
+        if self.peers is None:
+            return prefix.prefix_sum(self.engine, a)
+        scan = prefix.prefix_scan(self.engine, a)  # the rotations, in parallel with the other parts
+        totals = self.peers.exchange("prefix carry", [seal_to_bytes(ct) for ct in scan.total])
+        carry: tuple[Ciphertext, Ciphertext] | None = None
+        for blobs in totals[: self.peers.rank]:  # everything before this part
+            re, im = (self._load(b) for b in blobs)
+            if carry is not None:
+                re, im = self.engine.add(carry[0], re), self.engine.add(carry[1], im)
+            carry = (re, im)
+        return prefix.prefix_finish(self.engine, scan, carry)
 
     def shift_right(self, a: EncVector) -> EncVector:
-        return prefix.shift_right(self.engine, self._levels(a, prefix.SHIFT_DEPTH, "shift_right"))
+        a = self._levels(a, prefix.SHIFT_DEPTH, "shift_right")
+        if self.peers is None:
+            return prefix.shift_right(self.engine, a)
+        lasts = self.peers.exchange("shift carry", [seal_to_bytes(prefix.shift_carry(self.engine, a))])
+        before = self._load(lasts[self.peers.rank - 1][0]) if self.peers.rank > 0 else None
+        return prefix.shift_right(self.engine, a, before)
+
+    def _load(self, blob: bytes) -> Ciphertext:
+        ct = sealapi.Ciphertext()
+        seal_from_bytes(ct, self.engine.seal_context, blob)
+        return ct

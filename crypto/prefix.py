@@ -26,6 +26,7 @@ References: Hillis & Steele, "Data parallel algorithms" (1986); DESIGN.md sectio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -34,6 +35,7 @@ import numpy.typing as npt
 from crypto.engine import Ciphertext, Engine, Plaintext
 from crypto.keys import RotationPlan
 from crypto.vector import EncVector
+from model.errors import LayoutError
 
 PREFIX_DEPTH = 2
 SHIFT_DEPTH = 1
@@ -87,8 +89,20 @@ class _MaskCache:
         return self._pts[key]
 
 
-def prefix_sum(eng: Engine, x: EncVector) -> EncVector:
-    """Inclusive cumulative sum over all `x.length` values, no wrap-around. Depth 2; output clean.
+@dataclass
+class PrefixScan:
+    """The first half of a prefix sum (pack and Hillis-Steele, the rotations): per ciphertext what the
+    unpack needs, and the vector's own total for vectors that continue it (`total`)."""
+
+    x: EncVector
+    z_scale: float  # scale of the packed vector (boosted above canonical)
+    unpack_scale: float  # scale of the unpack masks (lands the product on canonical scale[l-2])
+    steps: list[tuple[Ciphertext, Ciphertext, Ciphertext, Ciphertext]]  # re2, im2i_swapped, tot_re, tot_im
+    total: tuple[Ciphertext, Ciphertext]  # (sum of 2 Re Tz, sum of 2i Im Tz), broadcast to every slot
+
+
+def prefix_scan(eng: Engine, x: EncVector) -> PrefixScan:
+    """Steps 1 and 2 of `prefix_sum` (level l -> l-1): every rotation of the prefix sum.
 
     Raises:
         LevelsExhausted: fewer than 2 levels left (checked before computing).
@@ -106,10 +120,9 @@ def prefix_sum(eng: Engine, x: EncVector) -> EncVector:
     )
     z_scale = eng.scale(lvl - 1) * 2.0**boost
     pack_scale = z_scale * float(eng.prime(lvl)) / eng.scale(lvl)
-    unpack_scale = eng.scale(lvl - 2) * float(eng.prime(lvl - 1)) / z_scale
-    outs: list[Ciphertext] = []
-    carry_re: Ciphertext | None = None  # sum over earlier ciphertexts of 2 Re(Tz), broadcast
-    carry_im: Ciphertext | None = None  # sum over earlier ciphertexts of 2i Im(Tz), broadcast
+    steps = []
+    total_re: Ciphertext | None = None
+    total_im: Ciphertext | None = None
     for k, ct in enumerate(x.cts):
         n = x.count(k)
         # 1. pack: lower-half values -> real parts, upper-half values -> imaginary parts   level l -> l-1
@@ -128,7 +141,33 @@ def prefix_sum(eng: Engine, x: EncVector) -> EncVector:
         im2i_swapped = eng.rotate(im2i, half)  # upper half now holds 2i Im C
         tot_re = eng.add(re2, eng.rotate(re2, half))  # 2 Re Tz everywhere
         tot_im = eng.add(im2i, im2i_swapped)  # 2i Im Tz everywhere
-        # 3. unpack + carry                                                                level l-1 -> l-2
+        steps.append((re2, im2i_swapped, tot_re, tot_im))
+        total_re = tot_re if total_re is None else eng.add(total_re, tot_re)
+        total_im = tot_im if total_im is None else eng.add(total_im, tot_im)
+    assert total_re is not None and total_im is not None  # an EncVector has at least one ciphertext
+    unpack_scale = eng.scale(lvl - 2) * float(eng.prime(lvl - 1)) / z_scale
+    return PrefixScan(x, z_scale, unpack_scale, steps, (total_re, total_im))
+
+
+def prefix_finish(
+    eng: Engine, scan: PrefixScan, carry: tuple[Ciphertext, Ciphertext] | None = None
+) -> EncVector:
+    """Step 3 of `prefix_sum` (level l-1 -> l-2): unpack, adding the carry of everything before.
+
+    Args:
+        scan: from `prefix_scan`.
+        carry: the `total` of the vectors that come before this one (summed), when one long vector is
+            split over several workers; None for the start of the vector.
+    """
+    x = scan.x
+    half = eng.slots // 2
+    lvl = x.level
+    masks = _MaskCache(eng)
+    unpack_scale = scan.unpack_scale
+    outs: list[Ciphertext] = []
+    carry_re, carry_im = carry if carry is not None else (None, None)  # 2 Re / 2i Im of what came before
+    for k, (re2, im2i_swapped, tot_re, tot_im) in enumerate(scan.steps):
+        n = x.count(k)
         lo_re = re2 if carry_re is None else eng.add(re2, carry_re)
         out = eng.mul_plain(lo_re, masks.get(n, lvl - 1, "half_lo", unpack_scale))
         if carry_im is not None:
@@ -139,14 +178,31 @@ def prefix_sum(eng: Engine, x: EncVector) -> EncVector:
             hi_im = im2i_swapped if carry_im is None else eng.add(im2i_swapped, carry_im)
             eng.add_inplace(out, eng.mul_plain(hi_im, masks.get(n, lvl - 1, "mi_half_hi", unpack_scale)))
         outs.append(eng.rescale(out))
-        if k + 1 < len(x.cts):
+        if k + 1 < len(scan.steps):
             carry_re = tot_re if carry_re is None else eng.add(carry_re, tot_re)
             carry_im = tot_im if carry_im is None else eng.add(carry_im, tot_im)
     return x.with_cts(outs, lvl - PREFIX_DEPTH, clean=True)
 
 
-def shift_right(eng: Engine, x: EncVector) -> EncVector:
+def prefix_sum(eng: Engine, x: EncVector, carry: tuple[Ciphertext, Ciphertext] | None = None) -> EncVector:
+    """Inclusive cumulative sum over all `x.length` values, no wrap-around. Depth 2; output clean.
+
+    Args:
+        carry: see `prefix_finish` (the totals of the part of the vector held elsewhere).
+
+    Raises:
+        LevelsExhausted: fewer than 2 levels left (checked before computing).
+        MissingRotationKey: the public context lacks `prefix_rotation_plan` keys.
+    """
+    return prefix_finish(eng, prefix_scan(eng, x), carry)
+
+
+def shift_right(eng: Engine, x: EncVector, before: Ciphertext | None = None) -> EncVector:
     """out[0] = 0, out[j] = x[j-1] across ciphertext boundaries (`s_{-1} = 0`). Depth 1; output clean.
+
+    Args:
+        before: when `x` continues a vector held elsewhere, `shift_carry` of the part before it (its
+            last value goes to out[0]); None for the start of the vector.
 
     Raises:
         LevelsExhausted: no level left (checked before computing).
@@ -159,7 +215,7 @@ def shift_right(eng: Engine, x: EncVector) -> EncVector:
     first_pt = eng.encode(first, lvl)
     body_pts: dict[int, Plaintext] = {}
     outs: list[Ciphertext] = []
-    prev: Ciphertext | None = None
+    prev: Ciphertext | None = before
     for k, ct in enumerate(x.cts):
         n = x.count(k)
         if n not in body_pts:
@@ -173,3 +229,14 @@ def shift_right(eng: Engine, x: EncVector) -> EncVector:
         outs.append(eng.rescale(out))
         prev = moved
     return x.with_cts(outs, lvl - SHIFT_DEPTH, clean=True)
+
+
+def shift_carry(eng: Engine, x: EncVector) -> Ciphertext:
+    """What `shift_right` of the vector part after `x` needs as `before`: the last ciphertext moved by one.
+
+    Raises:
+        LayoutError: the last ciphertext of `x` is not full, so nothing can follow it.
+    """
+    if x.count(len(x.cts) - 1) != x.chunk:
+        raise LayoutError("a vector part whose last ciphertext is not full cannot be continued")
+    return eng.rotate(x.cts[-1], -1)

@@ -4,14 +4,16 @@ An `EncVector` holds `length` real values in `ceil(length / chunk)` ciphertexts:
 values `k*chunk ... k*chunk + chunk - 1` in its slots `0 .. chunk-1` (the last one may hold fewer).
 The vocabulary (49,152) is 12 ciphertexts of 4,096 slots at N = 8192. Slots past a ciphertext's values
 are *padding*: `clean` says they are known to be zero (fresh encryptions, masked results); linear maps
-that replicate their input (`crypto.matmul`) need clean padding.
+that replicate their input (`crypto.matmul`) need clean padding. A single-ciphertext vector may also
+arrive *replicated*: `copies` copies of its values at slots `k * period` (the key holder lays fresh
+vectors out that way, so a product does not spend rotations replicating them).
 
 Every vector knows its level (rescales left) and all its ciphertexts sit at that level with the
 canonical scale of `crypto.engine`.
 
-Wire format (version 1): one header chunk (JSON: length, chunk, level, clean, count) then one chunk
-per ciphertext (SEAL bytes), so a long vector streams as 1 + n messages; `vector_to_bytes` frames the
-same chunks into one blob with u32 lengths.
+Wire format (version 2): one header chunk (JSON: length, chunk, level, clean, count, period, copies)
+then one chunk per ciphertext (SEAL bytes), so a long vector streams as 1 + n messages;
+`vector_to_bytes` frames the same chunks into one blob with u32 lengths.
 
 References: DESIGN.md sections 4 and 7 (ciphertext sizes, chunked transfer).
 """
@@ -35,7 +37,7 @@ from crypto.seal_io import seal_from_bytes, seal_to_bytes
 from model.errors import LayoutError, WireFormatError
 
 FloatArray = npt.NDArray[np.float64]
-VECTOR_WIRE_VERSION = 1
+VECTOR_WIRE_VERSION = 2
 _U32 = struct.Struct(">I")
 
 
@@ -48,6 +50,8 @@ class EncVector:
     chunk: int
     level: int
     clean: bool = True
+    period: int = 0  # replicated layout: copy k of the values starts at slot k * period (0: not replicated)
+    copies: int = 1  # how many copies of the values the ciphertext holds
 
     def __post_init__(self) -> None:
         if self.length <= 0 or self.chunk <= 0:
@@ -57,6 +61,11 @@ class EncVector:
             raise LayoutError(
                 f"{self.length} values in chunks of {self.chunk} need {expected} ciphertexts, "
                 f"got {len(self.cts)}"
+            )
+        if self.copies < 1 or (self.copies > 1 and (len(self.cts) != 1 or self.period < self.length)):
+            raise LayoutError(
+                f"{self.copies} copies at period {self.period} do not fit {self.length} values "
+                "in one ciphertext"
             )
 
     def count(self, k: int) -> int:
@@ -68,7 +77,12 @@ class EncVector:
         return replace(self, cts=tuple(cts), level=level, clean=self.clean if clean is None else clean)
 
     def same_layout(self, other: EncVector) -> bool:
-        return self.length == other.length and self.chunk == other.chunk
+        return (self.length, self.chunk, self.period, self.copies) == (
+            other.length,
+            other.chunk,
+            other.period,
+            other.copies,
+        )
 
 
 class _HasSeal(Protocol):
@@ -88,6 +102,8 @@ def encrypt_vector(
     chunk: int | None = None,
     level: int | None = None,
     engine: Engine | None = None,
+    period: int = 0,
+    copies: int = 1,
 ) -> EncVector:
     """Encode and encrypt (symmetric, secret key) a real vector, at the top level unless `level` is given.
 
@@ -97,6 +113,8 @@ def encrypt_vector(
         chunk: values per ciphertext (default: all slots).
         level: level to encrypt at (default: the top of the chain).
         engine: reuse an engine (saves rebuilding the level table).
+        period, copies: lay `copies` copies of the values out at slots `k * period` (one ciphertext);
+            the zero slots between copies stay zero, as `crypto.matmul.replicate` would leave them.
     """
     eng = engine if engine is not None else Engine.for_key_holder(secret)
     slots = secret.params.slot_count
@@ -107,12 +125,24 @@ def encrypt_vector(
     if arr.size == 0:
         raise LayoutError("cannot encrypt an empty vector")
     lvl = eng.top_level if level is None else level
+    if not 0 <= lvl <= eng.top_level:
+        raise LayoutError(f"level must be in 0..{eng.top_level}, got {lvl}")
+    if copies > 1:
+        if arr.size > period or copies * period > slots:
+            raise LayoutError(f"{copies} copies of {arr.size} values at period {period} exceed {slots} slots")
+        laid = np.zeros(copies * period)
+        for k in range(copies):
+            laid[k * period : k * period + arr.size] = arr
+        pieces = [laid]
+        c = arr.size
+    else:
+        pieces = chunk_values(arr, c)
     cts = []
-    for piece in chunk_values(arr, c):
+    for piece in pieces:
         ct = sealapi.Ciphertext()
         secret.encryptor.encrypt_symmetric(eng.encode(piece, lvl), ct)
         cts.append(ct)
-    return EncVector(tuple(cts), int(arr.size), c, lvl, clean=True)
+    return EncVector(tuple(cts), int(arr.size), c, lvl, True, period if copies > 1 else 0, copies)
 
 
 def decrypt_slots(secret: SecretContext, ct: Ciphertext, engine: Engine | None = None) -> npt.NDArray[Any]:
@@ -147,6 +177,8 @@ def vector_to_chunks(vec: EncVector) -> list[bytes]:
         "level": vec.level,
         "clean": vec.clean,
         "count": len(vec.cts),
+        "period": vec.period,
+        "copies": vec.copies,
     }
     return [json.dumps(header, sort_keys=True).encode()] + [seal_to_bytes(ct) for ct in vec.cts]
 
@@ -162,12 +194,20 @@ def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes]) -> EncVector:
         raise WireFormatError("an encrypted vector needs a header chunk")
     try:
         header = json.loads(chunks[0])
-        length, chunk, level = int(header["length"]), int(header["chunk"]), int(header["level"])
-        clean, count, version = bool(header["clean"]), int(header["count"]), int(header["version"])
+        version = header["version"] if isinstance(header, dict) else None
     except (ValueError, KeyError, TypeError) as exc:
         raise WireFormatError(f"bad encrypted-vector header: {exc}") from exc
     if version != VECTOR_WIRE_VERSION:
-        raise WireFormatError(f"encrypted-vector wire version {version}, expected {VECTOR_WIRE_VERSION}")
+        raise WireFormatError(f"encrypted-vector wire version {version!r}, expected {VECTOR_WIRE_VERSION}")
+    try:
+        length, chunk, level, count, period, copies = (
+            _whole(header, name) for name in ("length", "chunk", "level", "count", "period", "copies")
+        )
+        clean = header["clean"]
+        if not isinstance(clean, bool):
+            raise TypeError("clean must be true or false")
+    except (KeyError, TypeError) as exc:
+        raise WireFormatError(f"bad encrypted-vector header: {exc}") from exc
     if len(chunks) - 1 != count:
         raise WireFormatError(f"header announces {count} ciphertexts, got {len(chunks) - 1}")
     cts = []
@@ -179,9 +219,17 @@ def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes]) -> EncVector:
             raise WireFormatError(f"ciphertext at level {ct_level}, header says {level}")
         cts.append(ct)
     try:
-        return EncVector(tuple(cts), length, chunk, level, clean)
+        return EncVector(tuple(cts), length, chunk, level, clean, period, copies)
     except LayoutError as exc:
         raise WireFormatError(str(exc)) from exc
+
+
+def _whole(header: dict[str, Any], name: str) -> int:
+    """A non-negative whole-number header field (never a bool, a float or a 5,000-digit number)."""
+    value = header[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise TypeError(f"{name} must be a whole number in 0..2^31-1, got {str(value)[:40]}")
+    return value
 
 
 def vector_to_bytes(vec: EncVector) -> bytes:
