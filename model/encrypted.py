@@ -1,326 +1,314 @@
-"""The encrypted pipeline: the worker's side (ciphertexts only) and the key holder's side (the oracle).
+"""The encrypted pipeline's shared parts: how the worker splits the work, and what an oracle call says.
 
 Worker, per token (DESIGN.md section 4), with the same steps as the plaintext twin (`model.forward`):
 
-    x (d,) ──30 x [rmsnorm*, q/k/v, attention*, o, +, rmsnorm*, gate/up, swiglu*, down, +]──
+    x (d,) ──30 x [rmsnorm*, q | kv, attention*, o, +, rmsnorm*, gate | up, swiglu*, down, +]──
       ──final_norm*── LM head (pi baked in) ── softmax* ── sampler circuit (refresh* as needed)
       ──> I' (sent to the key holder as the token) ── mixture I' @ W_pi ──> next x
 
-Steps marked * are oracle calls: the key holder decrypts, evaluates the allow-listed function (or just
-re-encrypts, for refresh) and returns fresh ciphertexts. Everything with weights, the prefix sum, the
-sampler polynomials and PP run on the worker under CKKS (crypto/). The key holder never chooses a
-token for the worker: it sees `I'` only to display `pi[argmax I']`.
+Steps marked * are oracle calls to the key holder (model/key_holder.py); everything else runs on
+ciphertexts in the worker's processes (model/encrypted_rank.py), `world` of them, each a `rank`:
 
-Ciphertext layout on the wire: one blob per encrypted vector (`crypto.vector.vector_to_bytes`); an
-oracle call with k inputs of T rows each sends k*T blobs, inputs one after another.
+- Weights are cut into blocks (`Layout`): q, kv (keys and values in one product), o, gate, up and the
+  two row halves of down per layer; the LM head and the mixture into one block per rank (its chunks of
+  the vocabulary). Every process shares one warm plaintext cache (forked copy-on-write).
+- A prompt of T >= 2 positions is split by position: each rank runs every product for its positions.
+  One position (a decoded token) is split by block: q and kv, gate and up, the halves of down, and each
+  rank's chunks of the LM head, the sampler and the mixture run on different ranks at once.
+- A value is held in shares (`Part`s: a position, an offset, a vector): column blocks land side by side,
+  row blocks give partial sums, and the residual stream stays a sum of shares. Only the key holder ever
+  adds shares up, when it decrypts an oracle call's inputs, so the ranks never wait for each other except
+  at the oracle (and twice per sampler step, to pass the prefix-sum carry and the shifted last value).
 
-The prompt is processed one position at a time (T separate products per matrix, one oracle round trip
-per function for all T rows); packing several positions per ciphertext (`crypto.batch`) is the next
-speed-up for long prompts.
+An `OracleCall` carries, besides the ciphertexts, where each input share goes (`parts`: position and
+offset in the function's input) and what each rank needs back (`pieces`: a slice of the output, its
+replicated layout and level), so the key holder returns fresh ciphertexts laid out for the next product:
+no rotation is spent replicating an input and no level is spent dropping one. `merge_calls` and
+`split_answers` are the worker's router: k ranks' shares in, one call out, each rank's answers back.
+
+References: DESIGN.md sections 2 and 4; `crypto.matmul` (products), `crypto.ops` (the split sampler).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from crypto import arith
-from crypto.engine import Engine
-from crypto.keys import (
-    PublicContext,
-    RotationPlan,
-    SecretContext,
-    create_secret_context,
-    public_context_bytes,
-)
-from crypto.matmul import MatmulPlan, PlainMatrix, matmul, plan_matmul
-from crypto.ops import CkksOps, sampler_rotation_plan
-from crypto.params import CKKSParams, preset
-from crypto.vector import EncVector, decrypt_vector, encrypt_vector, vector_from_bytes, vector_to_bytes
+from crypto.matmul import MatmulPlan, plan_matmul
 from model.errors import InputError
-from model.forward import KeyHolderFunctions, LlamaShape, NonLinear, PreparedModel, forward
-from model.sampler import Precision, approx_one_hot, probabilities
+from model.forward import LlamaShape, PreparedModel
 
-Rows = list[EncVector]  # one encrypted vector per position
-Oracle = Callable[[str, int, list[bytes]], list[bytes]]  # (fn, layer, blobs) -> blobs
-ARITY: dict[str, int] = {"rmsnorm": 1, "attention": 3, "swiglu": 2, "final_norm": 1, "softmax": 1}
-MATMUL_LEVEL = 1  # products run at level 1: cheapest, and their outputs feed an oracle or a residual add
-
-
-@dataclass
-class TokenTelemetry:
-    """What one token cost on the worker, streamed in the Token message."""
-
-    seconds: dict[str, float] = field(default_factory=dict)  # wall time by stage
-    oracle_calls: dict[str, int] = field(default_factory=dict)  # by function
-    bytes_to_key_holder: int = 0
-    bytes_from_key_holder: int = 0
-    refreshes: int = 0  # sampler refreshes (each one oracle call)
-    rotations: int = 0
-    levels: int = 0  # multiplicative levels consumed (sum over every ciphertext chain)
-
-    def add_time(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
-            "oracle_calls": dict(self.oracle_calls),
-            "bytes_to_key_holder": self.bytes_to_key_holder,
-            "bytes_from_key_holder": self.bytes_from_key_holder,
-            "refreshes": self.refreshes,
-            "rotations": self.rotations,
-        }
+MATMUL_LEVEL = 1  # products run at level 1: the cheapest level that can still rescale
+ORACLE_FUNCTIONS = ("refresh", "rmsnorm", "attention", "swiglu", "final_norm", "softmax")
+LAYER_MATRICES = ("q", "kv", "o", "gate", "up", "down")
+# Decode: the block that runs on each rank when one position is split by block (rank % world).
+BLOCK_RANKS = {"q": 0, "kv": 1, "o": 0, "gate": 0, "up": 1, "down.0": 0, "down.1": 1}
+FloatArray = npt.NDArray[np.float32]
 
 
-class EncryptedBackend:
-    """`model.forward.Backend` over rows of CKKS vectors; non-linear steps go to the oracle."""
+@dataclass(frozen=True)
+class PieceSpec:
+    """A slice of an oracle function's output that a rank needs, and how to encrypt it."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        public: PublicContext,
-        matrices: Callable[[str, torch.Tensor], tuple[PlainMatrix, MatmulPlan]],
-        oracle: Oracle,
-        telemetry: Callable[[], TokenTelemetry],
-    ) -> None:
-        self.engine = engine
-        self.public = public
-        self.matrices = matrices
-        self._oracle = oracle
-        self.telemetry = telemetry
+    position: int  # row of the output (0 .. T-1; final_norm and softmax have one row)
+    start: int  # first value
+    stop: int  # one past the last value
+    period: int = 0  # replicated layout: copies at slots k * period (0: plain chunks of all slots)
+    copies: int = 1
+    level: int = -1  # encrypt at this level (-1: the top)
 
-    def call(self, fn: str, layer: int, inputs: Sequence[Rows]) -> Rows:
-        """One oracle round trip: k inputs of T rows out, fresh rows back."""
-        blobs = [vector_to_bytes(v) for rows in inputs for v in rows]
-        tel = self.telemetry()
-        start = time.perf_counter()
-        reply = self._oracle(fn, layer, blobs)
-        tel.add_time("oracle", time.perf_counter() - start)
-        tel.oracle_calls[fn] = tel.oracle_calls.get(fn, 0) + 1
-        tel.bytes_to_key_holder += sum(len(b) for b in blobs)
-        tel.bytes_from_key_holder += sum(len(b) for b in reply)
-        return [vector_from_bytes(self.public, b) for b in reply]
+    def as_list(self) -> list[int]:
+        return [self.position, self.start, self.stop, self.period, self.copies, self.level]
 
-    def linear(self, x: Rows, key: str, weight: torch.Tensor) -> Rows:
-        start = time.perf_counter()
-        mat, plan = self.matrices(key, weight)
-        out = [matmul(self.engine, v, mat, plan, level=min(MATMUL_LEVEL, v.level)) for v in x]
-        stage = "lm_head" if key == "lm_head" else "layers"
-        self.telemetry().add_time(stage, time.perf_counter() - start)
-        return out
-
-    def add(self, a: Rows, b: Rows) -> Rows:
-        return [arith.add(self.engine, u, v) for u, v in zip(a, b, strict=True)]
-
-    def apply(self, fn: NonLinear, layer: int, xs: Sequence[Rows]) -> Rows:
-        return self.call(fn, layer, xs)
+    @classmethod
+    def from_list(cls, values: Sequence[int]) -> PieceSpec:
+        if len(values) != 6:
+            raise InputError(f"a piece is [position, start, stop, period, copies, level], got {list(values)}")
+        return cls(*(int(v) for v in values))
 
 
-class EncryptedWorkerModel:
-    """The worker's computing part (app.worker.WorkerModel): the model's weights, never a secret key."""
+@dataclass(frozen=True)
+class OracleCall:
+    """One oracle round trip: shares of the function's input, and the output pieces wanted back.
 
-    def __init__(
-        self, prepared: PreparedModel, identity: PreparedModel, name: str, ordering: str, context_window: int
-    ) -> None:
-        """`prepared` has the TSP order baked in; `identity` is the same model in token-id order (TSP off)."""
-        self.by_tsp = {True: prepared, False: identity}
-        self.name = name
-        self.context_window = context_window
-        self.vocab = prepared.shape.vocab
-        self.ordering = ordering
-        self._matrices: dict[tuple[str, bool, str], tuple[PlainMatrix, MatmulPlan]] = {}
+    `refresh` is per ciphertext vector: each input blob comes back re-encrypted at the top level with the
+    same layout (parts and pieces are not used). Every other function has one logical input of T rows
+    (for attention: q then kv; for swiglu: gate then up), assembled by adding each part at its place.
+    """
 
-    @property
-    def shape(self) -> LlamaShape:
-        return self.by_tsp[True].shape
+    fn: str
+    layer: int
+    parts: list[tuple[int, int]]  # (position, offset) of each blob in the function's input
+    blobs: list[bytes]
+    pieces: list[PieceSpec] = field(default_factory=list)
 
-    def _shapes(self, slots: int) -> list[tuple[int, int, int]]:
-        """(m, n, input chunk) of every product the plan performs."""
-        s = self.shape
-        chunk = min(slots, s.vocab)
-        return [
-            (s.d, s.d, slots),
-            (s.d, s.kv_width, slots),
-            (s.d, s.ffn, slots),
-            (s.ffn, s.d, slots),
-            (s.d, s.vocab, slots),
-            (s.vocab, s.d, chunk),
-        ]
 
-    def rotation_plan(self, preset_name: str) -> RotationPlan:
-        params = preset(preset_name)
-        slots = params.slot_count
-        plan = sampler_rotation_plan(slots)
-        for m, n, chunk in self._shapes(slots):
-            plan = plan.union(plan_matmul(m, n, slots, chunk).rotation_plan())
-        return plan
+def merge_calls(calls: Sequence[OracleCall]) -> tuple[OracleCall, list[list[int]]]:
+    """Every rank's share of one call -> one call, and for each rank the indices of its answers.
 
-    def _matrix(
-        self, params: CKKSParams, tsp: bool, key: str, weight: torch.Tensor
-    ) -> tuple[PlainMatrix, MatmulPlan]:
-        # Layer matrices do not depend on the order; only the LM head and the embedding rows do.
-        cache_key = (params.name, tsp if key in ("lm_head", "embed_pi") else True, key)
-        if cache_key not in self._matrices:
-            m, n = weight.shape
-            mat = PlainMatrix(weight.detach().to(torch.float64).numpy())
-            self._matrices[cache_key] = (mat, plan_matmul(m, n, params.slot_count, params.slot_count))
-        return self._matrices[cache_key]
+    Identical pieces asked for by several ranks are encrypted once and handed to each of them.
 
-    def run(self, job: Any) -> str:
-        """Generate for one `app.worker.JobContext`; emits Progress and Token messages; returns the reason."""
-        from app import protocol as p  # the message types; the worker passes them through `emit`
+    Raises:
+        InputError: the ranks disagree on the function or the layer (they must run in lockstep).
+    """
+    first = calls[0]
+    if any(c.fn != first.fn or c.layer != first.layer for c in calls):
+        raise InputError(f"ranks out of step: {[(c.fn, c.layer) for c in calls]}")
+    parts = [p for c in calls for p in c.parts]
+    blobs = [b for c in calls for b in c.blobs]
+    if first.fn == "refresh":
+        answers, at = [], 0
+        for c in calls:
+            answers.append(list(range(at, at + len(c.blobs))))
+            at += len(c.blobs)
+        return OracleCall(first.fn, first.layer, parts, blobs), answers
+    index: dict[PieceSpec, int] = {}
+    for c in calls:
+        for spec in c.pieces:
+            index.setdefault(spec, len(index))
+    answers = [[index[spec] for spec in c.pieces] for c in calls]
+    return OracleCall(first.fn, first.layer, parts, blobs, list(index)), answers
 
-        request = job.request
-        prepared = self.by_tsp[request.tsp]
-        params = job.public.params
-        engine = Engine.for_worker(job.public)
-        tel = TokenTelemetry()
-        backend = EncryptedBackend(
-            engine,
-            job.public,
-            lambda key, w: self._matrix(params, request.tsp, key, w),
-            job.oracle,
-            lambda: tel,
+
+def split_answers(answers: list[list[int]], blobs: Sequence[bytes]) -> list[list[bytes]]:
+    """The key holder's reply blobs, handed back to each rank in the order it asked.
+
+    Raises:
+        InputError: the reply has another number of blobs than the call asked for.
+    """
+    wanted = 1 + max((i for a in answers for i in a), default=-1)
+    if len(blobs) != wanted:
+        raise InputError(f"the key holder answered {len(blobs)} ciphertexts where {wanted} were asked for")
+    return [[blobs[i] for i in a] for a in answers]
+
+
+def input_widths(shape: LlamaShape, fn: str) -> list[int]:
+    """The widths of an oracle function's inputs, in the order they sit side by side in its one input."""
+    widths = {
+        "rmsnorm": [shape.d],
+        "final_norm": [shape.d],
+        "attention": [shape.d, 2 * shape.kv_width],  # q, then keys and values
+        "swiglu": [shape.ffn, shape.ffn],  # gate, then up
+        "softmax": [shape.vocab],
+    }
+    if fn not in widths:
+        raise InputError(f"{fn!r} has no input layout; functions: {', '.join(widths)}")
+    return widths[fn]
+
+
+# --- the worker's weights and how they are cut -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerArrays:
+    """One decoder layer's matrices (in, out), float32, the RMSNorm gains folded in (model.forward)."""
+
+    q: FloatArray
+    kv: FloatArray
+    o: FloatArray
+    gate: FloatArray
+    up: FloatArray
+    down: FloatArray
+
+
+@dataclass(frozen=True)
+class WorkerWeights:
+    """The worker's plaintext weights in both vocabulary orders (TSP on and token-id order)."""
+
+    shape: LlamaShape
+    layers: tuple[LayerArrays, ...]
+    lm_head: dict[bool, FloatArray]  # tsp -> (d, V), columns in that order
+    embed: dict[bool, FloatArray]  # tsp -> (V, d), rows in that order (the mixture's matrix)
+
+    @classmethod
+    def from_prepared(cls, tsp: PreparedModel, identity: PreparedModel) -> WorkerWeights:
+        """From the prepared model in TSP order and in token-id order (they share the layers)."""
+
+        def arr(t: Any) -> FloatArray:
+            return np.ascontiguousarray(t.detach().numpy(), dtype=np.float32)
+
+        layers = tuple(
+            LayerArrays(arr(w.q), arr(w.kv), arr(w.o), arr(w.gate), arr(w.up), arr(w.down))
+            for w in tsp.layers
+        )
+        return cls(
+            tsp.shape,
+            layers,
+            {True: arr(tsp.lm_head), False: arr(identity.lm_head)},
+            {True: arr(tsp.embed_pi), False: arr(identity.embed_pi)},
         )
 
-        def refresh(vec: EncVector) -> EncVector:
-            tel.refreshes += 1
-            return backend.call("refresh", -1, [[vec]])[0]
-
-        ops = CkksOps(engine, refresh)
-        rng = np.random.default_rng(request.seed)
-        layers = prepared.shape.layers
-        x: Rows = [vector_from_bytes(job.public, b) for b in request.blobs]
-        if len(x) != request.prompt_tokens or any(v.length != prepared.shape.d for v in x):
-            raise InputError(
-                f"the prompt must be {request.prompt_tokens} encrypted vectors of {prepared.shape.d} values"
-            )
-        budget = request.max_new_tokens
-        window = self.context_window - request.prompt_tokens
-        for index in range(min(budget, window)):
-            on_layer = partial(_report_layer, job, "prompt" if index == 0 else "token", layers)
-            rotations_before = engine.counts["rotate"]
-            logits = forward(backend, prepared, x, on_layer)[0]  # (V,) in tiles, TSP order
-            job.emit(p.Progress(request.request, "sampler", layers + 1, layers + 3))
-            start = time.perf_counter()
-            q = backend.call("softmax", -1, [[logits]])[0]  # fresh, chunk = slots
-            one_hot = approx_one_hot(ops, q, float(rng.random()), request.amp_rounds, request.pp)
-            tel.add_time("sampler", time.perf_counter() - start)
-            job.check()
-            if index + 1 < min(budget, window):
-                job.emit(p.Progress(request.request, "mixture embedding", layers + 2, layers + 3))
-                start = time.perf_counter()
-                mat, plan = self._matrix(params, request.tsp, "embed_pi", prepared.embed_pi)
-                ready = ops.ensure_levels(one_hot, MATMUL_LEVEL)
-                x = [matmul(engine, ready, mat, plan, level=MATMUL_LEVEL)]
-                tel.add_time("mixture", time.perf_counter() - start)
-            tel.rotations = engine.counts["rotate"] - rotations_before
-            job.emit(p.Token(request.request, index, tel.as_dict(), [vector_to_bytes(one_hot)]))
-            tel = TokenTelemetry()
-        return "length" if budget <= window else "context"
+    def ordered(self, tsp: bool) -> OrderedWeights:
+        return OrderedWeights(self.shape, self.layers, self.lm_head[tsp])
 
 
-def _report_layer(job: Any, stage: str, layers: int, index: int) -> None:
-    """Before each layer: stop if cancelled, else tell the key holder where the token is."""
-    from app import protocol as p
+@dataclass(frozen=True)
+class OrderedWeights:
+    """The weights in one vocabulary order, shaped like `PreparedModel` for `model.forward.forward`."""
 
-    job.check()
-    job.emit(p.Progress(job.request.request, f"{stage}: layer {index + 1}/{layers}", index, layers + 3))
+    shape: LlamaShape
+    layers: tuple[LayerArrays, ...]
+    lm_head: FloatArray
 
 
-class KeyHolderSide:
-    """The key holder's math (app.keyholder.KeyHolderMath): keys, prompt, the oracle, reading I'."""
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of one matrix: rows [row0, row0 + rows) of its input, columns placed at col0."""
 
-    def __init__(
-        self,
-        preset_name: str,
-        shape: LlamaShape,
-        embeddings: torch.Tensor,
-        perm: npt.ArrayLike,
-        softmax_precision: Precision = "fp16",
-    ) -> None:
-        self.preset = preset_name
-        self.secret: SecretContext = create_secret_context(preset(preset_name))
-        self.engine = Engine.for_key_holder(self.secret)
+    key: str  # unique, e.g. "layers.3.down.1", "lm_head.tsp.5", "mixture.ids.11"
+    name: str  # which decode rank it belongs to: a BLOCK_RANKS key, or "" for tiles and chunks
+    row0: int
+    col0: int
+    rows: int
+    cols: int
+    plan: MatmulPlan
+
+
+def positions_of(rank: int, world: int, positions: int) -> range:
+    """The prompt positions a rank holds: T >= 2 is split by position; one position (a decoded token)
+    is split by block, and its input embedding starts on rank 0."""
+    if positions < 2:
+        return range(0, 1) if rank == 0 else range(0)
+    return range(rank * positions // world, (rank + 1) * positions // world)
+
+
+class Layout:
+    """Every block of the model for one slot count and `world` ranks, and which rank computes what.
+
+    The layer blocks do not depend on `world` (a prompt's positions are split over the ranks, so every
+    rank needs all of them); the LM head and the mixture are cut into one block per rank (its vocabulary
+    chunks), so a rank's product shares its baby steps over all its tiles.
+    """
+
+    def __init__(self, shape: LlamaShape, slots: int, world: int = 1) -> None:
         self.shape = shape
-        self.embeddings = embeddings  # (V, d): public model data, used to embed the prompt
-        self.perm = np.asarray(perm, dtype=np.int64)
-        self.softmax_precision: Precision = softmax_precision
-        self.temperature = 1.0
-        self.tsp = True
-        self.functions = KeyHolderFunctions(shape)
-        self.evaluated: dict[str, int] = {}  # what this side computed for the worker, by function
+        self.slots = slots
+        self.world = world
+        s = shape
+        half = s.ffn // 2
 
-    def public_context(self, galois_steps: list[int], conjugate: bool) -> bytes:
-        plan = RotationPlan.of(galois_steps, self.secret.params.slot_count, conjugate)
-        return public_context_bytes(self.secret, plan)
+        def block(key: str, name: str, row0: int, col0: int, rows: int, cols: int, chunk: bool) -> Block:
+            # a product's input is a fresh piece from the key holder, laid out replicated for its plan;
+            # a mixture chunk is one refreshed ciphertext of the one-hot vector
+            plan = plan_matmul(rows, cols, slots, slots if chunk else None, replicated=not chunk)
+            return Block(key, name, row0, col0, rows, cols, plan)
 
-    def new_reply(self, settings: dict[str, Any]) -> None:
-        self.functions = KeyHolderFunctions(self.shape)  # the worker re-reads the whole prompt
-        self.temperature = float(settings.get("temperature", 1.0))
-        self.tsp = bool(settings.get("tsp", True))
+        shapes = {
+            "q": [(0, 0, s.d, s.d)],
+            "kv": [(0, 0, s.d, 2 * s.kv_width)],
+            "o": [(0, 0, s.d, s.d)],
+            "gate": [(0, 0, s.d, s.ffn)],
+            "up": [(0, 0, s.d, s.ffn)],
+            "down": [(0, 0, half, s.d), (half, 0, s.ffn - half, s.d)],
+        }
+        self.matrices: dict[str, list[Block]] = {}
+        for i in range(s.layers):
+            for name, rects in shapes.items():
+                blocks = []
+                for j, (r0, c0, rows, cols) in enumerate(rects):
+                    suffix = f".{j}" if len(rects) > 1 else ""
+                    blocks.append(
+                        block(f"layers.{i}.{name}{suffix}", f"{name}{suffix}", r0, c0, rows, cols, False)
+                    )
+                self.matrices[f"layers.{i}.{name}"] = blocks
+        self.tiles = -(-s.vocab // slots)
+        if not 1 <= world <= self.tiles:
+            raise InputError(
+                f"{world} ranks cannot share {self.tiles} vocabulary chunks; use 1..{self.tiles}"
+            )
+        for tsp in (True, False):
+            order = "tsp" if tsp else "ids"
+            heads, mixtures = [], []
+            for rank in range(world):
+                chunks = self.chunks_of(rank, world)
+                first, stop = chunks.start * slots, min(chunks.stop * slots, s.vocab)
+                heads.append(block(f"lm_head.{order}.{rank}", "", 0, first, s.d, stop - first, False))
+                mixtures.append(block(f"mixture.{order}.{rank}", "", first, 0, stop - first, s.d, True))
+            self.matrices[f"lm_head.{order}"] = heads
+            self.matrices[f"mixture.{order}"] = mixtures
 
-    def _encrypt(self, values: npt.NDArray[np.float64], chunk: int | None = None) -> bytes:
-        """Fresh ciphertexts at the top level. A vector that fits one ciphertext gets chunk = its length,
-        the layout the worker's products return, so residual additions line up."""
-        slots = self.secret.params.slot_count
-        layout = chunk if chunk is not None else (values.size if values.size <= slots else slots)
-        return vector_to_bytes(encrypt_vector(self.secret, values, chunk=layout, engine=self.engine))
+    def blocks(self) -> list[Block]:
+        return [b for blocks in self.matrices.values() for b in blocks]
 
-    def _decrypt(self, blob: bytes) -> npt.NDArray[np.float64]:
-        return decrypt_vector(self.secret, vector_from_bytes(self.secret, blob))
+    def chunks_of(self, rank: int, world: int) -> range:
+        """The vocabulary chunks (LM head tiles, sampler ciphertexts, mixture blocks) of a rank."""
+        return range(rank * self.tiles // world, (rank + 1) * self.tiles // world)
 
-    def encrypt_prompt(self, prompt_ids: list[int]) -> list[bytes]:
-        rows = self.embeddings[torch.tensor(prompt_ids)].to(torch.float64).numpy()  # (T, d)
-        return [self._encrypt(row) for row in rows]
-
-    def answer(self, fn: str, layer: int, blobs: list[bytes]) -> list[bytes]:
-        """Evaluate one oracle call. Raises InputError for anything off the allow-list."""
-        self.evaluated[fn] = self.evaluated.get(fn, 0) + 1
-        if fn == "refresh":
-            out = []
-            for blob in blobs:
-                vec = vector_from_bytes(self.secret, blob)
-                out.append(self._encrypt(decrypt_vector(self.secret, vec), chunk=vec.chunk))
-            return out
-        if fn == "softmax":
-            if len(blobs) != 1:
-                raise InputError("softmax takes exactly one vector of logits")
-            p = probabilities(self._decrypt(blobs[0]), self.temperature, self.softmax_precision, False)
-            return [self._encrypt(p, chunk=self.secret.params.slot_count)]
-        arity = ARITY.get(fn)
-        if arity is None or not blobs or len(blobs) % arity:
-            raise InputError(f"{fn!r} with {len(blobs)} vector(s) is not an allowed oracle call")
-        rows = len(blobs) // arity
-        xs = [
-            torch.from_numpy(np.stack([self._decrypt(b) for b in blobs[i * rows : (i + 1) * rows]])).float()
-            for i in range(arity)
-        ]
-        result = self.functions.evaluate(fn, layer, xs)  # type: ignore[arg-type]
-        return [self._encrypt(row.double().numpy()) for row in result]
-
-    def read_token(self, blobs: list[bytes]) -> int:
-        """Post-correction: decrypt I', take the argmax position, undo the order."""
-        weights = self._decrypt(blobs[0])
-        position = int(np.argmax(weights))
-        return int(self.perm[position]) if self.tsp else position
+    def work(self, matrix: str, rank: int, world: int, positions: int) -> list[tuple[int, Block]]:
+        """(position, block) of every product of `matrix` this rank computes."""
+        blocks = self.matrices[matrix]
+        if matrix.startswith(("lm_head.", "mixture.")):
+            return [(0, blocks[rank])]  # one block per rank: its vocabulary chunks
+        if positions >= 2:
+            return [(p, b) for p in positions_of(rank, world, positions) for b in blocks]
+        return [(0, b) for b in blocks if BLOCK_RANKS[b.name] % world == rank]
 
 
-def worker_model_for(loaded: Any, perm: npt.ArrayLike, ordering: str) -> EncryptedWorkerModel:
-    """The worker's computing part for a loaded Llama-family model and its vocabulary order."""
-    prepared = PreparedModel.from_loaded(loaded, perm)
-    return EncryptedWorkerModel(
-        prepared,
-        prepared.reordered(np.arange(prepared.shape.vocab)),  # TSP off: token-id order, same layers
-        loaded.name,
-        ordering,
-        loaded.context_window,
-    )
+# --- the public prefix's keys and values -----------------------------------------------------------
+
+
+def cache_to_bytes(keys: Sequence[Any], values: Sequence[Any]) -> list[bytes]:
+    """Per-layer caches (kv_heads, T, head_dim) -> two float32 blobs (keys, values), layers stacked."""
+    return [np.stack([np.asarray(k, dtype=np.float32) for k in kv]).tobytes() for kv in (keys, values)]
+
+
+def cache_from_bytes(
+    shape: LlamaShape, blobs: Sequence[bytes], positions: int
+) -> tuple[FloatArray, FloatArray]:
+    """Inverse of `cache_to_bytes` for `positions` positions.
+
+    Raises:
+        InputError: the sizes do not fit the model, or the values are not finite.
+    """
+    dims = (shape.layers, shape.kv_heads, positions, shape.head_dim)
+    size = int(np.prod(dims)) * 4
+    if len(blobs) != 2 or any(len(b) != size for b in blobs):
+        raise InputError(f"a public prefix of {positions} positions needs two blobs of {size:,} bytes")
+    keys, values = (np.frombuffer(b, dtype=np.float32).reshape(dims) for b in blobs)
+    if not (np.isfinite(keys).all() and np.isfinite(values).all()):
+        raise InputError("the public prefix holds values that are not finite")
+    return keys, values

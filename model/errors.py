@@ -22,6 +22,9 @@ wire error or a close code.
     │   ├── LayoutError             encrypted vectors whose slot layouts do not fit the operation
     │   └── MissingRotationKey      a rotation the public context has no Galois key for
     ├── SamplerError                a sampler input (perm, probabilities) that does not fit
+    ├── JobCancelled                the key holder cancelled an encrypted reply (Stop, or it saw EOS)
+    ├── JobFailed                   a worker process failed a reply; carries the wire code to report
+    ├── WorkerMismatch              a worker serves another model, vocabulary order or preset
     ├── ProtocolError (code 4000)   a wire message that cannot be accepted (app/protocol.py)
     │   ├── UnknownMessageType      4001
     │   ├── VersionMismatch         4002
@@ -156,6 +159,25 @@ class SamplerError(ChatError, ValueError):
 
 
 # --- protocol (app/protocol.py, the worker and the key holder) ------------------------------------
+
+
+class JobCancelled(ChatError):
+    """Raised inside an encrypted reply's computation when the key holder cancelled it."""
+
+
+class JobFailed(ChatError):
+    """A worker process failed a reply: `code` is the wire error code (4000-4999) to report."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[type, tuple[int, str]]:  # crosses process boundaries (pickle)
+        return (JobFailed, (self.code, str(self)))
+
+
+class WorkerMismatch(ChatError):
+    """The worker serves another model, vocabulary order or CKKS preset than the key holder expects."""
 
 
 class ProtocolError(ChatError):

@@ -30,7 +30,7 @@ import numpy.typing as npt
 import torch
 
 from model.errors import InputError
-from model.generate import DecodeSession, Selector
+from model.generate import DecodeSession, Selection, Selector, decode
 from model.loading import LoadedModel
 from model.sampler import compose, one_hot_from_steps, post_process, step_polynomials
 from model.simulate import mixture
@@ -281,6 +281,20 @@ def bootstrap_mean_interval(
 # --- fixed-length generation for the collapse study ---------------------------------------------
 
 
+class BanTokens:
+    """A selector that never picks `banned` tokens: their logits are set to -inf first."""
+
+    def __init__(self, selector: Selector, banned: frozenset[int]) -> None:
+        self.selector = selector
+        self.banned = torch.tensor(sorted(banned), dtype=torch.long)
+
+    def select(self, logits: torch.Tensor, r: float) -> Selection:
+        if self.banned.numel():
+            logits = logits.clone()
+            logits[self.banned] = -math.inf
+        return self.selector.select(logits, r)
+
+
 def generate_fixed_length(
     loaded: LoadedModel,
     prompt_ids: Sequence[int],
@@ -307,19 +321,14 @@ def generate_fixed_length(
             f"prompt ({len(prompt_ids)} tokens) + length ({length}) exceeds {loaded.name}'s context window "
             f"({loaded.context_window}); lower --length"
         )
-    rng = np.random.default_rng(seed)
     session = DecodeSession(loaded)
-    banned = torch.tensor(sorted(loaded.eos_token_ids), dtype=torch.long)
     logits = session.prefill(prompt_ids)
+    banned = frozenset(loaded.eos_token_ids) if ban_eos else frozenset()
     tokens: list[int] = []
-    for index in range(length):
-        if ban_eos and banned.numel():
-            logits = logits.clone()
-            logits[banned] = -math.inf
-        choice = selector.select(logits, float(rng.random()))
-        tokens.append(choice.token_id)
-        if index < length - 1:
-            logits = session.step(choice.embedding)
+    stream = decode(session, logits, BanTokens(selector, banned), length, np.random.default_rng(seed))
+    for step in stream:  # eos is never passed: with EOS banned or not, the run is `length` tokens
+        assert step.selection.token_id is not None
+        tokens.append(step.selection.token_id)
         if on_progress is not None:
             on_progress(1)
     return tokens

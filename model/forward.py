@@ -78,8 +78,7 @@ class LayerWeights:
     """One decoder layer's matrices, (in, out), with the RMSNorm gains folded in."""
 
     q: torch.Tensor  # (d, d)       attention norm gain folded into the rows
-    k: torch.Tensor  # (d, kv)
-    v: torch.Tensor  # (d, kv)
+    kv: torch.Tensor  # (d, 2 kv)   keys then values: one product for both (they share the input)
     o: torch.Tensor  # (d, d)
     gate: torch.Tensor  # (d, ffn)  MLP norm gain folded into the rows
     up: torch.Tensor  # (d, ffn)
@@ -123,11 +122,12 @@ class PreparedModel:
                 attn_gain = layer.input_layernorm.weight.detach().float()[:, None]  # (d, 1)
                 mlp_gain = layer.post_attention_layernorm.weight.detach().float()[:, None]
                 a, m = layer.self_attn, layer.mlp
+                k = a.k_proj.weight.detach().float().T
+                v = a.v_proj.weight.detach().float().T
                 layers.append(
                     LayerWeights(
                         q=attn_gain * a.q_proj.weight.detach().float().T,
-                        k=attn_gain * a.k_proj.weight.detach().float().T,
-                        v=attn_gain * a.v_proj.weight.detach().float().T,
+                        kv=attn_gain * torch.cat((k, v), dim=1),
                         o=a.o_proj.weight.detach().float().T.contiguous(),
                         gate=mlp_gain * m.gate_proj.weight.detach().float().T,
                         up=mlp_gain * m.up_proj.weight.detach().float().T,
@@ -174,12 +174,37 @@ class KeyHolderFunctions:
         half = torch.arange(0, shape.head_dim, 2, dtype=torch.float32) / shape.head_dim
         self.inv_freq = 1.0 / (shape.rope_theta**half)  # (head_dim/2,)
 
+    @property
+    def positions(self) -> int:
+        """Positions every layer's cache holds (a cancelled forward can leave later layers shorter)."""
+        return min(k.shape[1] for k in self.keys)
+
+    def truncate(self, positions: int) -> None:
+        """Keep the first `positions` positions of every layer (drop a half-finished forward)."""
+        self.keys = [k[:, :positions] for k in self.keys]
+        self.values = [v[:, :positions] for v in self.values]
+
+    def load(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+        """Start from given caches: per layer (kv_heads, T, head_dim), keys after RoPE (a public prefix)."""
+        s = self.shape
+        ok = len(keys) == len(values) == s.layers and all(
+            k.shape == v.shape and k.shape[0] == s.kv_heads and k.shape[2] == s.head_dim
+            for k, v in zip(keys, values, strict=True)
+        )
+        if not ok or len({k.shape[1] for k in keys}) != 1:
+            raise InputError(
+                f"a cache needs {s.layers} layers of ({s.kv_heads}, T, {s.head_dim}) keys and values"
+            )
+        self.keys = [k.float() for k in keys]
+        self.values = [v.float() for v in values]
+
     def evaluate(self, fn: NonLinear, layer: int, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Dispatch one allow-listed call (the oracle's entry point)."""
         if fn == "rmsnorm" and len(xs) == 1:
             return self.rmsnorm(xs[0])
-        if fn == "attention" and len(xs) == 3:
-            return self.attention(layer, xs[0], xs[1], xs[2])
+        if fn == "attention" and len(xs) == 2:
+            kv = self.shape.kv_width
+            return self.attention(layer, xs[0], xs[1][:, :kv], xs[1][:, kv:])
         if fn == "swiglu" and len(xs) == 2:
             return self.swiglu(xs[0], xs[1])
         if fn == "final_norm" and len(xs) == 1:
@@ -226,17 +251,33 @@ class KeyHolderFunctions:
         return out.transpose(0, 1).reshape(t, s.d)
 
 
+Consumer = Literal["qkv", "o", "gate_up", "down", "lm_head"]
+"""Which products read a non-linear step's result (the encrypted worker asks for the layout they need)."""
+
+
+def prefix_cache(
+    prepared: PreparedModel, embeddings: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The attention cache after `embeddings` (T, d): per layer keys (after RoPE) and values, as the key
+    holder keeps them. The worker computes a public prefix's this way, in the clear."""
+    functions = KeyHolderFunctions(prepared.shape)
+    with torch.no_grad():
+        forward(PlainBackend(functions), prepared, embeddings.float())
+    return functions.keys, functions.values
+
+
 class Backend(Protocol, Generic[T]):
     """Where the steps run: in plaintext (`PlainBackend`) or on ciphertexts (the worker's backend)."""
 
-    def linear(self, x: T, key: str, weight: torch.Tensor) -> T:
+    def linear(self, x: T, key: str, weight: Any) -> T:
         """x @ weight; `key` names the matrix (e.g. "layers.3.q") so a backend can cache its encoding."""
         ...
 
     def add(self, a: T, b: T) -> T: ...
 
-    def apply(self, fn: NonLinear, layer: int, xs: Sequence[T]) -> T:
-        """An allow-listed non-linear function (the key holder's, in encrypted mode)."""
+    def apply(self, fn: NonLinear, layer: int, xs: Sequence[T], into: Consumer) -> T:
+        """An allow-listed non-linear function (the key holder's, in encrypted mode); `into` names the
+        products that read its result."""
         ...
 
 
@@ -252,29 +293,41 @@ class PlainBackend:
     def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + b
 
-    def apply(self, fn: NonLinear, layer: int, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def apply(self, fn: NonLinear, layer: int, xs: Sequence[torch.Tensor], into: Consumer) -> torch.Tensor:
         return self.functions.evaluate(fn, layer, xs)
 
 
-def decoder_layer(backend: Backend[T], prepared: PreparedModel, index: int, x: T) -> T:
-    """One Llama decoder layer: 7 linear steps, 4 key-holder calls, 2 residual adds."""
+class ModelWeights(Protocol):
+    """What the steps read: a `PreparedModel` (torch), or the encrypted worker's numpy weights."""
+
+    @property
+    def shape(self) -> LlamaShape: ...
+
+    @property
+    def layers(self) -> Sequence[Any]: ...
+
+    @property
+    def lm_head(self) -> Any: ...
+
+
+def decoder_layer(backend: Backend[T], prepared: ModelWeights, index: int, x: T) -> T:
+    """One Llama decoder layer: 6 linear steps, 4 key-holder calls, 2 residual adds."""
     w = prepared.layers[index]
     key = f"layers.{index}"
-    h = backend.apply("rmsnorm", index, [x])  # (T, d)
+    h = backend.apply("rmsnorm", index, [x], "qkv")  # (T, d)
     q = backend.linear(h, f"{key}.q", w.q)  # (T, d)
-    k = backend.linear(h, f"{key}.k", w.k)  # (T, kv)
-    v = backend.linear(h, f"{key}.v", w.v)  # (T, kv)
-    attended = backend.apply("attention", index, [q, k, v])  # (T, d)
+    kv = backend.linear(h, f"{key}.kv", w.kv)  # (T, 2 kv): keys, then values
+    attended = backend.apply("attention", index, [q, kv], "o")  # (T, d)
     x = backend.add(x, backend.linear(attended, f"{key}.o", w.o))
-    h = backend.apply("rmsnorm", index, [x])
+    h = backend.apply("rmsnorm", index, [x], "gate_up")
     gate = backend.linear(h, f"{key}.gate", w.gate)  # (T, ffn)
     up = backend.linear(h, f"{key}.up", w.up)  # (T, ffn)
-    mixed = backend.apply("swiglu", index, [gate, up])  # (T, ffn)
+    mixed = backend.apply("swiglu", index, [gate, up], "down")  # (T, ffn)
     return backend.add(x, backend.linear(mixed, f"{key}.down", w.down))
 
 
 def forward(
-    backend: Backend[T], prepared: PreparedModel, x: T, on_layer: Callable[[int], None] | None = None
+    backend: Backend[T], prepared: ModelWeights, x: T, on_layer: Callable[[int], None] | None = None
 ) -> T:
     """Input embeddings of T new positions (T, d) -> logits of the last position in TSP order, (1, V).
 
@@ -284,5 +337,5 @@ def forward(
         if on_layer is not None:
             on_layer(index)
         x = decoder_layer(backend, prepared, index, x)
-    h = backend.apply("final_norm", prepared.shape.layers, [x])  # (1, d): the last position only
+    h = backend.apply("final_norm", prepared.shape.layers, [x], "lm_head")  # (1, d): the last position only
     return backend.linear(h, "lm_head", prepared.lm_head)  # (1, V)

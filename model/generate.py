@@ -9,6 +9,15 @@ section 2 (simulate mode) feeds back the mixture embedding `I'^T W`. The loop al
 The `r` stream is `numpy.random.default_rng(seed).random()`, one draw per step in every mode, so plain
 and simulate runs with the same seed are comparable token for token.
 
+`decode` is the loop itself, over any `ModelSession` and `Selector`: plain and simulate run it on
+transformers' KV cache (`DecodeSession`, through `generate`), the evaluation's fixed-length runs on it
+with EOS banned, and each process of the encrypted worker runs it on ciphertexts (model/encrypted_rank.py),
+where the selector cannot see the token (`Selection.token_id` is None) and the key holder ends the reply.
+Each step is handed out *before* the next position is computed, so a consumer that stops after a token
+(Stop, or the key holder seeing EOS) never pays for feeding it back.
+
+A `DecodeSession` can continue: a chat keeps it between turns and prefills only the new positions.
+
 References: DESIGN.md sections 2 and 3; transformers' generation loop (KV cache, stop on EOS).
 """
 
@@ -23,6 +32,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from model.conversation import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS  # re-exported for the UI
+from model.conversation import check_messages, encode_text, template_text
 from model.errors import InputError
 from model.loading import LoadedModel
 from model.sampler import probabilities
@@ -61,14 +72,75 @@ class GenerationSettings:
 class Selection:
     """What a selector decided for one step."""
 
-    token_id: int  # the token shown to the user (post-corrected in simulate/encrypted modes)
-    embedding: torch.Tensor  # (d,) the next input embedding fed back into the model
+    token_id: int | None  # the token shown to the user (post-corrected); None if the selector cannot see it
+    embedding: Any = None  # the next input embedding fed back into the model, (d,) ...
+    embed: Callable[[], Any] | None = None  # ... or a function computing it, called only if the loop goes on
+    payload: Any = None  # what the selector hands the caller with the step (the encrypted worker: I')
+
+    def next_input(self) -> Any:
+        return self.embed() if self.embed is not None else self.embedding
 
 
 class Selector(Protocol):
     """Next-token selection: logits of the last position and one uniform r -> a `Selection`."""
 
-    def select(self, logits: torch.Tensor, r: float) -> Selection: ...
+    def select(self, logits: Any, r: float) -> Selection: ...
+
+
+class ModelSession(Protocol):
+    """A model that continues from one input embedding at a time (its KV cache holds the rest)."""
+
+    def step(self, embedding: Any) -> Any:
+        """Feed one input embedding; return the next logits."""
+        ...
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One step of `decode`: the selection, and whether the reply ends with it."""
+
+    index: int
+    selection: Selection
+    finish: FinishReason | None
+    seconds: float  # wall time of this step: feeding the previous token back, then selecting
+
+
+def decode(
+    session: ModelSession,
+    logits: Any,
+    selector: Selector,
+    budget: int,
+    rng: np.random.Generator,
+    eos: frozenset[int] = frozenset(),
+    should_stop: Callable[[], bool] | None = None,
+    length_finish: FinishReason = "length",
+    started: float | None = None,
+) -> Iterator[Decoded]:
+    """The decode loop: up to `budget` selections, each fed back before the next.
+
+    Args:
+        session: the model state after the prompt; `logits` are the prompt's last logits.
+        rng: the stream of uniforms r, one draw per step.
+        eos: token ids that end the reply (empty: the selector cannot see tokens, or EOS is banned).
+        should_stop: polled before every step; True ends the stream at once.
+        length_finish: the finish reason of the last step when the budget runs out.
+        started: when the first step's work began (default: now), for its `seconds`.
+    """
+    start = time.perf_counter() if started is None else started
+    for index in range(budget):
+        if should_stop is not None and should_stop():
+            return
+        choice = selector.select(logits, float(rng.random()))
+        finish: FinishReason | None = None
+        if choice.token_id is not None and choice.token_id in eos:
+            finish = "eos"
+        elif index == budget - 1:
+            finish = length_finish
+        yield Decoded(index, choice, finish, time.perf_counter() - start)
+        if finish is not None:
+            return
+        start = time.perf_counter()
+        logits = session.step(choice.next_input())
 
 
 def inverse_transform(p: np.ndarray, r: float) -> int:
@@ -107,9 +179,6 @@ class Step:
     seconds: float = 0.0  # wall time of this step (forward + selection)
 
 
-MAX_PROMPT_CHARS = 20_000  # a guard against pasting a book into the chat box; the token check follows
-
-
 def build_prompt(loaded: LoadedModel, messages: Sequence[dict[str, str]], reserve: int = 1) -> list[int]:
     """Apply the chat template and check the prompt fits the context window.
 
@@ -121,36 +190,23 @@ def build_prompt(loaded: LoadedModel, messages: Sequence[dict[str, str]], reserv
     Raises:
         InputError: no message, an empty last message, or a prompt that does not fit.
     """
-    if not messages:
-        raise InputError("The conversation is empty; type a message first.")
-    last = messages[-1]
-    if last.get("role") != "user":
-        raise InputError("The last message must come from the user; type a message to reply to.")
-    if not last.get("content", "").strip():
-        raise InputError("The message is empty; type some text before sending.")
-    total_chars = sum(len(m.get("content", "")) for m in messages)
-    if total_chars > MAX_PROMPT_CHARS:
-        raise InputError(
-            f"The conversation is {total_chars:,} characters; the limit is {MAX_PROMPT_CHARS:,}. "
-            "Shorten the message or clear the history."
-        )
-    encoded: Any = loaded.tokenizer.apply_chat_template(
-        list(messages), add_generation_prompt=True, tokenize=True
-    )
-    ids: list[int] = list(
-        encoded if isinstance(encoded, list) else encoded["input_ids"]
-    )  # or a BatchEncoding
+    check_messages(messages)
+    ids = encode_text(loaded.tokenizer, template_text(loaded.tokenizer, messages))
     window = loaded.context_window
     if len(ids) + reserve > window:
         raise InputError(
             f"The prompt is {len(ids):,} tokens but {loaded.name}'s context window is {window:,} tokens "
             f"(with {reserve} kept for the reply). Shorten the message or clear the history."
         )
-    return [int(i) for i in ids]
+    return ids
 
 
 class DecodeSession:
-    """The model side of generation: prefill once, then one forward per step from an input embedding."""
+    """The model side of generation: prefill, then one forward per step from an input embedding.
+
+    It can continue: `prefill` appends positions to the cache, so a chat keeps one session between turns
+    and prefills only what is new. `length` counts the positions in the cache.
+    """
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
@@ -159,10 +215,13 @@ class DecodeSession:
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: Sequence[int]) -> torch.Tensor:
-        """Run the prompt through the model; return the logits of its last position, shape (V,)."""
+        """Run new positions through the model; return the logits of the last one, shape (V,)."""
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long)  # (1, T)
-        out = self.loaded.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1)
-        self.length = len(prompt_ids)
+        positions = torch.arange(self.length, self.length + len(prompt_ids)).reshape(1, -1)
+        out = self.loaded.model(
+            input_ids=ids, cache=self.cache, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        self.length += len(prompt_ids)
         return cast(torch.Tensor, out.logits[0, -1].float())
 
     @torch.inference_mode()
@@ -181,40 +240,31 @@ def generate(
     selector: Selector,
     settings: GenerationSettings,
     should_stop: Callable[[], bool] | None = None,
+    session: DecodeSession | None = None,
 ) -> Iterator[Step]:
     """Stream a reply token by token. The last `Step` carries the finish reason.
 
     Args:
         loaded: the model.
-        prompt_ids: the templated prompt (see `build_prompt`).
+        prompt_ids: the templated prompt (see `build_prompt`), or the new positions of a continued chat.
         selector: plain (`ExactSelector`) or the sampler of the simulate mode.
         settings: length cap and seed (the selector holds the temperature).
         should_stop: polled before every step; True ends the stream at once (no further events).
+        session: continue this session (its cache holds the conversation so far); default a new one.
     """
     rng = np.random.default_rng(settings.seed)
-    session = DecodeSession(loaded)
-    eos = loaded.eos_token_ids
-    budget = min(settings.max_new_tokens, loaded.context_window - len(prompt_ids))
+    session = session if session is not None else DecodeSession(loaded)
+    budget = min(settings.max_new_tokens, loaded.context_window - session.length - len(prompt_ids))
     if budget < 1:
         raise InputError(
-            f"The prompt ({len(prompt_ids):,} tokens) fills {loaded.name}'s context window "
-            f"({loaded.context_window:,}); shorten it or clear the history."
+            f"The conversation ({session.length + len(prompt_ids):,} tokens) fills {loaded.name}'s context "
+            f"window ({loaded.context_window:,}); clear the history to go on."
         )
-    start = time.perf_counter()
+    started = time.perf_counter()
     logits = session.prefill(prompt_ids)
-    for index in range(budget):
-        if should_stop is not None and should_stop():
-            return
-        choice = selector.select(logits, float(rng.random()))
-        finish: FinishReason | None = None
-        if choice.token_id in eos:
-            finish = "eos"
-        elif index == budget - 1:
-            finish = "length" if budget == settings.max_new_tokens else "context"
-        else:
-            logits = session.step(choice.embedding)
-        now = time.perf_counter()
-        yield Step(index=index, token_id=choice.token_id, finish=finish, seconds=now - start)
-        start = now
-        if finish is not None:
-            return
+    reason: FinishReason = "length" if budget == settings.max_new_tokens else "context"
+    eos = loaded.eos_token_ids
+    for step in decode(session, logits, selector, budget, rng, eos, should_stop, reason, started):
+        token = step.selection.token_id
+        assert token is not None  # plain and simulate selectors always see the token
+        yield Step(index=step.index, token_id=token, finish=step.finish, seconds=step.seconds)

@@ -198,8 +198,11 @@ class SimulateSelector:
         if self.record:
             clean = q if len(self.steps) == CLEAN_STEPS else self._clean_probabilities(logits, r)
             self.trace.append(_trace(clean, r, weights, position))
-        embedding = torch.from_numpy(self.mixture(weights).astype(np.float32))  # (d,) the model's dtype
-        return Selection(token_id=int(self.perm[position]), embedding=embedding)
+
+        def embed() -> torch.Tensor:  # computed only if the loop feeds this step back
+            return torch.from_numpy(self.mixture(weights).astype(np.float32))  # (d,) the model's dtype
+
+        return Selection(token_id=int(self.perm[position]), embed=embed, payload=weights)
 
 
 def mixture(weights: FloatArray, table: FloatArray, row_norm_max: float) -> FloatArray:

@@ -1,0 +1,189 @@
+"""What a chat's model has already read, and what a new turn has to add.
+
+A chat keeps its model state between turns (the attention cache: transformers' for plain and simulate,
+the key holder's for encrypted). `Conversation` describes that state: `text` is the chat-template text
+its positions stand for and `ids` the token of every position (a reply position holds the token that was
+shown; in simulate and encrypted mode the model read the mixture embedding, and the cache keeps exactly
+that). A new turn renders the whole conversation with the chat template; when the rendering starts with
+the state's text and the state was made under the same settings (`key`: mode, model, TSP order, CKKS
+preset), only the rest is tokenised and prefilled: the end of the last reply, the turn markers, the new
+message. Anything else (an edited or retried message, a cleared chat, other settings) starts again from
+the full prompt, so a stale state is never reused.
+
+Public prefixes: the positions before the first private token (the model's default system prompt and the
+template's opening markers) carry nothing private, so the worker computes their keys and values once in
+the clear and an encrypted chat starts from them (`public_prefixes`). With a custom system prompt only the
+markers before it are public. The worker learns which prefix a chat began with (its length), nothing more.
+
+References: DESIGN.md section 4; transformers chat templates (`apply_chat_template`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from model.errors import InputError
+
+MAX_PROMPT_CHARS = 20_000  # a guard against pasting a book into the chat box; the token check follows
+_SENTINEL = "Q7xZsentinelQ7xZ"  # stands in for private content when the template's public parts are found
+
+
+@dataclass(frozen=True)
+class PublicPrefix:
+    """Template text before any private content, with its tokens."""
+
+    name: str  # "default" (the template's own system prompt) or "system" (before a custom system prompt)
+    text: str
+    ids: tuple[int, ...]
+
+    @property
+    def id(self) -> str:
+        """What worker and key holder agree on: a digest of the name and the tokens."""
+        digest = hashlib.sha256(f"{self.name}:{','.join(map(str, self.ids))}".encode()).hexdigest()
+        return f"{self.name}-{digest[:12]}"
+
+
+@dataclass
+class Conversation:
+    """The positions in a model's cache: the template text they stand for and one token id each."""
+
+    key: tuple[str, ...]  # the settings the state was made under; another key never reuses it
+    text: str = ""
+    ids: list[int] = field(default_factory=list)
+    prefix: str = ""  # id of the public prefix the state began with ("" if none)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One reply's plan: the positions to prefill and the state they continue."""
+
+    text: str  # the whole conversation in template text, ending with the assistant's opening markers
+    base: Conversation  # the state the turn continues (a fresh one: empty, or a public prefix)
+    new_ids: list[int]  # the positions to prefill
+    continued: bool  # an earlier turn's state is reused
+
+    @property
+    def start(self) -> int:
+        """Positions already in the cache when the turn begins."""
+        return len(self.base.ids)
+
+
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of template text (special markers such as <|im_end|> become their own tokens)."""
+    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def template_text(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+) -> str:
+    """The conversation rendered with the model's chat template."""
+    text: Any = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=add_generation_prompt, tokenize=False
+    )
+    return str(text)
+
+
+def public_prefixes(tokenizer: PreTrainedTokenizerBase) -> tuple[PublicPrefix, ...]:
+    """The template's public openings: with its default system prompt, and before a custom one."""
+    found = []
+    for name, messages in (
+        ("default", [{"role": "user", "content": _SENTINEL}]),
+        ("system", [{"role": "system", "content": _SENTINEL}, {"role": "user", "content": "x"}]),
+    ):
+        text = template_text(tokenizer, messages)
+        if _SENTINEL in text and text.index(_SENTINEL) > 0:
+            public = text[: text.index(_SENTINEL)]
+            found.append(PublicPrefix(name, public, tuple(encode_text(tokenizer, public))))
+    return tuple(found)
+
+
+def check_messages(messages: Sequence[dict[str, str]]) -> None:
+    """The conversation must end with a non-empty user message and stay under MAX_PROMPT_CHARS.
+
+    Raises:
+        InputError: naming what to change.
+    """
+    if not messages:
+        raise InputError("The conversation is empty; type a message first.")
+    last = messages[-1]
+    if last.get("role") != "user":
+        raise InputError("The last message must come from the user; type a message to reply to.")
+    if not last.get("content", "").strip():
+        raise InputError("The message is empty; type some text before sending.")
+    total_chars = sum(len(m.get("content", "")) for m in messages)
+    if total_chars > MAX_PROMPT_CHARS:
+        raise InputError(
+            f"The conversation is {total_chars:,} characters; the limit is {MAX_PROMPT_CHARS:,}. "
+            "Shorten the message or clear the history."
+        )
+
+
+def plan_turn(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[dict[str, str]],
+    key: tuple[str, ...],
+    state: Conversation | None,
+    window: int,
+    prefixes: Sequence[PublicPrefix] = (),
+    reserve: int = 1,
+) -> Turn:
+    """What this turn must prefill: only the new positions if `state` continues, else the whole prompt.
+
+    Args:
+        messages: the conversation so far, ending with the user's new message.
+        key: the settings of this reply; a state made under another key is not reused.
+        state: the chat's model state after its last reply (None: nothing cached).
+        window: the model's context window; `reserve` positions must stay free for the reply.
+        prefixes: public prefixes a fresh state may start from (encrypted mode; their keys and values
+            come from the worker).
+
+    Raises:
+        InputError: an empty or over-long conversation, or one that does not fit the context window.
+    """
+    check_messages(messages)
+    text = template_text(tokenizer, messages)
+    if state is not None and state.key == key and state.ids and text.startswith(state.text):
+        if len(text) > len(state.text):
+            turn = Turn(text, state, encode_text(tokenizer, text[len(state.text) :]), True)
+            return _fits(turn, window, reserve)
+    base = Conversation(key)
+    for prefix in sorted(prefixes, key=lambda p: -len(p.text)):
+        if prefix.ids and text.startswith(prefix.text) and len(text) > len(prefix.text):
+            base = Conversation(key, prefix.text, list(prefix.ids), prefix.id)
+            break
+    return _fits(Turn(text, base, encode_text(tokenizer, text[len(base.text) :]), False), window, reserve)
+
+
+def _fits(turn: Turn, window: int, reserve: int) -> Turn:
+    total = turn.start + len(turn.new_ids)
+    if total + reserve > window:
+        raise InputError(
+            f"The conversation is {total:,} tokens but the model's context window is {window:,} tokens "
+            f"(with {reserve} kept for the reply). Shorten the message or clear the history."
+        )
+    return turn
+
+
+def finish_turn(
+    tokenizer: PreTrainedTokenizerBase, turn: Turn, reply_ids: Sequence[int], cached: int
+) -> Conversation | None:
+    """The chat's state after a reply: what the cache holds now (`cached` positions).
+
+    The cache holds the turn's positions and the reply tokens that were fed back (a stopped reply, or the
+    EOS that ended it, is not fed). If the turn's prefill did not complete (`cached` is the start again),
+    the state is the one the turn began from. Returns None if `cached` fits neither (never reuse it).
+    """
+    fed = cached - turn.start - len(turn.new_ids)
+    if fed < 0:
+        return turn.base if cached == turn.start and turn.base.ids else None
+    if fed > len(reply_ids):
+        return None
+    shown = list(reply_ids[:fed])
+    reply_text = str(tokenizer.decode(shown, skip_special_tokens=True)) if shown else ""
+    base = turn.base
+    return Conversation(base.key, turn.text + reply_text, [*base.ids, *turn.new_ids, *shown], base.prefix)

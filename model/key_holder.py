@@ -1,0 +1,201 @@
+"""The key holder's math: the keys, the prompt's ciphertexts, the oracle's answers, and reading I'.
+
+The key holder owns the secret key and the conversation's attention cache (its own data: keys and values
+derive from the user's text). The worker calls it through a narrow oracle (DESIGN.md section 4) for the
+allow-listed functions and for `refresh`; an `OracleCall` (model/encrypted.py) says where each input
+share goes and which output pieces to return, in which layout and at which level. The key holder never
+chooses a token for the worker: it reads `I'` only to show `pi[argmax I']`.
+
+The cache outlives a reply: a chat continues from it (`begin_reply` keeps it; `reset` starts afresh,
+from nothing or from a public prefix the worker computed in the clear), and `commit` drops the positions
+of a forward that a Stop cut off half-way, so the cache always holds whole positions.
+
+References: DESIGN.md sections 2 and 4; model/forward.py (the functions, in plaintext).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from crypto.engine import Engine
+from crypto.keys import RotationPlan, SecretContext, create_secret_context, public_context_bytes
+from crypto.params import preset
+from crypto.vector import EncVector, decrypt_vector, encrypt_vector, vector_from_bytes, vector_to_bytes
+from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec, input_widths
+from model.errors import InputError
+from model.forward import KeyHolderFunctions, LlamaShape, NonLinear
+from model.sampler import Precision, probabilities
+
+FloatArray = npt.NDArray[np.float64]
+MAX_CALL_POSITIONS = 8192  # rows of one oracle call: a prompt never has more positions than this
+
+
+class KeyHolderSide:
+    """The key holder's math for one chat (app.keyholder.KeyHolderMath)."""
+
+    def __init__(
+        self,
+        preset_name: str,
+        shape: LlamaShape,
+        embeddings: torch.Tensor,
+        perm: npt.ArrayLike,
+        softmax_precision: Precision = "fp16",
+    ) -> None:
+        self.preset = preset_name
+        self.secret: SecretContext = create_secret_context(preset(preset_name))
+        self.engine = Engine.for_key_holder(self.secret)
+        self.shape = shape
+        self.embeddings = embeddings  # (V, d): public model data, used to embed the prompt
+        self.perm = np.asarray(perm, dtype=np.int64)
+        self.softmax_precision: Precision = softmax_precision
+        self.temperature = 1.0
+        self.tsp = True
+        self.functions = KeyHolderFunctions(shape)
+        self.evaluated: dict[str, int] = {}  # what this side computed for the worker, by function
+        self._public: dict[tuple[tuple[int, ...], bool], bytes] = {}
+
+    # --- keys and the conversation's cache ----------------------------------------------------------
+
+    def public_context(self, galois_steps: list[int], conjugate: bool) -> bytes:
+        """The public keys for a worker's rotation plan (kept, so a reconnect uploads the same bytes)."""
+        plan_key = (tuple(sorted(galois_steps)), conjugate)
+        if plan_key not in self._public:
+            plan = RotationPlan.of(galois_steps, self.secret.params.slot_count, conjugate)
+            self._public = {plan_key: public_context_bytes(self.secret, plan)}
+        return self._public[plan_key]
+
+    def begin_reply(self, temperature: float, tsp: bool) -> None:
+        """Take a reply's settings; the cache stays (a chat continues from it)."""
+        self.temperature = float(temperature)
+        self.tsp = bool(tsp)
+
+    def reset(self, prefix: tuple[Any, Any] | None = None) -> None:
+        """Forget the conversation; start from nothing or from a public prefix's (keys, values)."""
+        self.functions = KeyHolderFunctions(self.shape)
+        if prefix is not None:
+            keys, values = prefix
+            self.functions.load(
+                [torch.from_numpy(np.array(k)) for k in keys], [torch.from_numpy(np.array(v)) for v in values]
+            )
+
+    @property
+    def positions(self) -> int:
+        """Whole positions in the attention cache."""
+        return self.functions.positions
+
+    def commit(self) -> int:
+        """After a reply: keep only whole positions (a cancelled forward fills some layers only)."""
+        self.functions.truncate(self.functions.positions)
+        return self.functions.positions
+
+    # --- ciphertexts ---------------------------------------------------------------------------------
+
+    def _decrypt(self, blob: bytes) -> FloatArray:
+        return decrypt_vector(self.secret, vector_from_bytes(self.secret, blob))
+
+    def _encrypt(self, values: FloatArray, spec: PieceSpec) -> bytes:
+        top = self.engine.top_level
+        level = top if spec.level < 0 else spec.level
+        if level > top:
+            raise InputError(f"piece level {spec.level} is above the top level {top}")
+        slots = self.secret.params.slot_count
+        if spec.copies > 1:
+            vec = encrypt_vector(
+                self.secret, values, level=level, engine=self.engine, period=spec.period, copies=spec.copies
+            )
+        else:
+            chunk = values.size if values.size <= slots else slots
+            vec = encrypt_vector(self.secret, values, chunk=chunk, level=level, engine=self.engine)
+        return vector_to_bytes(vec)
+
+    def encrypt_prompt(self, prompt_ids: Sequence[int]) -> list[bytes]:
+        """One ciphertext per position at level 0: the residual stream's first value (its first use is
+        the first rmsnorm, which comes back here, and residual additions, which run at level 0)."""
+        rows = self.embeddings[torch.tensor(list(prompt_ids))].to(torch.float64).numpy()  # (T, d)
+        return [self._encrypt(row, PieceSpec(0, 0, row.size, level=0)) for row in rows]
+
+    def read_token(self, blobs: Sequence[bytes]) -> int:
+        """Post-correction: decrypt I' (its parts in order), take the argmax position, undo the order."""
+        if not blobs:
+            raise InputError("a token needs the encrypted one-hot vector")
+        weights = np.concatenate([self._decrypt(b) for b in blobs])
+        if weights.size != self.shape.vocab:
+            raise InputError(
+                f"the one-hot vector has {weights.size} values, the vocabulary {self.shape.vocab}"
+            )
+        position = int(np.argmax(weights))
+        return int(self.perm[position]) if self.tsp else position
+
+    # --- the oracle ------------------------------------------------------------------------------------
+
+    def answer(self, call: OracleCall) -> list[bytes]:
+        """Evaluate one oracle call. Raises InputError for anything off the allow-list or out of shape."""
+        if call.fn not in ORACLE_FUNCTIONS:
+            raise InputError(
+                f"{call.fn!r} is not an allowed oracle call; allowed: {', '.join(ORACLE_FUNCTIONS)}"
+            )
+        if len(call.parts) != len(call.blobs):
+            raise InputError(f"{len(call.parts)} part positions for {len(call.blobs)} ciphertexts")
+        self.evaluated[call.fn] = self.evaluated.get(call.fn, 0) + 1
+        if call.fn == "refresh":
+            return [self._refresh(vector_from_bytes(self.secret, blob)) for blob in call.blobs]
+        widths = input_widths(self.shape, call.fn)
+        x = self._assemble(call, sum(widths))
+        out = self._evaluate(call.fn, call.layer, x, widths)  # (T_out, width)
+        return [self._piece(out, spec) for spec in call.pieces]
+
+    def _refresh(self, vec: EncVector) -> bytes:
+        values = decrypt_vector(self.secret, vec)
+        fresh = encrypt_vector(self.secret, values, chunk=vec.chunk, engine=self.engine)
+        return vector_to_bytes(fresh)
+
+    def _assemble(self, call: OracleCall, width: int) -> FloatArray:
+        """Add every input share at its place; every value of every row must be covered."""
+        if not call.parts:
+            raise InputError(f"{call.fn} needs at least one input ciphertext")
+        rows = 1 + max(position for position, _ in call.parts)
+        if not 0 < rows <= MAX_CALL_POSITIONS or min(position for position, _ in call.parts) < 0:
+            raise InputError(f"{call.fn}: part positions must be in 0..{MAX_CALL_POSITIONS - 1}")
+        x = np.zeros((rows, width))
+        covered = np.zeros((rows, width), dtype=bool)
+        for (position, offset), blob in zip(call.parts, call.blobs, strict=True):
+            values = self._decrypt(blob)
+            if offset < 0 or offset + values.size > width:
+                raise InputError(
+                    f"{call.fn}: a part of {values.size} values at {offset} exceeds the width {width}"
+                )
+            x[position, offset : offset + values.size] += values
+            covered[position, offset : offset + values.size] = True
+        if not covered.all():
+            raise InputError(f"{call.fn}: the input shares leave {int((~covered).sum())} values uncovered")
+        return x
+
+    def _evaluate(self, fn: str, layer: int, x: FloatArray, widths: list[int]) -> FloatArray:
+        if fn == "softmax":
+            if x.shape[0] != 1:
+                raise InputError("softmax takes the logits of one position")
+            p = probabilities(x[0], self.temperature, self.softmax_precision, False)
+            return p[None, :]
+        splits = np.cumsum(widths)[:-1]
+        xs = [torch.from_numpy(part).float() for part in np.split(x, splits, axis=1)]
+        nonlinear: NonLinear = fn  # type: ignore[assignment]  # checked against ORACLE_FUNCTIONS above
+        return self.functions.evaluate(nonlinear, layer, xs).double().numpy()
+
+    def _piece(self, out: FloatArray, spec: PieceSpec) -> bytes:
+        rows, width = out.shape
+        slots = self.secret.params.slot_count
+        if not (0 <= spec.position < rows and 0 <= spec.start < spec.stop <= width):
+            raise InputError(f"piece {spec.as_list()} is outside the output of {rows} x {width} values")
+        n = spec.stop - spec.start
+        if spec.copies > 1 and (spec.period < n or spec.copies * spec.period > slots):
+            raise InputError(
+                f"piece {spec.as_list()}: {spec.copies} copies of {n} values do not fit {slots} slots"
+            )
+        if spec.copies < 1:
+            raise InputError(f"piece {spec.as_list()}: copies must be at least 1")
+        return self._encrypt(out[spec.position, spec.start : spec.stop], spec)
