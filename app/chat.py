@@ -12,25 +12,26 @@ stops the reply when it decrypts EOS (the worker cannot see it) and the secret k
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from app.keyholder import DoneEvent, KeyHolderClient, ProgressEvent, ReplyRequest, TokenEvent
-from model.encrypted import KeyHolderSide
+from app.chat_encrypted import EncryptedSession, encrypted_reply
+from app.keyholder import Expected, KeyHolderClient, ReplyRequest
+from app.replies import ChatMemory, ReplyUpdate
+from model.conversation import finish_turn, plan_turn
 from model.errors import InputError
 from model.forward import LlamaShape
 from model.generate import (
+    DecodeSession,
     ExactSelector,
-    FinishReason,
     GenerationSettings,
     Selector,
-    build_prompt,
     generate,
 )
+from model.key_holder import KeyHolderSide
 from model.loading import LoadedModel
 from model.ordering import Ordering, OrderingProgress, ordering_for_model
 from model.sampler import SamplerConfig
@@ -77,41 +78,6 @@ class ChatSettings:
         return f"{self.mode} ({flags})"
 
 
-@dataclass(frozen=True)
-class WireReport:
-    """What crossed the wire for the last token of an encrypted reply ("what the worker saw")."""
-
-    key_upload_bytes: int
-    bytes_to_worker: int  # this token: key holder -> worker
-    bytes_from_worker: int  # this token: worker -> key holder
-    oracle_calls: dict[str, int]  # what the key holder evaluated for the worker, by function
-    worker_seconds: dict[str, float]  # the worker's time by stage
-    ciphertext_hex: str  # the first bytes of the token's ciphertext as the worker sent it
-    preset: str
-    params: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ReplyUpdate:
-    """The reply so far, streamed to the UI and the command line."""
-
-    text: str  # the whole reply so far (cumulative; multi-byte safe)
-    delta: str  # what this update added, for terminals
-    tokens: int  # tokens generated so far
-    seconds: float  # wall time so far, prompt included
-    first_token_seconds: float  # time to the first token (prompt + one selection)
-    finish: FinishReason | Literal["cancelled"] | None = None  # set on the last update
-    stage: str = ""  # encrypted mode: what the worker is doing ("token: layer 3/30", "sampler")
-    progress: tuple[int, int] = (0, 0)  # encrypted mode: (done, total) within the current token
-    wire: WireReport | None = None
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Decode speed: tokens after the first over the time they took (prompt excluded)."""
-        decode = self.seconds - self.first_token_seconds
-        return (self.tokens - 1) / decode if self.tokens > 1 and decode > 0 else 0.0
-
-
 def _content_text(content: Any) -> str:
     """Gradio history content is a string or a list of parts ({"type": "text", "text": ...})."""
     if isinstance(content, str):
@@ -139,17 +105,6 @@ def to_messages(history: Sequence[Any], message: str) -> list[dict[str, str]]:
             messages.append({"role": str(turn["role"]), "content": text})
     messages.append({"role": "user", "content": message})
     return messages
-
-
-@dataclass
-class EncryptedSession:
-    """One key holder: a secret key and a connection to the worker. Never logged, never saved."""
-
-    client: KeyHolderClient
-    keys: KeyHolderSide
-
-    def close(self) -> None:
-        self.client.close()
 
 
 @dataclass
@@ -182,12 +137,26 @@ class ChatService:
             return ExactSelector(embeddings, settings.temperature)
         return SimulateSelector(embeddings, self.perm(settings.tsp), settings.sampler())
 
+    def state_key(self, settings: ChatSettings) -> tuple[str, ...]:
+        """What a chat's model state depends on: another key never reuses it (model.conversation)."""
+        if settings.mode == "plain":
+            return ("plain", self.loaded.name)
+        order = self.ordering.order_id if settings.tsp else "token ids"
+        preset = self.preset if settings.mode == "encrypted" else ""
+        return (settings.mode, self.loaded.name, order, preset)
+
+    def expected(self) -> Expected:
+        """What a worker must serve for this key holder."""
+        vocab = int(self.loaded.model.config.vocab_size)
+        return Expected(model=self.loaded.name, vocab=vocab, ordering=self.ordering.order_id)
+
     def open_encrypted(self, on_progress: Callable[[str, int, int], None] | None = None) -> EncryptedSession:
         """Create keys and connect to the worker (keys are uploaded once per session).
 
         Raises:
             InputError: no worker URL is configured.
             WorkerUnavailable: the worker cannot be reached.
+            WorkerMismatch: the worker serves another model, order or preset.
         """
         if not self.worker_url:
             raise InputError(
@@ -196,94 +165,80 @@ class ChatService:
             )
         shape = LlamaShape.from_config(self.loaded.model.config)
         keys = KeyHolderSide(self.preset, shape, self.loaded.input_embeddings(), self.perm(True))
-        return EncryptedSession(KeyHolderClient(self.worker_url, keys, on_progress=on_progress), keys)
+        client = KeyHolderClient(self.worker_url, keys, self.expected(), on_progress=on_progress)
+        return EncryptedSession(client, keys)
 
     def reply(
         self,
         messages: Sequence[dict[str, str]],
         settings: ChatSettings,
         session: EncryptedSession | None = None,
+        memory: ChatMemory | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Generator[ReplyUpdate, None, None]:
         """Stream a reply in the settings' mode. Closing the iterator stops it (and cancels the worker).
+
+        Args:
+            memory: the chat's state: the reply continues from it if it still matches the conversation
+                and the settings, else reads the whole prompt; it holds the state after the reply.
+            should_stop: polled while the reply runs; True ends it (finish "cancelled").
 
         Raises:
             InputError: empty or over-long conversation, before any token is generated.
             ChatError: encrypted mode without a session, or the worker failing.
         """
-        prompt = build_prompt(self.loaded, messages)
         if settings.mode == "encrypted":
             if session is None:
                 raise InputError("encrypted mode needs an EncryptedSession (see ChatService.open_encrypted)")
-            yield from self._encrypted(prompt, settings, session)
+            request = ReplyRequest(
+                settings.max_new_tokens,
+                settings.seed,
+                settings.tsp,
+                settings.pp,
+                settings.amp_rounds,
+                settings.temperature,
+            )
+            key = self.state_key(settings)
+            yield from encrypted_reply(self.loaded, key, messages, request, session, memory, should_stop)
             return
-        decoder = StreamDecoder(self.loaded.tokenizer)
+        tokenizer, window = self.loaded.tokenizer, self.loaded.context_window
+        key = self.state_key(settings)
+        state = memory.conversation if memory is not None else None
+        cached = memory.session if memory is not None else None
+        if state is not None and (cached is None or cached.length != len(state.ids)):
+            state = None  # the cache does not hold what the state says: never reuse it
+        turn = plan_turn(tokenizer, messages, key, state, window)
+        decode_session = cached if turn.continued and cached is not None else DecodeSession(self.loaded)
+        decoder = StreamDecoder(tokenizer)
+        reply_ids: list[int] = []
         seconds = first = 0.0
-        for step in generate(self.loaded, prompt, self.selector(settings), settings.generation()):
-            seconds += step.seconds
-            first = first or seconds
-            delta = decoder.push(step.token_id)
-            if step.finish is not None:
-                delta += decoder.flush()
-            yield ReplyUpdate(decoder.emitted, delta, step.index + 1, seconds, first, step.finish)
-
-    def _encrypted(
-        self, prompt: list[int], settings: ChatSettings, session: EncryptedSession
-    ) -> Generator[ReplyUpdate, None, None]:
-        keys = session.keys
-        request = ReplyRequest(
-            max_new_tokens=settings.max_new_tokens,
-            seed=settings.seed,
-            tsp=settings.tsp,
-            pp=settings.pp,
-            amp_rounds=settings.amp_rounds,
-            temperature=settings.temperature,
-        )
-        decoder = StreamDecoder(self.loaded.tokenizer)
-        eos = self.loaded.eos_token_ids
-        start = time.perf_counter()
-        first = 0.0
-        tokens = 0
-        wire: WireReport | None = None
-        stream = session.client.generate(prompt, request)
+        finish: Any = None
         try:
-            for event in stream:
-                now = time.perf_counter() - start
-                if isinstance(event, ProgressEvent):
-                    yield ReplyUpdate(
-                        decoder.emitted,
-                        "",
-                        tokens,
-                        now,
-                        first,
-                        None,
-                        event.stage,
-                        (event.done, event.total),
-                        wire,
-                    )
-                elif isinstance(event, TokenEvent):
-                    tokens += 1
-                    first = first or now
-                    wire = WireReport(
-                        key_upload_bytes=session.client.key_bytes,
-                        bytes_to_worker=event.local.bytes_up,
-                        bytes_from_worker=event.local.bytes_down,
-                        oracle_calls=dict(event.local.by_fn),
-                        worker_seconds=dict(event.worker.get("seconds", {})),
-                        ciphertext_hex=event.last_frame_hex,
-                        preset=self.preset,
-                        params=keys.secret.params.to_dict(),
-                    )
-                    if event.token_id in eos:
-                        yield ReplyUpdate(
-                            decoder.emitted, decoder.flush(), tokens, now, first, "eos", "", (0, 0), wire
-                        )
-                        return  # closing the stream (finally) cancels the worker's next token
-                    delta = decoder.push(event.token_id)
-                    yield ReplyUpdate(decoder.emitted, delta, tokens, now, first, None, "", (0, 0), wire)
-                elif isinstance(event, DoneEvent):
-                    finish: Any = event.reason  # "length", "context" or "cancelled", as the worker says
-                    yield ReplyUpdate(
-                        decoder.emitted, decoder.flush(), tokens, now, first, finish, "", (0, 0), wire
-                    )
+            selector, generation = self.selector(settings), settings.generation()
+            steps = generate(self.loaded, turn.new_ids, selector, generation, should_stop, decode_session)
+            for step in steps:
+                seconds += step.seconds
+                first = first or seconds
+                reply_ids.append(step.token_id)
+                finish = step.finish
+                delta = decoder.push(step.token_id)
+                if step.finish is not None:
+                    delta += decoder.flush()
+                yield ReplyUpdate(
+                    decoder.emitted,
+                    delta,
+                    step.index + 1,
+                    seconds,
+                    first,
+                    step.finish,
+                    start=turn.start,
+                    new_positions=len(turn.new_ids),
+                    continued=turn.continued,
+                )
+            if finish is None:  # should_stop ended the stream
+                tail = decoder.flush()
+                yield ReplyUpdate(decoder.emitted, tail, len(reply_ids), seconds, first, "cancelled")
         finally:
-            stream.close()
+            if memory is not None:
+                memory.conversation = finish_turn(tokenizer, turn, reply_ids, decode_session.length)
+                memory.session = decode_session

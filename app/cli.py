@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.chat import CHAT_TEMPERATURE, MODES, ChatService, ChatSettings, EncryptedSession
+from app.chat import CHAT_TEMPERATURE, MODES, ChatService, ChatSettings
+from app.chat_encrypted import EncryptedSession
+from app.replies import ChatMemory
 from model.errors import ChatError
 from model.loading import LoadedModel, build_tiny_model, load_default, load_local
 from model.ordering import OrderingProgress
@@ -35,6 +38,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--tiny", action="store_true", help="the tiny random test model (fast, nonsense)")
     parser.add_argument("--cache-dir", type=Path, help="where the converted default model is cached")
     parser.add_argument("--preset", default="default", help="CKKS parameter preset (crypto/params.py)")
+
+
+def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="the worker's compute processes (default: one per core); TenSEAL holds the GIL, so only "
+        "processes use several cores",
+    )
 
 
 def _add_reply_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,14 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default=os.environ.get("HE_CHAT_HOST", "127.0.0.1"))
     ui.add_argument("--port", type=int, default=int(os.environ.get("HE_CHAT_PORT", "7860")))
     ui.add_argument("--worker-url", default=os.environ.get(ENV_WORKER_URL), help="a remote worker")
+    _add_worker_arguments(ui)
     worker = commands.add_parser("worker", help="serve a model worker (websockets)")
     _add_model_arguments(worker)
+    _add_worker_arguments(worker)
     worker.add_argument("--host", default="127.0.0.1")
     worker.add_argument("--port", type=int, default=8765)
     chat = commands.add_parser("chat", help="answer in the terminal, streaming tokens")
     _add_model_arguments(chat)
     _add_reply_arguments(chat)
     chat.add_argument("--worker-url", default=os.environ.get(ENV_WORKER_URL), help="a remote worker")
+    _add_worker_arguments(chat)
     chat.add_argument("prompt", nargs="?", help="the message; omit it to chat interactively")
     return parser
 
@@ -106,13 +122,18 @@ def make_service(args: argparse.Namespace, loaded: LoadedModel) -> ChatService:
     )
 
 
-def start_local_worker(service: ChatService) -> Any:
-    """An in-process worker on 127.0.0.1 (random port) for encrypted mode; returns it (call .stop())."""
-    from app.worker import BackgroundWorker
-    from model.encrypted import worker_model_for
+def start_local_worker(service: ChatService, processes: int | None = None) -> Any:
+    """The embedded worker, in a process of its own on 127.0.0.1 (random port); returns it (.stop()).
 
-    model = worker_model_for(service.loaded, service.ordering.perm, service.ordering.order_id)
-    worker = BackgroundWorker(model)
+    Its compute processes start warming the weight caches at once (progress in the log and on the page).
+    """
+    from app.encrypted_worker import EmbeddedWorker, WorkerSpec
+
+    ordering = service.ordering
+    spec = WorkerSpec.from_loaded(
+        service.loaded, ordering.perm, ordering.order_id, processes, (service.preset,)
+    )
+    worker = EmbeddedWorker(spec)
     service.worker_url = worker.url
     return worker
 
@@ -127,11 +148,15 @@ def _answer(
     messages: list[dict[str, str]],
     settings: ChatSettings,
     session: EncryptedSession | None,
+    memory: ChatMemory | None = None,
 ) -> str:
     text = ""
-    for update in service.reply(messages, settings, session):
+    for update in service.reply(messages, settings, session, memory):
         if update.stage:
-            _status(update.stage, *update.progress)
+            note = f"{update.seconds:.0f} s" + (
+                f", first token after {update.first_token_seconds:.0f} s" if update.tokens else ""
+            )
+            _status(f"{update.stage} ({note})", *update.progress)
             continue
         if settings.mode == "encrypted":
             sys.stderr.write("\r\033[K")
@@ -139,9 +164,11 @@ def _answer(
         sys.stdout.flush()
         text = update.text
         if update.finish is not None:
+            reused = f", continued from {update.start} positions" if update.continued else ""
             print(
                 f"\n[{settings.label()}: {update.tokens} tokens, {update.tokens_per_second:.2f} tokens/s, "
-                f"{update.finish}]",
+                f"first token after {update.first_token_seconds:.1f} s, {update.new_positions} new "
+                f"positions{reused}, {update.finish}]" + (f"\n[{update.notice}]" if update.notice else ""),
                 file=sys.stderr,
             )
     return text
@@ -159,6 +186,7 @@ def run_chat(args: argparse.Namespace) -> int:
     )
     if args.prompt is not None and not args.prompt.strip():
         raise ChatError("The message is empty; type some text before sending.")
+    _check_processes(args.processes)
     loaded = load_model(args)
     service = make_service(args, loaded)
     local_worker = None
@@ -166,13 +194,14 @@ def run_chat(args: argparse.Namespace) -> int:
     try:
         if settings.mode == "encrypted":
             if not service.worker_url:
-                local_worker = start_local_worker(service)
+                local_worker = start_local_worker(service, args.processes)
             session = service.open_encrypted(on_progress=_status)
             sys.stderr.write("\r\033[K")
         if args.prompt is not None:
             _answer(service, [{"role": "user", "content": args.prompt}], settings, session)
             return 0
         history: list[dict[str, str]] = []
+        memory = ChatMemory()  # each turn continues the model's state instead of re-reading the chat
         print(
             f"Chatting with {loaded.name} ({settings.label()}). One message per line; Ctrl-D quits.",
             file=sys.stderr,
@@ -182,7 +211,8 @@ def run_chat(args: argparse.Namespace) -> int:
             if not message:
                 continue
             try:
-                reply = _answer(service, [*history, {"role": "user", "content": message}], settings, session)
+                turn = [*history, {"role": "user", "content": message}]
+                reply = _answer(service, turn, settings, session, memory)
             except ChatError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 continue
@@ -198,13 +228,22 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
 
+    from app.encrypted_worker import EncryptedWorker, WorkerSpec
     from app.worker import Worker, start
-    from model.encrypted import worker_model_for
 
     _check_port(args.port)
+    _check_processes(args.processes)
     loaded = load_model(args)
     service = make_service(args, loaded)
-    model = worker_model_for(loaded, service.ordering.perm, service.ordering.order_id)
+    ordering = service.ordering
+    spec = WorkerSpec.from_loaded(loaded, ordering.perm, ordering.order_id, args.processes, (args.preset,))
+    model = EncryptedWorker(spec)
+    print(
+        f"Worker for {loaded.name}: {model.pool.world} compute process(es) warming the weight caches "
+        f"for preset {args.preset!r}",
+        file=sys.stderr,
+    )
+    threading.Thread(target=_report_warm_up, args=(model,), daemon=True).start()
 
     async def serve_forever() -> None:
         server = await start(Worker(model), args.host, args.port)
@@ -213,6 +252,51 @@ def run_worker(args: argparse.Namespace) -> int:
 
     asyncio.run(serve_forever())
     return 0
+
+
+def _report_warm_up(model: Any) -> None:
+    """A progress bar on stderr while the worker encodes its weight plaintexts, then what it took."""
+    from tqdm import tqdm
+
+    with tqdm(total=1, desc="worker warming up", unit="block", file=sys.stderr) as bar:
+        while not model.pool.wait_ready(0.5):
+            done, total = model.readiness()
+            bar.total, bar.n = total, done
+            bar.refresh()
+        bar.n = bar.total
+    rss = sum(_rss(pid) for pid in [os.getpid(), *_pool_pids(model)])
+    print(
+        f"worker ready after {model.pool.warm_seconds:.0f} s; {rss / 2**30:.1f} GiB resident in all "
+        f"(this process and {model.pool.world} compute processes, which share the weight caches)",
+        file=sys.stderr,
+    )
+
+
+def _pool_pids(model: Any) -> list[int]:
+    import psutil
+
+    process = getattr(model.pool, "process", None)
+    if process is None or process.pid is None:
+        return []
+    try:
+        master = psutil.Process(process.pid)
+        return [master.pid, *(child.pid for child in master.children())]
+    except psutil.Error:
+        return []
+
+
+def _rss(pid: int) -> int:
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).memory_full_info().pss)  # shared pages counted once, in shares
+    except psutil.Error:
+        return 0
+
+
+def _check_processes(processes: int | None) -> None:
+    if processes is not None and not 1 <= processes <= 64:
+        raise ChatError(f"--processes must be between 1 and 64, got {processes}")
 
 
 def _check_port(port: int) -> None:
@@ -224,10 +308,11 @@ def run_ui(args: argparse.Namespace) -> int:
     from app.ui import build_ui
 
     _check_port(args.port)
+    _check_processes(args.processes)
     loaded = load_model(args)
     service = make_service(args, loaded)
-    local_worker = start_local_worker(service) if not service.worker_url else None
-    page = build_ui(service)
+    local_worker = start_local_worker(service, args.processes) if not service.worker_url else None
+    page = build_ui(service, local_worker.readiness if local_worker is not None else None)
     print(f"Serving the chat page on http://{args.host}:{args.port}", file=sys.stderr)
     try:
         page.queue().launch(server_name=args.host, server_port=args.port, show_error=True)

@@ -146,7 +146,7 @@ def context_logits(loaded: LoadedModel, prompt: str, prefix_tokens: int) -> np.n
     embeddings = loaded.input_embeddings()
     greedy = ExactSelector(embeddings, temperature=0.0)
     for _ in range(prefix_tokens):
-        logits = session.step(greedy.select(logits, 0.0).embedding)
+        logits = session.step(greedy.select(logits, 0.0).next_input())
     return logits.numpy().astype(np.float64)
 
 

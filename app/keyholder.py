@@ -5,13 +5,17 @@ plain generators, and while the key holder answers an oracle call the worker is 
 The secret key stays in `KeyHolderMath` on this side; only `public_context_bytes` output and
 ciphertexts go over the wire.
 
-    client = KeyHolderClient(url, math)         # connects, says Hello, uploads keys (chunked)
-    for event in client.generate(prompt_ids, settings):
-        ...                                     # TokenEvent / ProgressEvent, until the reply ends
+    client = KeyHolderClient(url, math, expect)   # connects, checks the Welcome, uploads keys (chunked)
+    for event in client.generate(new_ids, start, prefix, request, should_stop):
+        ...                                       # TokenEvent / ProgressEvent, until the reply ends
     client.close()
 
-Closing the generator early (the user pressed Stop, or the key holder saw EOS) sends Cancel and waits
-for the worker's Done, so the connection is ready for the next reply.
+The key holder refuses a worker whose model, vocabulary size, order or preset differ from its own
+(`Expected`): a worker with another vocabulary order would otherwise be decoded with the wrong
+permutation, silently. Closing the generator early (the user pressed Stop, or the key holder saw EOS),
+or `should_stop` turning true while the worker computes, sends Cancel and waits for the worker's Done,
+so the connection is ready for the next reply. `reconnect` opens a new connection to the same worker
+and uploads the same public keys again: the conversation lives on this side and survives it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from websockets.sync.client import ClientConnection, connect
 
 from app import protocol as p
 from crypto.vector import split_vector_bytes
-from model.errors import ChatError, ProtocolError
+from model.encrypted import OracleCall, PieceSpec
+from model.errors import ChatError, ProtocolError, WorkerMismatch
+from model.sampler import SamplerConfig
+
+POLL_SECONDS = 0.2  # while waiting for the worker, how often Stop is looked at
 
 
 class WorkerUnavailable(ChatError):
@@ -43,7 +51,7 @@ class WorkerError(ChatError):
 
 
 class KeyHolderMath(Protocol):
-    """The key holder's cryptography and plaintext functions (model/encrypted.py, or a test double)."""
+    """The key holder's cryptography and plaintext functions (model/key_holder.py, or a test double)."""
 
     preset: str
 
@@ -51,13 +59,22 @@ class KeyHolderMath(Protocol):
 
     def encrypt_prompt(self, prompt_ids: list[int]) -> list[bytes]: ...
 
-    def answer(self, fn: str, layer: int, blobs: list[bytes]) -> list[bytes]: ...
+    def answer(self, call: OracleCall) -> list[bytes]: ...
 
     def read_token(self, blobs: list[bytes]) -> int: ...
 
-    def new_reply(self, settings: dict[str, Any]) -> None:
-        """Forget per-reply state (the attention cache) and take the reply's settings (temperature)."""
+    def begin_reply(self, temperature: float, tsp: bool) -> None:
+        """Take the reply's settings (the temperature of the logits' softmax, the order to undo)."""
         ...
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the key holder serves: a worker must match every field (None: not checked)."""
+
+    model: str | None = None
+    vocab: int | None = None
+    ordering: str | None = None  # fingerprint of the vocabulary order (model.ordering.Ordering.order_id)
 
 
 @dataclass(frozen=True)
@@ -69,7 +86,12 @@ class ReplyRequest:
     tsp: bool = True
     pp: bool = True
     amp_rounds: int = 3
-    temperature: float = 1.0  # applied by the key holder in the logits' softmax; never sent
+    temperature: float = 1.0  # applied by the key holder in the logits' softmax
+    first_index: int = 0  # uniforms already used: a reply resumed after a lost worker continues its stream
+
+    def sampler(self) -> dict[str, Any]:
+        config = SamplerConfig(self.tsp, self.pp, self.amp_rounds, temperature=self.temperature)
+        return config.to_dict()
 
 
 @dataclass
@@ -124,22 +146,69 @@ class KeyHolderClient:
         self,
         url: str,
         math: KeyHolderMath,
+        expect: Expected = Expected(),
         open_timeout: float = 10.0,
         on_progress: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.math = math
         self.url = url
+        self.expect = expect
+        self.open_timeout = open_timeout
+        self.closed = False
+        self._open(on_progress)
+
+    def _open(self, on_progress: Callable[[str, int, int], None] | None) -> None:
         try:
             self.conn: ClientConnection = connect(
-                url, max_size=p.MAX_MESSAGE_BYTES, compression=None, open_timeout=open_timeout
+                self.url, max_size=p.MAX_MESSAGE_BYTES, compression=None, open_timeout=self.open_timeout
             )
         except (OSError, TimeoutError, InvalidURI, ConnectionClosed) as exc:
             raise WorkerUnavailable(
-                f"cannot reach the worker at {url} ({exc}); start it with `python -m app worker` "
+                f"cannot reach the worker at {self.url} ({exc}); start it with `python -m app worker` "
                 "or point --worker-url / HE_CHAT_WORKER_URL at a running one"
             ) from exc
-        self.welcome = self._hello()
-        self.key_bytes = self._upload_keys(on_progress)
+        self.closed = False
+        try:
+            self.welcome = self._hello()
+            self._check_welcome(self.welcome)
+            self.key_bytes = self._upload_keys(on_progress)
+        except BaseException:
+            self.close()
+            raise
+
+    def reconnect(self, on_progress: Callable[[str, int, int], None] | None = None) -> None:
+        """A new connection to the same worker (a restarted one): Hello, the checks, the same keys again.
+
+        Raises:
+            WorkerUnavailable, WorkerMismatch, WorkerError: as when connecting first.
+        """
+        self.close()
+        self._open(on_progress)
+
+    def _check_welcome(self, welcome: p.Welcome) -> None:
+        differ = []
+        for name in ("model", "vocab", "ordering"):
+            mine = getattr(self.expect, name)
+            if mine is not None and mine != getattr(welcome, name):
+                differ.append(f"{name}: the worker has {getattr(welcome, name)!r}, this key holder {mine!r}")
+        if welcome.preset != self.math.preset:
+            differ.append(f"preset: the worker has {welcome.preset!r}, this key holder {self.math.preset!r}")
+        count = len(welcome.prefixes)
+        if len(welcome.prefix_tokens) != count or len(welcome.blobs) != 2 * count:
+            differ.append("public prefixes: the Welcome does not carry two cache blobs per prefix")
+        if differ:
+            raise WorkerMismatch(
+                f"the worker at {self.url} does not match this key holder ({'; '.join(differ)}); "
+                "point --worker-url at a worker started for the same model and order"
+            )
+
+    def prefix(self, prefix_id: str) -> tuple[list[int], list[bytes]] | None:
+        """A public prefix the worker offered: its tokens and its two cache blobs."""
+        w = self.welcome
+        if prefix_id not in w.prefixes:
+            return None
+        i = w.prefixes.index(prefix_id)
+        return list(w.prefix_tokens[i]), list(w.blobs[2 * i : 2 * i + 2])
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -187,22 +256,35 @@ class KeyHolderClient:
 
     # --- replies ------------------------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[int], request: ReplyRequest) -> Generator[Event, None, None]:
-        """Stream one reply. Closing the iterator early cancels it on the worker."""
-        self.math.new_reply({"temperature": request.temperature, "tsp": request.tsp})
+    def generate(
+        self,
+        new_ids: list[int],
+        start: int,
+        prefix: str,
+        request: ReplyRequest,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generator[Event, None, None]:
+        """Stream one reply from `new_ids`, the positions after the `start` the key holder's cache holds.
+
+        Closing the iterator early, or `should_stop()` turning true, cancels it on the worker.
+        """
+        if self.closed:
+            raise WorkerUnavailable(f"the connection to the worker at {self.url} is closed; reconnect")
+        self.math.begin_reply(request.temperature, request.tsp)
         request_id = uuid.uuid4().hex
-        blobs = self.math.encrypt_prompt(prompt_ids)
+        blobs = self.math.encrypt_prompt(new_ids)
         local = Telemetry()
         local.bytes_up += self._send(
             p.Generate(
                 session=self.welcome.session,
                 request=request_id,
-                prompt_tokens=len(prompt_ids),
+                start=start,
+                prefix=prefix,
+                positions=len(new_ids),
                 max_new_tokens=request.max_new_tokens,
                 seed=request.seed,
-                tsp=request.tsp,
-                pp=request.pp,
-                amp_rounds=request.amp_rounds,
+                first_index=request.first_index,
+                sampler=request.sampler(),
                 blobs=blobs,
             )
         )
@@ -210,12 +292,22 @@ class KeyHolderClient:
         last = time.perf_counter()
         try:
             while True:
-                message, size = self._recv()
+                if should_stop is not None and should_stop():
+                    return  # finally: Cancel, then drain until the worker's Done
+                try:
+                    message, size = self._recv(timeout=POLL_SECONDS)
+                except TimeoutError:
+                    continue
                 local.bytes_down += size
                 if isinstance(message, p.OracleRequest):
-                    start = time.perf_counter()
-                    answer = self.math.answer(message.fn, message.layer, message.blobs)
-                    local.oracle_seconds += time.perf_counter() - start
+                    start_answer = time.perf_counter()
+                    if any(len(part) != 2 for part in message.parts):
+                        raise ProtocolError("an oracle request's parts must be [position, offset] pairs")
+                    parts = [(part[0], part[1]) for part in message.parts]
+                    pieces = [PieceSpec.from_list(piece) for piece in message.pieces]
+                    call = OracleCall(message.fn, message.layer, parts, message.blobs, pieces)
+                    answer = self.math.answer(call)
+                    local.oracle_seconds += time.perf_counter() - start_answer
                     local.oracle_calls += 1
                     local.by_fn[message.fn] = local.by_fn.get(message.fn, 0) + 1
                     local.bytes_up += self._send(
@@ -253,4 +345,5 @@ class KeyHolderClient:
             self.close()  # the connection is in an unknown state; a new client reconnects
 
     def close(self) -> None:
+        self.closed = True
         self.conn.close()

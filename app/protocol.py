@@ -14,17 +14,22 @@ Conversation (DESIGN.md section 4):
 
     key holder                                   worker
     Hello(version, preset)              ->
-                                        <-       Welcome(session, galois_steps, limits, model)
+                                        <-       Welcome(session, model, order, preset, galois_steps,
+                                                         limits, readiness, public prefixes + their caches)
     KeyChunk(session, i, n, blob) x n   ->
                                         <-       KeysAccepted(session, bytes)
-    Generate(session, request, prompt)  ->
-                                        <-       OracleRequest(call, fn, layer, blobs)   (many per token)
-    OracleReply(call, blobs)            ->
+    Generate(session, request, start,   ->       (start: positions the key holder's cache already holds;
+             prefix, positions, prompt)           the prompt is only the new positions)
+                                        <-       OracleRequest(call, fn, layer, parts, pieces, blobs)
+    OracleReply(call, blobs)            ->                                            (many per token)
                                         <-       Progress(request, stage, done, total)
-                                        <-       Token(request, index, blobs = I', telemetry)
+                                        <-       Token(request, index, blobs = parts of I', telemetry)
     Cancel(request)                     ->       (the key holder saw EOS, or the user pressed Stop)
                                         <-       Done(request, reason)
     any message                         <-       Error(code, message, request)
+
+The worker stays stateless between replies apart from the session's keys: the key holder keeps the
+conversation's attention cache and says where the new positions start.
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ import dataclasses
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeAlias, get_type_hints
+from typing import Any, ClassVar, TypeAlias, get_type_hints
 
 from model.errors import (
     ChatError,
     CryptoError,
     InputError,
+    JobFailed,
     MessageTooLarge,
     ParamsError,
     ProtocolError,
@@ -47,15 +53,12 @@ from model.errors import (
     VersionMismatch,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: continued conversations, public prefixes, share layouts in oracle calls
 MAX_HEADER_BYTES = 64 * 1024  # JSON headers are small; anything bigger is garbage or an attack
 MAX_BLOBS = 4096  # a 49,152-slot vector at N=8192 is 12 ciphertexts; a prompt a few dozen
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # websockets max_size on both ends; keys are chunked below this
 KEY_CHUNK_BYTES = 8 * 1024 * 1024  # public-key upload chunk
 _LENGTH = struct.Struct(">I")
-
-OracleFunction = Literal["refresh", "rmsnorm", "attention", "swiglu", "final_norm", "softmax"]
-ORACLE_FUNCTIONS: tuple[str, ...] = ("refresh", "rmsnorm", "attention", "swiglu", "final_norm", "softmax")
 
 
 @dataclass(frozen=True)
@@ -70,15 +73,25 @@ class Hello:
 
 @dataclass(frozen=True)
 class Welcome:
+    """The worker's identity and plan. The key holder refuses a worker whose model, vocabulary, order or
+    preset differ from its own. `blobs` holds the keys and values of each public prefix (two blobs each,
+    float32, layers stacked), computed by the worker in the clear."""
+
     type: ClassVar[str] = "welcome"
     session: str
     model: str  # model name, so the key holder can check it holds the same tokenizer
     vocab: int
     ordering: str  # fingerprint of the vocabulary order the worker baked in
+    preset: str  # the CKKS preset of this session (the Hello's)
+    context_window: int
     galois_steps: list[int]  # rotation steps the worker's plan needs keys for
     conjugate: bool  # whether the plan also needs the conjugation key
     max_message_bytes: int
     key_chunk_bytes: int
+    ready: int  # percent of the weight caches warmed (100: no reply waits for the warm-up)
+    prefixes: list[str]  # ids of the public prefixes (model.conversation.PublicPrefix.id)
+    prefix_tokens: list[list[int]]  # their token ids
+    blobs: list[bytes]
 
 
 @dataclass(frozen=True)
@@ -101,29 +114,36 @@ class KeysAccepted:
 
 @dataclass(frozen=True)
 class Generate:
-    """Start a reply. The prompt is the encrypted input-embedding matrix, packed by the key holder."""
+    """Start a reply: the encrypted input embeddings of the positions not yet in the key holder's cache."""
 
     type: ClassVar[str] = "generate"
     session: str
     request: str
-    prompt_tokens: int
+    start: int  # positions the key holder's cache already holds (a continued chat, or a public prefix)
+    prefix: str  # id of the public prefix the conversation began with ("" if none)
+    positions: int  # new positions, one ciphertext each in `blobs`
     max_new_tokens: int
     seed: int  # seeds the worker's plaintext uniforms r
-    tsp: bool
-    pp: bool
-    amp_rounds: int
+    first_index: int  # uniforms to skip: a reply resumed on a new connection continues its stream
+    sampler: dict[str, Any]  # model.sampler.SamplerConfig as a dict (tsp, pp, amp_rounds, ...)
     blobs: list[bytes]
 
 
 @dataclass(frozen=True)
 class OracleRequest:
-    """The worker asks the key holder to refresh ciphertexts or evaluate an allow-listed function."""
+    """The worker asks the key holder to refresh ciphertexts or evaluate an allow-listed function.
+
+    `parts[i]` = [position, offset] says where blob i goes in the function's input (shares at the same
+    place add up); `pieces[j]` = [position, start, stop, period, copies, level] is the j-th ciphertext
+    wanted back (model.encrypted.PieceSpec). A refresh returns one blob per input blob."""
 
     type: ClassVar[str] = "oracle_request"
     request: str
     call: int  # sequence number within the request; the reply echoes it
-    fn: str  # one of ORACLE_FUNCTIONS
+    fn: str  # one of model.encrypted.ORACLE_FUNCTIONS (the key holder refuses anything else)
     layer: int  # decoder layer for per-layer functions (attention's KV cache), else -1
+    parts: list[list[int]]
+    pieces: list[list[int]]
     blobs: list[bytes]
 
 
@@ -227,6 +247,10 @@ def encode(message: Message) -> bytes:
     return b"".join([_LENGTH.pack(len(head)), head, *blobs])
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
 def _check_field(kind: str, name: str, value: Any, hint: Any) -> None:
     ok: bool
     if hint is bool:
@@ -236,7 +260,13 @@ def _check_field(kind: str, name: str, value: Any, hint: Any) -> None:
     elif hint is str:
         ok = isinstance(value, str) and len(value) <= 4096
     elif hint == list[int]:
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ok = isinstance(value, list) and all(_is_int(v) for v in value)
+    elif hint == list[list[int]]:
+        ok = isinstance(value, list) and all(
+            isinstance(v, list) and len(v) <= 4096 and all(_is_int(i) for i in v) for v in value
+        )
+    elif hint == list[str]:
+        ok = isinstance(value, list) and all(isinstance(v, str) and len(v) <= 4096 for v in value)
     elif hint == dict[str, Any]:
         ok = isinstance(value, dict)
     else:  # pragma: no cover - a new field type must be added here
@@ -317,9 +347,9 @@ CODE_BAD_REQUEST = 4009  # valid frame, invalid values (settings out of range)
 CODE_INTERNAL = 4500  # a worker bug; the session is closed, the worker keeps serving others
 
 
-def error_message(exc: Exception, request: str = "") -> Error:
+def error_message(exc: BaseException, request: str = "") -> Error:
     """The `Error` message for an exception, with its code (4500 for anything unexpected)."""
-    if isinstance(exc, ProtocolError):
+    if isinstance(exc, ProtocolError | JobFailed):
         code = exc.code
     elif isinstance(exc, ParamsError):
         code = CODE_BAD_REQUEST

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from app.chat import ChatService, ChatSettings, EncryptedSession
+from app.chat import ChatService, ChatSettings
+from app.chat_encrypted import EncryptedSession
 from app.study_plan import TextKey, sample_seed, study_texts
 from app.study_store import StudyStore, TextRecord
 from model.errors import InputError, StudyFileError, StudyStoreError

@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -27,13 +27,12 @@ from app.ui_parts import (
     KEY_TTL_SECONDS,
     Keyring,
     OpenKeyrings,
-    ReplyView,
-    error_message,
     error_title,
     new_keyring,
     read_settings,
     stream_reply,
 )
+from app.ui_view import ReplyView, error_message
 from model.errors import InputError
 from model.generate import MAX_NEW_TOKENS_LIMIT
 
@@ -46,11 +45,13 @@ MODE_INFO = {
     "plain": "plain: the exact model and exact sampling, in the clear on this server (the baseline).",
     "simulate": "simulate: the paper's polynomial sampler in floating point, mixture-embedding feedback.",
     "encrypted": (
-        "encrypted: the model runs on CKKS ciphertexts on the worker; each token takes seconds to minutes "
-        "(max new tokens is capped at 16 when you pick it; raise it if you are patient)."
+        "encrypted: the model runs on CKKS ciphertexts on the worker. On a 2-core machine the first token "
+        "takes about two minutes and each further one about 15 s; a follow-up continues from the key "
+        f"holder's state and sends only the new message. Max new tokens is set to {64} when you pick it "
+        "(a reply ends sooner at the model's end-of-reply token); raise it if you are patient."
     ),
 }
-ENCRYPTED_TOKEN_CAP = 16
+ENCRYPTED_TOKENS = 64  # max new tokens when encrypted is picked: about 15 minutes at most on 2 cores
 REPLIES_AT_ONCE = 4  # sessions served at once (the worker itself runs one encrypted job; others get "busy")
 FRAME_SECONDS = 0.05  # at most ~20 chat redraws per second (the browser lags behind faster streams)
 
@@ -99,7 +100,7 @@ def make_chat(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-unt
         stop.clear()
         view: ReplyView | None = None
         shown_at = 0.0
-        for view in stream_reply(service, ring, messages, settings, stop):
+        for view in stream_reply(service, ring, messages, settings, stop, ring.memory):
             if time.monotonic() - shown_at >= FRAME_SECONDS or view.note or view.stopping:
                 shown_at = time.monotonic()  # fast plain replies: one frame per 50 ms, not per token
                 yield [*history, *view.messages()], *busy, ring, worker_panel(ring, service.worker_url)
@@ -198,11 +199,24 @@ def make_compare(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-
 
 
 def _cap_for_encrypted(mode: str, max_new_tokens: float) -> tuple[Any, Any]:
-    capped = mode == "encrypted" and (max_new_tokens or 0) > ENCRYPTED_TOKEN_CAP
+    capped = mode == "encrypted" and (max_new_tokens or 0) > ENCRYPTED_TOKENS
     return (
-        gr.update(value=ENCRYPTED_TOKEN_CAP) if capped else gr.update(),
+        gr.update(value=ENCRYPTED_TOKENS) if capped else gr.update(),
         MODE_INFO.get(mode, ""),
     )
+
+
+def _worker_status(readiness: Callable[[], tuple[int, int]] | None) -> tuple[str, Any]:
+    """The embedded worker's warm-up, while it lasts (an encrypted reply meanwhile waits for it)."""
+    if readiness is None:
+        return "", gr.Timer(active=False)
+    done, total = readiness()
+    if done >= total:
+        return "Worker ready: its weight plaintexts are warm.", gr.Timer(active=False)
+    return (
+        f"⏳ Worker warming up: {100 * done // max(total, 1)}% of its weight plaintexts encoded "
+        "(once, at start-up; an encrypted reply waits for it)."
+    ), gr.Timer(active=True)
 
 
 def _request_stop(ring: Keyring, which: str) -> None:
@@ -227,13 +241,18 @@ def _header(service: ChatService) -> str:
     )
 
 
-def build_ui(service: ChatService) -> gr.Blocks:
-    """The chat page for one loaded model."""
+def build_ui(service: ChatService, readiness: Callable[[], tuple[int, int]] | None = None) -> gr.Blocks:
+    """The chat page for one loaded model; `readiness` reports the embedded worker's warm-up."""
     limit = min(MAX_NEW_TOKENS_LIMIT, 1024)
     rings = OpenKeyrings()
     with gr.Blocks(title="Encrypted chat") as page:
         ring = gr.State(new_keyring, time_to_live=KEY_TTL_SECONDS, delete_callback=rings.close)
         gr.Markdown(_header(service), elem_id="header")
+        status = gr.Markdown(_worker_status(readiness)[0], elem_id="worker_status")
+        timer = gr.Timer(2.0, active=readiness is not None)
+        timer.tick(
+            lambda: _worker_status(readiness), None, [status, timer], queue=False, show_progress="hidden"
+        )
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 with gr.Row(equal_height=False):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.ui_parts import BADGE, KEY_TTL_SECONDS, Keyring, _seconds
+from app.replies import WireReport
+from app.ui_parts import KEY_TTL_SECONDS, Keyring
+from app.ui_view import BADGE, seconds_text
 from crypto.params import CKKSParams
 from model.errors import ChatError
 
@@ -68,8 +70,9 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
         )
     rows.append(f"| CKKS | {_describe_params(wire.params, wire.preset)} |")
     if wire.worker_seconds:
-        spent = " · ".join(f"{k} {_seconds(v)}" for k, v in wire.worker_seconds.items())
-        rows.append(f"| Worker time by stage | {spent} |")
+        spent = " · ".join(f"{k} {seconds_text(v)}" for k, v in wire.worker_seconds.items())
+        rows.append(f"| Worker time by stage | {spent} ({wire.processes} compute processes) |")
+    rows.append(f"| The prompt of this reply | {_positions(wire)} |")
     lines.append("\n".join(rows))
     calls = [
         f"- **{fn}** ×{n}: {ORACLE_FUNCTIONS.get(fn, 'an allow-listed function')}"
@@ -85,6 +88,22 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
         "text, the reply or any token id: only public keys and ciphertexts."
     )
     return "\n\n".join(lines)
+
+
+def _positions(wire: WireReport) -> str:
+    """What the worker saw of the conversation: public positions in the clear, the rest encrypted."""
+    parts = []
+    if wire.public_positions:
+        shown = wire.public_text.replace("\n", "⏎").replace("|", "\\|")
+        parts.append(
+            f"{wire.public_positions} public positions, computed by the worker in the clear once for "
+            f"everyone: `{shown}` (the template's opening; nothing of yours)"
+        )
+    held = wire.start - wire.public_positions
+    if held > 0:
+        parts.append(f"{held} positions of this conversation held by the key holder, not sent again")
+    parts.append(f"{wire.new_positions} positions encrypted and sent with this reply")
+    return "; ".join(parts)
 
 
 def _describe_hex(hex_text: str) -> str:

@@ -1,18 +1,16 @@
-"""The chat page's logic without its layout: per-session keys, one reply as chat messages, the worker panel.
+"""The chat page's logic without its layout: per-session keys and chat state, one reply as chat messages.
 
-`stream_reply` runs one reply in any mode and yields a `ReplyView` after every update; the view renders
-itself as Gradio "messages": the reply text, then one assistant message with `metadata` (a "thought")
-that is a live progress note while the reply runs (stage, token k of n, seconds per token, time left)
-and the reply's footer when it ends (mode label, tokens, tokens/s, why it stopped). Errors are one more
-metadata message titled "⚠️ ...". `app.chat.to_messages` skips every metadata message, so neither
-progress notes, footers nor errors reach the model's context.
+`stream_reply` runs one reply in any mode and yields a `ReplyView` (app/ui_view.py) after every update.
+Errors are one more metadata message titled "⚠️ ...".
 
-Keys: a `Keyring` lives in one browser session's `gr.State` only. It holds the `EncryptedSession` (the
-secret key and the worker connection), opened on the first encrypted reply and reused after that, and
-dropped when the worker goes away so the next reply reconnects. It is never logged (its repr hides it),
+Keys and state: a `Keyring` lives in one browser session's `gr.State` only. It holds the
+`EncryptedSession` (the secret key, the conversation's attention cache and the worker connection), opened
+on the first encrypted reply and reused after that, and the chat's `ChatMemory`, so each turn continues
+the model's state instead of re-reading the conversation (in every mode). If the worker goes away the
+keys and the state stay: the next reply reconnects and continues. It is never logged (its repr hides it),
 never copied and never saved. It is dropped when the tab is closed or reloaded (`Blocks.unload`, via
-`OpenKeyrings`) and after `KEY_TTL_SECONDS` without a reply (the State's time to live and delete callback).
-"What the worker saw" is rendered by `app.ui_panel`.
+`OpenKeyrings`), after `KEY_TTL_SECONDS` without a reply (the State's time to live and delete callback),
+or with "Forget my keys". "What the worker saw" is rendered by `app.ui_panel`.
 
 References: STYLE.md rules 12-14; gradio ChatMessage metadata ("thoughts") and State(time_to_live).
 """
@@ -20,28 +18,21 @@ References: STYLE.md rules 12-14; gradio ChatMessage metadata ("thoughts") and S
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from app.chat import ChatService, ChatSettings, EncryptedSession, ReplyUpdate, WireReport
+from app.chat import ChatService, ChatSettings
+from app.chat_encrypted import EncryptedSession
 from app.keyholder import WorkerError, WorkerUnavailable
-from model.errors import ChatError, InputError
+from app.replies import ChatMemory, WireReport
+from app.ui_view import BADGE, ReplyView
+from model.errors import ChatError, InputError, WorkerMismatch
 
 log = logging.getLogger(__name__)
 
 KEY_TTL_SECONDS = 30 * 60  # keys are forgotten after 30 minutes without a reply (Gradio's State TTL)
 WORKER_BUSY_CODE = 4007  # the worker is generating someone else's reply: the session itself is fine
-BADGE = {"plain": "🟢", "simulate": "🧪", "encrypted": "🔐"}
-FINISH = {
-    "eos": "end of reply",
-    "length": "reached max new tokens",
-    "context": "context window full",
-    "cancelled": "stopped",
-}
 
 
 class Keyring:
@@ -49,6 +40,7 @@ class Keyring:
 
     def __init__(self) -> None:
         self.session: EncryptedSession | None = None
+        self.memory = ChatMemory()  # the chat tab's model state between turns
         self.key_bytes = 0  # public keys uploaded for the current session
         self.last_wire: WireReport | None = None  # the last encrypted token's report
         self.last_label = ""  # the mode label of the last reply
@@ -62,8 +54,9 @@ class Keyring:
         return Keyring()  # Gradio deep-copies a State's initial value; keys are never copied
 
     def drop(self) -> None:
-        """Forget the secret key and close the worker connection (the next encrypted reply reconnects)."""
+        """Forget the secret key, the chat's state and close the worker connection."""
         session, self.session, self.key_bytes = self.session, None, 0
+        self.memory.clear()
         if session is not None:
             try:
                 session.close()
@@ -133,11 +126,6 @@ def _whole(value: Any, name: str) -> int:
     return int(float(value))
 
 
-def error_message(title: str, text: str) -> dict[str, Any]:
-    """An assistant message shown as a warning; its metadata keeps it out of the model's context."""
-    return {"role": "assistant", "content": text, "metadata": {"title": f"⚠️ {title}"}}
-
-
 def error_title(exc: BaseException) -> str:
     if isinstance(exc, WorkerUnavailable):
         return "The worker cannot be reached"
@@ -149,130 +137,6 @@ def error_title(exc: BaseException) -> str:
     if isinstance(exc, ChatError):
         return "The reply failed"
     return "Unexpected error"
-
-
-def _seconds(s: float) -> str:
-    if s < 60:
-        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
-    minutes, sec = divmod(int(round(s)), 60)
-    return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-@dataclass
-class ReplyView:
-    """One reply as the page shows it; `stream_reply` updates it in place."""
-
-    settings: ChatSettings
-    update: ReplyUpdate | None = None
-    token_seconds: list[float] = field(default_factory=list)  # wall time at which each token arrived
-    note: str = ""  # key creation and upload progress
-    stopping: bool = False
-    stopped: bool = False
-    error: tuple[str, str] | None = None  # (title, text)
-    started: float = field(default_factory=time.perf_counter)
-
-    def push(self, update: ReplyUpdate) -> None:
-        if update.tokens > len(self.token_seconds):
-            self.token_seconds.append(update.seconds)
-        self.update = update
-
-    @property
-    def tokens(self) -> int:
-        return self.update.tokens if self.update else 0
-
-    def seconds_per_token(self) -> float | None:
-        """Median time per token; the first token (it includes the prompt) only until there are others."""
-        gaps = [b - a for a, b in zip(self.token_seconds, self.token_seconds[1:], strict=False)]
-        if gaps:
-            return statistics.median(gaps)
-        return self.token_seconds[0] if self.token_seconds else None
-
-    def seconds_left(self) -> float | None:
-        per_token = self.seconds_per_token()
-        if per_token is None:
-            return None
-        return max(self.settings.max_new_tokens - self.tokens, 0) * per_token
-
-    @property
-    def finished(self) -> bool:
-        return self.stopped or self.error is not None or bool(self.update and self.update.finish)
-
-    def messages(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        if self.update and self.update.text:
-            out.append({"role": "assistant", "content": self.update.text})
-        out.append(self._status())
-        if self.error:
-            out.append(error_message(*self.error))
-        return out
-
-    def _status(self) -> dict[str, Any]:
-        label = f"{BADGE[self.settings.mode]} {self.settings.label()}"
-        elapsed = self.update.seconds if self.update else time.perf_counter() - self.started
-        if self.finished:
-            return self._footer(label, elapsed)
-        if self.note:
-            title, lines = f"{label} · creating your keys", [self.note]
-        elif self.stopping:
-            title, lines = (
-                f"{label} · stopping…",
-                ["Cancelling the job; the page is ready again in a moment."],
-            )
-        else:
-            title, lines = self._progress(label)
-        return {
-            "role": "assistant",
-            "content": "\n\n".join(lines),
-            "metadata": {"title": title, "status": "pending"},
-        }
-
-    def _progress(self, label: str) -> tuple[str, list[str]]:
-        n, k = self.settings.max_new_tokens, self.tokens
-        update = self.update
-        if self.settings.mode != "encrypted":
-            return f"{label} · generating · {k} of at most {n} tokens", []
-        stage = update.stage if update and update.stage else ("waiting for the worker" if k else "starting")
-        done, total = update.progress if update else (0, 0)
-        title = f"{label} · token {min(k + 1, n)} of at most {n} · {stage}"
-        lines = [f"Now: token {min(k + 1, n)}, {stage}" + (f" (step {done + 1} of {total})" if total else "")]
-        if k == 0:
-            lines.append(
-                "The first token also runs the whole prompt (one position at a time), so it is slow."
-            )
-        per_token = self.seconds_per_token()
-        left = self.seconds_left()
-        if per_token is not None and left is not None:
-            lines.append(
-                f"Tokens so far: {k} · {_seconds(per_token)} per token · about {_seconds(left)} left "
-                f"for the remaining {n - k} (fewer if the reply ends sooner)"
-            )
-        else:
-            lines.append("Time left: estimated after the first token.")
-        return title, lines
-
-    def _footer(self, label: str, elapsed: float) -> dict[str, Any]:
-        update = self.update
-        k = self.tokens
-        parts = [label, f"{k} token{'s' if k != 1 else ''}"]
-        if update and update.tokens_per_second:
-            parts.append(f"{update.tokens_per_second:.2f} tokens/s")
-        if self.stopped:
-            parts.append("stopped by you")
-        elif self.error:
-            parts.append("interrupted")
-        elif update and update.finish:
-            parts.append(FINISH.get(str(update.finish), str(update.finish)))
-        details = [
-            f"Temperature {self.settings.temperature:g} · seed {self.settings.seed} · "
-            f"at most {self.settings.max_new_tokens} new tokens · {_seconds(elapsed)} in all"
-        ]
-        if update and update.first_token_seconds:
-            details.append(f"First token after {_seconds(update.first_token_seconds)} (prompt included).")
-        return {
-            "role": "assistant",
-            "content": "\n\n".join(details),
-            "metadata": {"title": " · ".join(parts), "status": "done", "duration": round(elapsed, 1)},
-        }
 
 
 def _open_session(service: ChatService, ring: Keyring) -> Iterator[str]:
@@ -306,11 +170,14 @@ def stream_reply(
     messages: Sequence[dict[str, str]],
     settings: ChatSettings,
     stop: threading.Event,
+    memory: ChatMemory | None = None,
 ) -> Iterator[ReplyView]:
     """One reply in the settings' mode, as a view updated in place; never raises.
 
-    Stop (the `stop` event) is checked after every update; the reply iterator is then closed, which
-    sends Cancel to the worker in encrypted mode. A worker that is gone drops the session.
+    Stop (the `stop` event) is polled by the reply itself, also while the worker computes, so it ends
+    within a fraction of a second wherever the reply is (Cancel reaches the worker's processes at once).
+    `memory` is the chat's state (None: a one-off reply, as in Compare). A worker that is gone keeps the
+    keys and the state: the next reply reconnects. A worker that serves another model drops them.
     """
     view = ReplyView(settings)
     ring.last_label = f"{BADGE[settings.mode]} {settings.label()}"
@@ -333,16 +200,17 @@ def stream_reply(
                     yield view
                 view.note = ""
             session = ring.session
-        replies = service.reply(messages, settings, session)
+        replies = service.reply(messages, settings, session, memory, stop.is_set)
         try:
             for update in replies:
                 view.push(update)
                 if update.wire is not None:
                     ring.last_wire = update.wire
-                if stop.is_set() and update.finish is None:
+                if update.finish == "cancelled" or (stop.is_set() and update.finish is None):
                     view.stopping = True
-                    yield view
-                    break
+                    if update.finish is None:
+                        yield view
+                        break
                 yield view
         finally:
             close = getattr(replies, "close", None)  # a generator: closing it ends the reply
@@ -351,8 +219,8 @@ def stream_reply(
         view.stopped = view.stopping
         view.stopping = False
     except Exception as exc:  # the page must keep working: every failure becomes a message
-        if isinstance(exc, WorkerUnavailable | WorkerError) and getattr(exc, "code", 0) != WORKER_BUSY_CODE:
-            ring.drop()  # the connection is unusable; the next encrypted reply reconnects
+        if isinstance(exc, WorkerMismatch):
+            ring.drop()  # another worker now answers at that address: these keys are not for it
         if not isinstance(exc, ChatError):
             log.exception("unexpected error in a reply")
         view.stopping = False

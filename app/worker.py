@@ -3,14 +3,18 @@
 One connection = one session. The key holder says Hello, uploads its public context in chunks, then
 asks for replies with Generate. A reply runs in a worker thread (`asyncio.to_thread`), so pings and
 other sessions stay alive; the job reaches the key holder only through `JobContext.oracle` (refresh and
-the allow-listed functions) and `JobContext.emit` (Progress, Token, Done).
+the allow-listed functions) and `JobContext.emit` (Progress, Token, Done). Between replies the worker
+keeps nothing of a conversation: the key holder holds its attention cache and says where the new
+positions start (`Generate.start`), which the worker checks against the context window and the public
+prefix.
 
 Faults never take the worker down: every bad frame gets an `Error` message with a code in 4000-4999
 (app/protocol.py); protocol violations that leave the connection unusable also close it with that
 code. A session's keys and job die with its connection. Only one reply is generated at a time (a
 2-core machine gains nothing from two); a second Generate meanwhile gets WorkerBusy (4007).
 
-Math lives elsewhere: `WorkerModel` (model/encrypted.py for the real pipeline) does the computing.
+Math lives elsewhere: `WorkerModel` (app/compute_pool.py for the real pipeline, which runs it on a pool
+of processes) does the computing.
 """
 
 from __future__ import annotations
@@ -30,10 +34,14 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from app import protocol as p
-from crypto.keys import PublicContext, RotationPlan, load_public_context
+from crypto.keys import RotationPlan
 from crypto.params import preset
+from model.conversation import PublicPrefix
+from model.encrypted import OracleCall
 from model.errors import (
     ChatError,
+    InputError,
+    JobCancelled,
     LimitExceeded,
     OutOfOrder,
     ProtocolError,
@@ -41,22 +49,24 @@ from model.errors import (
     VersionMismatch,
     WorkerBusy,
 )
+from model.generate import MAX_NEW_TOKENS_LIMIT
+from model.sampler import SamplerConfig
 
 log = logging.getLogger("he_chat.worker")
 FATAL_CODES = {4000, 4001, 4002, 4003}  # the peer does not speak our protocol: close the connection
 
 
-class Cancelled(Exception):
-    """Raised inside a job when the key holder cancelled or vanished."""
+Cancelled = JobCancelled  # raised inside a job when the key holder cancelled or vanished
 
 
 @dataclass
 class JobContext:
-    """What a generation job may touch: the public context and two narrow channels to the key holder."""
+    """What a generation job may touch: the session's id (its keys) and two narrow channels to the key
+    holder."""
 
-    public: PublicContext
+    session: str
     request: p.Generate
-    oracle: Callable[[str, int, list[bytes]], list[bytes]]  # (fn, layer, blobs) -> blobs; blocks
+    oracle: Callable[[OracleCall], list[bytes]]  # one oracle round trip; blocks
     emit: Callable[[p.Message], None]  # Progress / Token messages to the key holder
     cancelled: threading.Event
 
@@ -71,10 +81,22 @@ class WorkerModel(Protocol):
     name: str
     vocab: int
     ordering: str  # fingerprint of the baked-in vocabulary order
+    context_window: int
+    prefixes: dict[str, tuple[PublicPrefix, list[bytes]]]  # id -> the prefix and its keys and values
 
     def rotation_plan(self, preset_name: str) -> RotationPlan:
         """The rotations the plan needs for a parameter preset (raises ParamsError if unsupported)."""
         ...
+
+    def readiness(self) -> tuple[int, int]:
+        """(done, total) of warming the weight caches."""
+        ...
+
+    def load_keys(self, session: str, data: bytes) -> None:
+        """Load a session's public context (blocks; raises a typed error for a bad context)."""
+        ...
+
+    def drop_keys(self, session: str) -> None: ...
 
     def run(self, job: JobContext) -> str:
         """Generate; emit Token messages; return the finish reason ("length" or "context")."""
@@ -103,7 +125,7 @@ class Session:
     last_seen: float = field(default_factory=time.monotonic)
     key_chunks: list[bytes] = field(default_factory=list)
     key_total: int = 0
-    public: PublicContext | None = None
+    keys_loaded: bool = False
     job: asyncio.Task[None] | None = None
     request: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -177,7 +199,9 @@ class Worker:
                 pass
         self.sessions.pop(session.id, None)
         session.key_chunks.clear()
-        session.public = None
+        if session.keys_loaded:
+            session.keys_loaded = False
+            await asyncio.to_thread(self.model.drop_keys, session.id)
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -229,15 +253,23 @@ class Worker:
         plan = self.model.rotation_plan(msg.preset)
         session = Session(id=uuid.uuid4().hex, preset=msg.preset, connection=conn)
         self.sessions[session.id] = session
+        done, total = self.model.readiness()
+        prefixes = list(self.model.prefixes.items())
         welcome = p.Welcome(
             session=session.id,
             model=self.model.name,
             vocab=self.model.vocab,
             ordering=self.model.ordering,
+            preset=msg.preset,
+            context_window=self.model.context_window,
             galois_steps=sorted(plan.steps),
             conjugate=plan.conjugate,
             max_message_bytes=self.limits.max_message_bytes,
             key_chunk_bytes=p.KEY_CHUNK_BYTES,
+            ready=100 * done // max(total, 1),
+            prefixes=[pid for pid, _ in prefixes],
+            prefix_tokens=[list(prefix.ids) for _, (prefix, _) in prefixes],
+            blobs=[blob for _, (_, blobs) in prefixes for blob in blobs],
         )
         try:
             await conn.send(p.encode(welcome))
@@ -248,7 +280,7 @@ class Worker:
         return session
 
     async def _key_chunk(self, conn: ServerConnection, session: Session, msg: p.KeyChunk) -> None:
-        if session.public is not None:
+        if session.keys_loaded:
             raise OutOfOrder("keys were already accepted for this session")
         if msg.index != len(session.key_chunks) or not 0 < msg.total <= 4096 or msg.index >= msg.total:
             raise OutOfOrder(
@@ -265,15 +297,14 @@ class Worker:
             return
         data = b"".join(session.key_chunks)
         session.key_chunks.clear()
-        public = await asyncio.to_thread(load_public_context, data)  # SecretKeyError / WireFormatError
-        if public.params.name != session.preset:
-            raise OutOfOrder(f"keys are for preset {public.params.name!r}, hello said {session.preset!r}")
-        session.public = public
+        await asyncio.to_thread(self.model.load_keys, session.id, data)  # SecretKeyError, WireFormatError
+        session.keys_loaded = True
         await conn.send(p.encode(p.KeysAccepted(session.id, len(data))))
 
     def _generate(self, conn: ServerConnection, session: Session, msg: p.Generate) -> None:
-        if session.public is None:
+        if not session.keys_loaded:
             raise OutOfOrder("generate before the keys were uploaded; send the KeyChunk messages first")
+        self._check_generate(msg)
         if self.busy is not None:
             raise WorkerBusy("the worker is generating another reply; retry when it is done")
         self.busy = session
@@ -281,30 +312,57 @@ class Worker:
         session.cancelled = threading.Event()
         session.job = asyncio.create_task(self._run(conn, session, msg))
 
+    def _check_generate(self, msg: p.Generate) -> None:
+        """Every field of a Generate in range, before any work (InputError -> 4009, naming the field)."""
+        window = self.model.context_window
+        if not 1 <= msg.positions <= window or msg.positions != len(msg.blobs):
+            raise InputError(
+                f"positions must be 1..{window} and match the {len(msg.blobs)} ciphertexts sent, "
+                f"got {msg.positions}"
+            )
+        if msg.start < 0 or msg.start + msg.positions + 1 > window:
+            raise InputError(
+                f"start {msg.start} + {msg.positions} new positions leave no room for a reply in the "
+                f"context window of {window}; clear the conversation"
+            )
+        if msg.prefix:
+            known = self.model.prefixes.get(msg.prefix)
+            if known is None:
+                raise InputError(
+                    f"unknown public prefix {msg.prefix[:80]!r}; use one from this worker's Welcome (or none)"
+                )
+            if msg.start < len(known[0].ids):
+                raise InputError(f"start {msg.start} is inside the public prefix of {len(known[0].ids)}")
+        if not 1 <= msg.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise InputError(f"max_new_tokens must be 1..{MAX_NEW_TOKENS_LIMIT}, got {msg.max_new_tokens}")
+        if not 0 <= msg.seed < 2**63 or not 0 <= msg.first_index <= MAX_NEW_TOKENS_LIMIT:
+            raise InputError("seed must be 0..2^63-1 and first_index 0..the reply limit")
+        config = SamplerConfig.from_dict(dict(msg.sampler))  # InputError names a bad field
+        if config.noise_sigma or config.input_noise_sigma:
+            raise InputError("noise_sigma and input_noise_sigma are simulation settings; send 0")
+
     async def _run(self, conn: ServerConnection, session: Session, msg: p.Generate) -> None:
-        assert session.public is not None and self.loop is not None
+        assert self.loop is not None
         loop = self.loop
 
         def emit(message: p.Message) -> None:
             asyncio.run_coroutine_threadsafe(conn.send(p.encode(message)), loop).result()
 
-        def oracle(fn: str, layer: int, blobs: list[bytes]) -> list[bytes]:
+        def oracle(call: OracleCall) -> list[bytes]:
             if session.cancelled.is_set():
                 raise Cancelled()
-            future = asyncio.run_coroutine_threadsafe(self._ask(conn, session, fn, layer, blobs), loop)
+            future = asyncio.run_coroutine_threadsafe(self._ask(conn, session, call), loop)
             try:
                 return future.result(timeout=self.limits.oracle_timeout)
             except (concurrent.futures.CancelledError, ConnectionClosed) as exc:
                 raise Cancelled() from exc  # Cancel, or the key holder vanished
             except TimeoutError as exc:
                 future.cancel()
-                raise LimitExceeded(
-                    f"the key holder did not answer a {fn} call within {self.limits.oracle_timeout:.0f} s"
-                ) from exc
+                limit = self.limits.oracle_timeout
+                message = f"the key holder did not answer a {call.fn} call within {limit:.0f} s"
+                raise LimitExceeded(message) from exc
 
-        job = JobContext(
-            public=session.public, request=msg, oracle=oracle, emit=emit, cancelled=session.cancelled
-        )
+        job = JobContext(session.id, msg, oracle, emit, session.cancelled)
         try:
             reason = await asyncio.to_thread(self.model.run, job)
             await conn.send(p.encode(p.Done(msg.request, reason)))
@@ -320,14 +378,15 @@ class Worker:
             if self.busy is session:
                 self.busy = None
 
-    async def _ask(
-        self, conn: ServerConnection, session: Session, fn: str, layer: int, blobs: list[bytes]
-    ) -> list[bytes]:
-        call = session.next_call
+    async def _ask(self, conn: ServerConnection, session: Session, call: OracleCall) -> list[bytes]:
+        number = session.next_call
         session.next_call += 1
         future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        session.calls[call] = future
-        await conn.send(p.encode(p.OracleRequest(session.request, call, fn, layer, blobs)))
+        session.calls[number] = future
+        parts = [list(part) for part in call.parts]
+        pieces = [spec.as_list() for spec in call.pieces]
+        request = p.OracleRequest(session.request, number, call.fn, call.layer, parts, pieces, call.blobs)
+        await conn.send(p.encode(request))
         return await future
 
     @staticmethod
@@ -367,7 +426,11 @@ class BackgroundWorker:
         self.url = f"ws://{bound_host}:{bound_port}"
 
     def stop(self) -> None:
+        """Stop serving, and stop the model's compute processes if it has any."""
         self.server.close()
         asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        close = getattr(self.worker.model, "close", None)
+        if close is not None:
+            close()

@@ -4,8 +4,9 @@
     python bench/bench_encrypted.py --tokens 6 --prompt-tokens 4
     python bench/bench_encrypted.py --tiny          # the tiny model (quick check of the harness)
 
-The first token also pays for the prompt and for encoding every weight diagonal once (cold cache);
-the decode figure is the median over the later tokens. Baselines measured in the same run: plain decode
+The worker runs as `make run` runs it (a process of its own with its compute processes, warmed before
+the first request); the first token also pays for the prompt; the decode figure is the median over the
+later tokens. Baselines measured in the same run: plain decode
 of the same model (exact, plaintext) and the estimated naive TenSEAL path (`CKKSVector.mm` at 5-10 ms
 per input row, DESIGN.md section 7, here timed on one 576-row product and scaled to the model's rows).
 """
@@ -13,10 +14,8 @@ per input row, DESIGN.md section 7, here timed on one 576-row product and scaled
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,10 +25,10 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import tenseal as ts  # noqa: E402
 
+from app.encrypted_worker import EmbeddedWorker, WorkerSpec  # noqa: E402
 from app.keyholder import KeyHolderClient, ReplyRequest, TokenEvent  # noqa: E402
-from app.worker import Worker, WorkerLimits, start  # noqa: E402
-from model.encrypted import KeyHolderSide, worker_model_for  # noqa: E402
 from model.generate import ExactSelector, GenerationSettings, build_prompt, generate  # noqa: E402
+from model.key_holder import KeyHolderSide  # noqa: E402
 from model.loading import build_tiny_model, load_default  # noqa: E402
 
 
@@ -53,14 +52,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4)
     parser.add_argument("--prompt-tokens", type=int, default=8, help="keep the last N prompt tokens")
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--processes", type=int, default=None, help="the worker's compute processes")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
 
     loaded = build_tiny_model() if args.tiny else load_default()
     vocab = loaded.model.config.vocab_size
     perm = np.random.default_rng(0).permutation(vocab)  # the order does not change the cost
-    model = worker_model_for(loaded, perm, "bench")
-    prepared = model.by_tsp[True]
     prompt = build_prompt(loaded, [{"role": "user", "content": "What is the capital of France?"}])
     prompt = prompt[-args.prompt_tokens :]
 
@@ -69,21 +67,29 @@ def main() -> None:
     steps = list(generate(loaded, prompt, selector, GenerationSettings(max_new_tokens=16, seed=0)))
     plain = statistics.median(s.seconds for s in steps[1:]) if len(steps) > 1 else steps[0].seconds
 
-    worker = Worker(model, WorkerLimits())
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    server = asyncio.run_coroutine_threadsafe(start(worker), loop).result()
-    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    keys = KeyHolderSide(args.preset, prepared.shape, loaded.input_embeddings(), perm)
+    spec = WorkerSpec.from_loaded(loaded, perm, "bench", args.processes, (args.preset,))
+    started = time.perf_counter()
+    worker = EmbeddedWorker(spec)
+    while worker.readiness()[0] < worker.readiness()[1]:
+        time.sleep(0.5)
+    warm = time.perf_counter() - started
+    rss = sum(
+        int(p.memory_full_info().pss)
+        for p in [psutil.Process(worker.process.pid)]
+        + psutil.Process(worker.process.pid).children(recursive=True)
+    )
+    keys = KeyHolderSide(args.preset, spec.weights.shape, loaded.input_embeddings(), perm)
     start_keys = time.perf_counter()
-    client = KeyHolderClient(url, keys)
+    client = KeyHolderClient(worker.url, keys)
     print(f"model {loaded.name}, preset {args.preset}, prompt {len(prompt)} tokens, {args.tokens} tokens")
+    print(
+        f"worker: {worker.processes} compute processes, warm after {warm:.0f} s, {rss / 2**30:.1f} GiB (PSS)"
+    )
     print(
         f"key generation + upload: {time.perf_counter() - start_keys:.1f} s, {client.key_bytes / 1e6:.1f} MB"
     )
     events = []
-    for event in client.generate(prompt, ReplyRequest(max_new_tokens=args.tokens, seed=0)):
+    for event in client.generate(prompt, 0, "", ReplyRequest(max_new_tokens=args.tokens, seed=0)):
         if isinstance(event, TokenEvent):
             events.append(event)
             stages = ", ".join(f"{k} {v:.1f}" for k, v in event.worker["seconds"].items())
@@ -94,12 +100,13 @@ def main() -> None:
                 flush=True,
             )
     client.close()
+    worker.stop()
     decode = [e.seconds for e in events[1:]] or [events[0].seconds]
     median = statistics.median(decode)
     naive = naive_mm_seconds_per_row()
-    s = prepared.shape
+    s = spec.weights.shape
     rows = s.layers * (4 * s.d + 2 * s.d + s.ffn) + s.d + s.vocab  # input rows of every product per token
-    print(f"first token (prompt + cold caches): {events[0].seconds:.1f} s")
+    print(f"first token (prompt of {len(prompt)} positions, warm worker): {events[0].seconds:.1f} s")
     print(f"encrypted decode, median of {len(decode)}: {median:.1f} s/token (target <= 60 s)")
     print(
         f"plain decode (same run): {plain * 1000:.1f} ms/token -> encrypted is {median / plain:,.0f}x slower"
@@ -108,7 +115,6 @@ def main() -> None:
         f"naive TenSEAL mm estimate: {naive * 1000:.2f} ms/row x {rows:,} rows = {naive * rows:.0f} s/token "
         f"-> {naive * rows / median:.1f}x faster than naive (products only)"
     )
-    print(f"peak RSS: {psutil.Process().memory_info().rss / 2**30:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def decode_step_ms(loaded, prompt: list[int], selector: Selector, steps: int, se
     for _ in range(steps):
         start = time.perf_counter()
         choice = selector.select(logits, float(rng.random()))
-        logits = session.step(choice.embedding)
+        logits = session.step(choice.next_input())
         times.append((time.perf_counter() - start) * 1000)
     return times
 

@@ -1,8 +1,15 @@
-"""The encrypted pipeline on the tiny model: real CKKS, the same tokens as simulate mode for a seed."""
+"""The encrypted pipeline on the tiny model: real CKKS, ranks in lockstep, the same tokens as simulate.
+
+The worker runs in-process (`EncryptedWorker(threads=True)`: the ranks are threads, so the routing of
+shares, the split sampler and the collectives are the real ones, without spawning processes; the process
+pool itself is tested in tests/test_compute_pool.py) and the oracle is a direct call into the key holder
+(the websocket path is tested in tests/test_worker.py and tests/test_chat.py).
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -10,10 +17,15 @@ import pytest
 import torch
 
 from app import protocol as p
+from app.encrypted_worker import EncryptedWorker, WorkerSpec
+from app.keyholder import ReplyRequest
 from app.worker import JobContext
 from crypto.keys import load_public_context
-from model.encrypted import EncryptedWorkerModel, KeyHolderSide, worker_model_for
+from model.encrypted import OracleCall, PieceSpec
+from model.errors import InputError
+from model.forward import LlamaShape
 from model.generate import GenerationSettings, build_prompt, generate
+from model.key_holder import KeyHolderSide
 from model.loading import LoadedModel
 from model.sampler import SamplerConfig
 from model.simulate import SimulateSelector
@@ -26,20 +38,39 @@ def tiny_perm(vocab: int) -> np.ndarray:
     return np.random.default_rng(42).permutation(vocab)  # any fixed order exercises the baking of pi
 
 
-def make_sides(loaded: LoadedModel, perm: np.ndarray) -> tuple[EncryptedWorkerModel, KeyHolderSide]:
-    worker = worker_model_for(loaded, perm, "test-order")
-    keys = KeyHolderSide(PRESET, worker.shape, loaded.input_embeddings(), perm)
-    return worker, keys
+@pytest.fixture(scope="module", params=[1, 2], ids=["one rank", "two ranks"])
+def worker(request: pytest.FixtureRequest, tiny: LoadedModel) -> Iterator[EncryptedWorker]:
+    spec = WorkerSpec.from_loaded(tiny, tiny_perm(tiny.model.config.vocab_size), "test-order", request.param)
+    model = EncryptedWorker(spec, threads=True)
+    assert model.pool.wait_ready(300)
+    yield model
+    model.close()
+
+
+def key_holder(tiny: LoadedModel, worker: EncryptedWorker, session: str) -> KeyHolderSide:
+    keys = KeyHolderSide(
+        PRESET, worker.shape, tiny.input_embeddings(), tiny_perm(tiny.model.config.vocab_size)
+    )
+    plan = worker.rotation_plan(PRESET)
+    worker.load_keys(session, keys.public_context(sorted(plan.steps), plan.conjugate))
+    return keys
 
 
 def run_in_process(
-    worker: EncryptedWorkerModel, keys: KeyHolderSide, prompt: list[int], n: int, seed: int
+    worker: EncryptedWorker,
+    keys: KeyHolderSide,
+    session: str,
+    prompt: list[int],
+    n: int,
+    seed: int,
+    start: int = 0,
 ) -> tuple[list[int], list[dict[str, Any]]]:
-    """The worker job with the oracle wired straight to the key holder (websockets: test_worker.py)."""
-    plan = worker.rotation_plan(PRESET)
-    public = load_public_context(keys.public_context(sorted(plan.steps), plan.conjugate))
-    keys.new_reply({"temperature": 1.0, "tsp": True})
-    request = p.Generate("s", "r", len(prompt), n, seed, True, True, 3, keys.encrypt_prompt(prompt))
+    """One encrypted reply with the oracle wired straight to the key holder."""
+    keys.begin_reply(1.0, True)
+    sampler = ReplyRequest(n, seed, temperature=1.0).sampler()
+    request = p.Generate(
+        session, "r", start, "", len(prompt), n, seed, 0, sampler, keys.encrypt_prompt(prompt)
+    )
     tokens: list[int] = []
     telemetry: list[dict[str, Any]] = []
 
@@ -48,8 +79,7 @@ def run_in_process(
             tokens.append(keys.read_token(message.blobs))
             telemetry.append(message.telemetry)
 
-    job = JobContext(public, request, keys.answer, emit, threading.Event())
-    assert worker.run(job) == "length"
+    assert worker.run(JobContext(session, request, keys.answer, emit, threading.Event())) == "length"
     return tokens, telemetry
 
 
@@ -60,37 +90,62 @@ def simulate(loaded: LoadedModel, perm: np.ndarray, prompt: list[int], n: int, s
     return [s.token_id for s in generate(loaded, prompt, selector, settings)]
 
 
-def test_encrypted_matches_simulate_token_for_token(tiny: LoadedModel) -> None:
+def test_encrypted_matches_simulate_token_for_token(tiny: LoadedModel, worker: EncryptedWorker) -> None:
     perm = tiny_perm(tiny.model.config.vocab_size)
-    worker, keys = make_sides(tiny, perm)
-    n = 20
+    n = 12
     for seed, text in enumerate(PROMPTS):
-        prompt = build_prompt(tiny, [{"role": "user", "content": text}])[-12:]  # keep the test quick
-        encrypted, telemetry = run_in_process(worker, keys, prompt, n, seed)
+        keys = key_holder(tiny, worker, f"s{seed}")
+        prompt = build_prompt(tiny, [{"role": "user", "content": text}])[-10:]  # keep the test quick
+        encrypted, telemetry = run_in_process(worker, keys, f"s{seed}", prompt, n, seed)
         expected = simulate(tiny, perm, prompt, n, seed)
         assert encrypted[: len(expected)] == expected, f"prompt {text!r}"
         assert len(encrypted) == n
+        assert keys.commit() == len(prompt) + n - 1  # every token but the last was fed back
     calls = telemetry[-1]["oracle_calls"]
     layers = tiny.model.config.num_hidden_layers
     assert calls["rmsnorm"] == 2 * layers and calls["attention"] == layers and calls["swiglu"] == layers
     assert calls["softmax"] == 1 and calls["refresh"] >= 25
     assert telemetry[-1]["bytes_to_key_holder"] > 0 and telemetry[-1]["rotations"] > 0
+    assert telemetry[-1]["processes"] == worker.pool.world
     assert set(keys.evaluated) <= {"refresh", "rmsnorm", "attention", "swiglu", "final_norm", "softmax"}
 
 
-def test_the_key_holder_refuses_calls_off_the_allow_list(tiny: LoadedModel) -> None:
-    from model.errors import InputError
+def test_a_continued_reply_equals_reading_everything_at_once(
+    tiny: LoadedModel, worker: EncryptedWorker
+) -> None:
+    """The key holder's cache carries a conversation: prompt a, then b after it = the prompt a + b."""
+    prompt = build_prompt(tiny, [{"role": "user", "content": "Tell me a story."}])[-9:]
+    whole = key_holder(tiny, worker, "whole")
+    expected, _ = run_in_process(worker, whole, "whole", prompt, 4, 3)
+    parts = key_holder(tiny, worker, "parts")
+    run_in_process(worker, parts, "parts", prompt[:5], 1, 0)
+    parts.functions.truncate(5)  # keep the first five positions: the first reply's token was never fed
+    continued, _ = run_in_process(worker, parts, "parts", prompt[5:], 4, 3, start=5)
+    assert continued == expected
 
-    _, keys = make_sides(tiny, tiny_perm(tiny.model.config.vocab_size))
+
+def test_the_key_holder_refuses_calls_off_the_allow_list_and_out_of_shape(tiny: LoadedModel) -> None:
+    shape = LlamaShape.from_config(tiny.model.config)
+    keys = KeyHolderSide(PRESET, shape, tiny.input_embeddings(), tiny_perm(tiny.model.config.vocab_size))
     with pytest.raises(InputError, match="not an allowed"):
-        keys.answer("argmax", -1, [b"x"])
-    with pytest.raises(InputError, match="not an allowed"):
-        keys.answer("attention", 0, [b"x", b"y"])
+        keys.answer(OracleCall("argmax", -1, [(0, 0)], [b"x"]))
+    with pytest.raises(InputError, match="part positions"):
+        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [b"x", b"y"]))
+    blob = keys.encrypt_prompt([5])[0]  # 64 values: the tiny model's width
+    with pytest.raises(InputError, match="exceeds the width"):
+        keys.answer(OracleCall("rmsnorm", 0, [(0, 10)], [blob]))
+    with pytest.raises(InputError, match="uncovered"):
+        keys.answer(OracleCall("attention", 0, [(0, 0)], [blob]))
+    with pytest.raises(InputError, match="outside the output"):
+        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [blob], [PieceSpec(0, 0, 65)]))
+    with pytest.raises(InputError, match="do not fit"):
+        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [blob], [PieceSpec(0, 0, 64, 64, 100, 1)]))
 
 
-def test_the_worker_never_holds_a_secret_key(tiny: LoadedModel) -> None:
-    worker, keys = make_sides(tiny, tiny_perm(tiny.model.config.vocab_size))
+def test_the_worker_never_holds_a_secret_key(tiny: LoadedModel, worker: EncryptedWorker) -> None:
+    keys = key_holder(tiny, worker, "secret-check")
     plan = worker.rotation_plan(PRESET)
     public = load_public_context(keys.public_context(sorted(plan.steps), plan.conjugate))
     assert not public.tenseal_context.is_private() and not public.tenseal_context.has_secret_key()
-    assert torch.equal(worker.by_tsp[True].embed_pi, tiny.input_embeddings()[torch.from_numpy(keys.perm)])
+    embed = tiny.input_embeddings()[torch.from_numpy(keys.perm)].numpy()
+    assert np.array_equal(WorkerSpec.from_loaded(tiny, keys.perm, "x").weights.embed[True], embed)

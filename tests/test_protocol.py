@@ -19,12 +19,27 @@ from model.errors import (
 )
 
 EXAMPLES: list[p.Message] = [
-    p.Hello(version=1, preset="test", client="pytest"),
-    p.Welcome("s1", "SmolLM2", 49152, "abc", [1, 2, -4], True, 1 << 20, 1 << 16),
+    p.Hello(version=p.PROTOCOL_VERSION, preset="test", client="pytest"),
+    p.Welcome(
+        "s1",
+        "SmolLM2",
+        49152,
+        "abc",
+        "default",
+        8192,
+        [1, 2, -4],
+        True,
+        1 << 20,
+        1 << 16,
+        40,
+        ["default-0123"],
+        [[1, 9690, 198]],
+        [b"keys", b"values"],
+    ),  # fmt: skip
     p.KeyChunk("s1", 0, 2, [b"\x00\x01" * 100]),
     p.KeysAccepted("s1", 12345),
-    p.Generate("s1", "r1", 12, 20, 7, True, True, 3, [b"ct0", b"", b"ct2" * 1000]),
-    p.OracleRequest("r1", 3, "rmsnorm", 5, [b"x" * 10]),
+    p.Generate("s1", "r1", 24, "default-0123", 3, 20, 7, 0, {"tsp": True, "pp": True}, [b"ct0", b"", b"c"]),
+    p.OracleRequest("r1", 3, "rmsnorm", 5, [[0, 0], [0, 0]], [[0, 0, 576, 576, 7, 1]], [b"x" * 10, b"y"]),
     p.OracleReply("s1", "r1", 3, [b"y" * 10]),
     p.Progress("r1", "layer 3/30", 3, 30),
     p.Token("r1", 0, {"seconds": {"layers": 1.5}, "oracle_calls": 120}, [b"z"]),
@@ -54,7 +69,8 @@ def frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
     return struct.pack(">I", len(head)) + head + payload
 
 
-GOOD = {"v": 1, "type": "cancel", "session": "s", "request": "r", "blobs": []}
+V = p.PROTOCOL_VERSION
+GOOD = {"v": V, "type": "cancel", "session": "s", "request": "r", "blobs": []}
 
 
 @pytest.mark.parametrize(
@@ -65,7 +81,7 @@ GOOD = {"v": 1, "type": "cancel", "session": "s", "request": "r", "blobs": []}
         (struct.pack(">I", 10**6) + b"{}", ProtocolError, "header length"),
         (struct.pack(">I", 4) + b"\xff\xfe{}", ProtocolError, "UTF-8 JSON"),
         (frame([1, 2]), ProtocolError, "JSON object"),  # type: ignore[arg-type]
-        (frame({**GOOD, "v": 2}), VersionMismatch, "version 2 is not supported"),
+        (frame({**GOOD, "v": 9}), VersionMismatch, "version 9 is not supported"),
         (frame({**GOOD, "type": "launch_missiles"}), UnknownMessageType, "launch_missiles"),
         (frame({**GOOD, "session": 5}), ProtocolError, "cancel.session must be str"),
         (frame({k: v for k, v in GOOD.items() if k != "request"}), ProtocolError, "missing field 'request'"),
@@ -76,22 +92,40 @@ GOOD = {"v": 1, "type": "cancel", "session": "s", "request": "r", "blobs": []}
         (
             frame(
                 {
-                    "v": 1,
+                    "v": V,
                     "type": "generate",
                     "session": "s",
                     "request": "r",
-                    "prompt_tokens": True,
+                    "start": 0,
+                    "prefix": "",
+                    "positions": True,
                     "max_new_tokens": 1,
                     "seed": 1,
-                    "tsp": True,
-                    "pp": True,
-                    "amp_rounds": 3,
+                    "first_index": 0,
+                    "sampler": {},
                     "blobs": [],
                 }
             ),
             ProtocolError,
-            "prompt_tokens must be int",
+            "positions must be int",
         ),
+        (
+            frame(
+                {
+                    "v": V,
+                    "type": "oracle_request",
+                    "request": "r",
+                    "call": 0,
+                    "fn": "rmsnorm",
+                    "layer": 0,
+                    "parts": [[0, "a"]],
+                    "pieces": [],
+                    "blobs": [],
+                }
+            ),
+            ProtocolError,
+            "parts must be",
+        ),  # fmt: skip
     ],
 )
 def test_malformed_frames_raise_typed_errors(data: bytes | str, error: type[Exception], text: str) -> None:

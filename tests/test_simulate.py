@@ -40,12 +40,12 @@ def test_displayed_token_and_feedback_follow_the_order(tiny: LoadedModel, rng: n
         p = np.exp(logits.double().numpy() - logits.double().numpy().max())
         position = exact_position((p / p.sum())[perm], float(r))
         assert position is not None and choice.token_id == perm[position]
-        assert choice.embedding.dtype == torch.float32
+        assert choice.next_input().dtype == torch.float32
         weights = selector.one_hot(logits, float(r))  # (V,) in sampling order
         mixed = weights @ embeddings.double().numpy()[perm]
-        assert_close(choice.embedding.numpy(), mixed, atol=1e-6)  # float32 of the mixture I'^T W_pi
+        assert_close(choice.next_input().numpy(), mixed, atol=1e-6)  # float32 of the mixture I'^T W_pi
         if selector.trace[-1].max_error < 1e-6:  # unambiguous draw: the mixture is the token's own row
-            assert_close(choice.embedding.numpy(), embeddings[choice.token_id].numpy(), atol=1e-6)
+            assert_close(choice.next_input().numpy(), embeddings[choice.token_id].numpy(), atol=1e-6)
     assert len(selector.trace) == 20 and all(t.position == t.exact_position for t in selector.trace)
     assert sum(t.max_error < 1e-6 for t in selector.trace) >= 15
 

@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 from gradio_client import Client
 
-from app.chat import ChatSettings, ReplyUpdate, to_messages
+from app.chat import ChatSettings, to_messages
 from app.keyholder import WorkerUnavailable
+from app.replies import ReplyUpdate
 from app.ui import build_ui
-from app.ui_parts import Keyring, OpenKeyrings, ReplyView, read_settings, stream_reply
+from app.ui_parts import Keyring, OpenKeyrings, read_settings, stream_reply
+from app.ui_view import ReplyView
 from model.errors import InputError
 from model.generate import MAX_PROMPT_CHARS
 from model.loading import LoadedModel
@@ -176,9 +178,15 @@ def _update(text: str, tokens: int, seconds: float, **kw: Any) -> ReplyUpdate:
     return ReplyUpdate(text, "", tokens, seconds, kw.pop("first", 12.0), **kw)
 
 
-def test_progress_estimates_time_left_from_the_median_token_time() -> None:
+def test_progress_estimates_the_prompt_then_the_time_left_from_the_median_token_time() -> None:
     view = ReplyView(ChatSettings(mode="encrypted", max_new_tokens=10))
-    assert "estimated after the first token" in view.messages()[-1]["content"]
+    assert "estimated after two layers" in view.messages()[-1]["content"]
+    for seconds, layer in [(2.0, 1), (4.0, 2), (6.0, 3)]:  # a prompt layer every 2 s
+        stage = f"prompt (13 positions): layer {layer}/30"
+        view.push(_update("", 0, seconds, first=0.0, stage=stage, start=24, new_positions=13))
+    prompt = view.messages()[-1]["content"]
+    assert "24 public positions" in prompt and "then 13 encrypted ones" in prompt
+    assert "about 1 min 05 s to the first token" in prompt  # 28 layers x 2 s, plus the head and sampler
     for tokens, seconds in [(1, 12.0), (2, 18.0), (3, 30.0), (4, 36.0)]:  # gaps 6, 12, 6 s
         view.push(_update("abc", tokens, seconds))
     view.push(_update("abc", 4, 37.0, stage="token: layer 2/30", progress=(1, 33)))
@@ -189,6 +197,16 @@ def test_progress_estimates_time_left_from_the_median_token_time() -> None:
     assert status["metadata"]["status"] == "pending"
     assert "token 5 of at most 10 · token: layer 2/30" in status["metadata"]["title"]
     assert "about 36 s left" in status["content"] and "step 2 of 33" in status["content"]
+    assert "First token after 12 s" in status["content"]
+
+
+def test_a_continued_turn_says_what_it_sent() -> None:
+    view = ReplyView(ChatSettings(mode="encrypted", max_new_tokens=4))
+    view.push(
+        _update("Madrid.", 4, 40.0, first=30.0, finish="eos", start=42, new_positions=15, continued=True)
+    )
+    footer = view.messages()[-1]["content"]
+    assert "15 new positions after the 42 the key holder already holds" in footer
 
 
 def test_settings_errors_name_the_field() -> None:
@@ -212,12 +230,12 @@ class _FakeService:
 
     worker_url = "ws://worker"
 
-    def reply(self, messages: Any, settings: ChatSettings, session: Any) -> Iterator[ReplyUpdate]:
+    def reply(self, messages: Any, settings: ChatSettings, *args: Any) -> Iterator[ReplyUpdate]:
         yield _update(" Paris", 1, 1.0, first=1.0)
         raise WorkerUnavailable("the worker at ws://worker went away (1006); retry")
 
 
-def test_a_worker_dropping_mid_reply_keeps_the_text_and_drops_the_keys() -> None:
+def test_a_worker_lost_for_good_keeps_the_text_the_keys_and_the_chat_state() -> None:
     ring = Keyring()
     session = _FakeSession()
     ring.session = session  # type: ignore[assignment]
@@ -227,7 +245,7 @@ def test_a_worker_dropping_mid_reply_keeps_the_text_and_drops_the_keys() -> None
     assert _text(final[0]) == " Paris"
     assert "interrupted" in final[1]["metadata"]["title"]
     assert final[2]["metadata"]["title"] == "⚠️ The worker cannot be reached"
-    assert session.closed and ring.session is None
+    assert not session.closed and ring.session is session  # the next reply reconnects and continues
     assert not ring.lock.locked()
 
 
@@ -248,7 +266,7 @@ def test_keys_are_never_copied_shown_or_kept_after_expiry_or_tab_close() -> None
 
 
 def test_worker_panel_reports_the_wire_the_parameters_and_the_oracle() -> None:
-    from app.chat import WireReport
+    from app.replies import WireReport
     from app.ui_panel import worker_panel
     from crypto.params import CKKS_DEFAULT
 
@@ -264,6 +282,11 @@ def test_worker_panel_reports_the_wire_the_parameters_and_the_oracle() -> None:
         ciphertext_hex="5ea10400010000009a3102000000000028b52ffd60c9013d8c01ea4d0a8b9c11",
         preset="default",
         params=CKKS_DEFAULT.to_dict(),
+        public_positions=24,
+        public_text="<|im_start|>system\nYou are a helpful AI assistant",
+        start=24,
+        new_positions=13,
+        processes=2,
     )
     panel = worker_panel(ring, "ws://w")
     for text in [
@@ -276,5 +299,9 @@ def test_worker_panel_reports_the_wire_the_parameters_and_the_oracle() -> None:
         "**refresh** ×28: decrypt and re-encrypt",
         "**softmax** ×1",
         "sampler 5.6 s",
+        "24 public positions",
+        "You are a helpful AI assistant",
+        "13 positions encrypted",
+        "2 compute processes",
     ]:
         assert text in panel, text

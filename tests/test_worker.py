@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -26,9 +25,21 @@ from app.keyholder import DoneEvent, KeyHolderClient, ProgressEvent, ReplyReques
 from app.worker import BackgroundWorker, JobContext, WorkerLimits
 from crypto import arith
 from crypto.engine import Engine
-from crypto.keys import MAGIC, WIRE_VERSION, RotationPlan, create_secret_context, public_context_bytes
+from crypto.keys import (
+    MAGIC,
+    WIRE_VERSION,
+    PublicContext,
+    RotationPlan,
+    create_secret_context,
+    load_public_context,
+    public_context_bytes,
+)
 from crypto.params import CKKS_TEST, preset
-from crypto.vector import decrypt_vector, encrypt_vector, vector_from_chunks, vector_to_chunks
+from crypto.vector import decrypt_vector, encrypt_vector, vector_from_bytes, vector_to_bytes
+from model.conversation import PublicPrefix
+from model.encrypted import OracleCall
+
+PREFIX = PublicPrefix("default", "<|im_start|>system\n", (1, 9690, 198))
 
 
 class CounterModel:
@@ -37,24 +48,37 @@ class CounterModel:
     name = "counter"
     vocab = 8
     ordering = "identity"
+    context_window = 512
+    prefixes = {PREFIX.id: (PREFIX, [b"keys", b"values"])}
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
+        self.keys: dict[str, PublicContext] = {}
 
     def rotation_plan(self, preset_name: str) -> RotationPlan:
         preset(preset_name)
         return RotationPlan()
 
+    def readiness(self) -> tuple[int, int]:
+        return (1, 1)
+
+    def load_keys(self, session: str, data: bytes) -> None:
+        self.keys[session] = load_public_context(data)
+
+    def drop_keys(self, session: str) -> None:
+        self.keys.pop(session, None)
+
     def run(self, job: JobContext) -> str:
-        engine = Engine.for_worker(job.public)
-        vec = vector_from_chunks(job.public, job.request.blobs)
+        public = self.keys[job.session]
+        engine = Engine.for_worker(public)
+        vec = vector_from_bytes(public, job.request.blobs[0])
         for index in range(job.request.max_new_tokens):
             job.check()
             job.emit(p.Progress(job.request.request, "counting", index, job.request.max_new_tokens))
-            vec = vector_from_chunks(job.public, job.oracle("refresh", -1, vector_to_chunks(vec)))
-            vec = arith.add_const(engine, vec, 1.0)
+            (blob,) = job.oracle(OracleCall("refresh", -1, [(0, 0)], [vector_to_bytes(vec)]))
+            vec = arith.add_const(engine, vector_from_bytes(public, blob), 1.0)
             time.sleep(self.delay)
-            job.emit(p.Token(job.request.request, index, {"oracle_calls": 1}, vector_to_chunks(vec)))
+            job.emit(p.Token(job.request.request, index, {"oracle_calls": 1}, [vector_to_bytes(vec)]))
         return "length"
 
 
@@ -70,17 +94,20 @@ class CounterMath:
         return public_context_bytes(self.secret, plan)
 
     def encrypt_prompt(self, prompt_ids: list[int]) -> list[bytes]:
-        return vector_to_chunks(encrypt_vector(self.secret, np.asarray(prompt_ids, dtype=float)))
+        return [vector_to_bytes(encrypt_vector(self.secret, [float(i)])) for i in prompt_ids]
 
-    def answer(self, fn: str, layer: int, blobs: list[bytes]) -> list[bytes]:
-        assert fn == "refresh"
-        values = decrypt_vector(self.secret, vector_from_chunks(self.secret, blobs))
-        return vector_to_chunks(encrypt_vector(self.secret, values))
+    def answer(self, call: OracleCall) -> list[bytes]:
+        assert call.fn == "refresh"
+        out = []
+        for blob in call.blobs:
+            values = decrypt_vector(self.secret, vector_from_bytes(self.secret, blob))
+            out.append(vector_to_bytes(encrypt_vector(self.secret, values)))
+        return out
 
     def read_token(self, blobs: list[bytes]) -> int:
-        return int(round(decrypt_vector(self.secret, vector_from_chunks(self.secret, blobs))[0]))
+        return int(round(decrypt_vector(self.secret, vector_from_bytes(self.secret, blobs[0]))[0]))
 
-    def new_reply(self, settings: dict[str, Any]) -> None:
+    def begin_reply(self, temperature: float, tsp: bool) -> None:
         pass
 
 
@@ -105,7 +132,7 @@ def served() -> Iterator[LoopbackWorker]:
 
 
 def reply(client: KeyHolderClient, prompt: list[int], n: int) -> list[Any]:
-    return list(client.generate(prompt, ReplyRequest(max_new_tokens=n, seed=0)))
+    return list(client.generate(prompt, 0, "", ReplyRequest(max_new_tokens=n, seed=0)))
 
 
 def test_a_reply_is_computed_on_ciphertexts_and_streamed(served: LoopbackWorker) -> None:
@@ -125,7 +152,7 @@ def test_a_reply_is_computed_on_ciphertexts_and_streamed(served: LoopbackWorker)
 
 def test_closing_the_stream_cancels_promptly(served: LoopbackWorker) -> None:
     client = KeyHolderClient(served.url, CounterMath())
-    stream = client.generate([1], ReplyRequest(max_new_tokens=1000, seed=0))
+    stream = client.generate([1], 0, "", ReplyRequest(max_new_tokens=1000, seed=0))
     assert isinstance(next(e for e in stream if isinstance(e, TokenEvent)), TokenEvent)
     start = time.perf_counter()
     stream.close()
@@ -173,12 +200,12 @@ def errors(messages: list[p.Message]) -> list[int]:
         ([b"\x00\x00\x00\x05garbage"], 4000, True),  # malformed frame
         (["text frame"], 4000, True),
         ([tamper(p.encode(p.Cancel("s", "r")), type="cancelx")], 4001, True),  # unknown type
-        ([p.encode(p.Hello(2, "test"))], 4002, True),  # wrong protocol version in hello
+        ([p.encode(p.Hello(1, "test"))], 4002, True),  # an older protocol version in hello
         ([tamper(HELLO, v=9)], 4002, True),  # wrong frame version
         ([p.encode(p.Cancel("s", "r"))], 4008, False),  # before hello
         ([HELLO, p.encode(p.Cancel("not-my-session", "r"))], 4004, False),  # unknown session
         ([HELLO, HELLO], 4008, False),  # hello twice
-        ([p.encode(p.Hello(1, "no-such-preset"))], 4009, False),
+        ([p.encode(p.Hello(p.PROTOCOL_VERSION, "no-such-preset"))], 4009, False),
         ([HELLO, p.encode(p.Done("r", "length"))], 4008, False),  # a worker-to-client message
     ],
 )
@@ -228,7 +255,7 @@ def test_a_context_with_a_secret_key_is_refused(served: LoopbackWorker) -> None:
     ).encode()
     data = struct.pack(">6sHI", MAGIC, WIRE_VERSION, len(header)) + header + private
     assert errors(_upload(served.url, data)) == [p.CODE_SECRET_KEY]
-    assert not any(s.public for s in served.worker.sessions.values())
+    assert not any(s.keys_loaded for s in served.worker.sessions.values())
     served.wait_idle()
 
 
@@ -250,7 +277,7 @@ def test_a_ciphertext_from_another_context_is_refused(served: LoopbackWorker) ->
 def test_a_second_client_is_told_the_worker_is_busy(served: LoopbackWorker) -> None:
     first = KeyHolderClient(served.url, CounterMath())
     second = KeyHolderClient(served.url, CounterMath())
-    stream = first.generate([1], ReplyRequest(max_new_tokens=40, seed=0))
+    stream = first.generate([1], 0, "", ReplyRequest(max_new_tokens=40, seed=0))
     next(e for e in stream if isinstance(e, TokenEvent))
     with pytest.raises(WorkerError, match="worker error 4007"):
         reply(second, [1], 1)
@@ -293,11 +320,11 @@ def test_vanishing_clients_free_their_sessions_and_leak_nothing(served: Loopback
     def vanish() -> None:
         math = CounterMath()
         client = KeyHolderClient(served.url, math)
-        client.conn.send(
-            p.encode(
-                p.Generate(client.welcome.session, "r", 1, 1000, 0, True, True, 3, math.encrypt_prompt([1]))
-            )
+        sampler = ReplyRequest(1000, 0).sampler()
+        generate = p.Generate(
+            client.welcome.session, "r", 0, "", 1, 1000, 0, 0, sampler, math.encrypt_prompt([1])
         )
+        client.conn.send(p.encode(generate))
         client.conn.recv(timeout=10)  # the worker is mid-generation (an oracle request or progress)
         client.conn.close()
 

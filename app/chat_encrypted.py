@@ -1,0 +1,190 @@
+"""An encrypted reply on the key holder's side: continue the chat's state, stream, survive a lost worker.
+
+The key holder keeps the conversation's attention cache (`EncryptedSession.keys`), so a new turn sends the
+worker only the positions it has not seen, with `start` saying where they begin; a fresh chat starts from
+a public prefix whose keys and values the worker computed in the clear (its Welcome carries them), when
+the worker and this side agree on its tokens. The worker cannot see EOS: this side stops the reply when
+it decrypts it (closing the stream sends Cancel).
+
+If the worker goes away mid-reply (it restarted), the key holder reconnects, uploads the same public keys
+again and continues the reply from its own state: the positions the cache does not hold yet (the prompt
+if it was cut, the tokens shown since) go up again, and the worker skips the uniforms already used. The
+reply says so in one line (`ReplyUpdate.notice`); nothing is lost.
+
+References: DESIGN.md section 4; model/conversation.py (what a turn adds); app/keyholder.py (the wire).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from app.keyholder import (
+    DoneEvent,
+    KeyHolderClient,
+    ProgressEvent,
+    ReplyRequest,
+    TokenEvent,
+    WorkerUnavailable,
+)
+from app.replies import ChatMemory, ReplyUpdate, WireReport
+from model.conversation import PublicPrefix, Turn, finish_turn, plan_turn, public_prefixes
+from model.encrypted import cache_from_bytes
+from model.key_holder import KeyHolderSide
+from model.loading import LoadedModel
+from model.text import StreamDecoder
+
+RECONNECT_SECONDS = 60.0  # how long a key holder keeps trying to reach a restarted worker
+RETRY_SECONDS = 1.0
+LOST_NOTICE = (
+    "The worker went away during this reply (it restarted); the key holder reconnected, uploaded its "
+    "public keys again and went on from its own state."
+)
+
+
+@dataclass
+class EncryptedSession:
+    """One key holder: a secret key, the chat's attention cache, and a connection to the worker. Never
+    logged, never saved. The connection can be replaced (`KeyHolderClient.reconnect`); the keys and the
+    conversation stay."""
+
+    client: KeyHolderClient
+    keys: KeyHolderSide
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def usable_prefixes(loaded: LoadedModel, session: EncryptedSession) -> list[PublicPrefix]:
+    """The public prefixes this side and the worker agree on (same template text, same tokens)."""
+    return [
+        prefix
+        for prefix in public_prefixes(loaded.tokenizer)
+        if (offered := session.client.prefix(prefix.id)) is not None and tuple(offered[0]) == prefix.ids
+    ]
+
+
+def _start_state(session: EncryptedSession, turn: Turn) -> None:
+    """A fresh chat: an empty cache, or the public prefix's keys and values from the worker."""
+    if not turn.base.prefix:
+        session.keys.reset()
+        return
+    offered = session.client.prefix(turn.base.prefix)
+    assert offered is not None  # usable_prefixes only keeps prefixes the worker offered
+    session.keys.reset(cache_from_bytes(session.keys.shape, offered[1], len(offered[0])))
+
+
+def reconnect(session: EncryptedSession, deadline: float) -> None:
+    """Reach the worker again (it may be restarting) until `deadline`. Raises WorkerUnavailable."""
+    while True:
+        try:
+            session.client.reconnect()
+            return
+        except WorkerUnavailable:
+            if time.monotonic() + RETRY_SECONDS > deadline:
+                raise
+            time.sleep(RETRY_SECONDS)
+
+
+def encrypted_reply(
+    loaded: LoadedModel,
+    key: tuple[str, ...],
+    messages: Sequence[dict[str, str]],
+    request: ReplyRequest,
+    session: EncryptedSession,
+    memory: ChatMemory | None,
+    should_stop: Callable[[], bool] | None,
+) -> Generator[ReplyUpdate, None, None]:
+    """`app.chat.ChatService.reply` in encrypted mode (see the module docstring).
+
+    Args:
+        key: the state key of these settings (`ChatService.state_key`).
+        request: the reply's settings as the worker gets them (plus the key holder's temperature).
+    """
+    keys, tokenizer = session.keys, loaded.tokenizer
+    if session.client.closed:
+        reconnect(session, time.monotonic() + RECONNECT_SECONDS)
+    state = memory.conversation if memory is not None else None
+    if state is not None and keys.positions != len(state.ids):
+        state = None  # the key holder's cache does not hold what the state says (new keys): start again
+    window = session.client.welcome.context_window
+    turn = plan_turn(tokenizer, messages, key, state, window, usable_prefixes(loaded, session))
+    if not turn.continued:
+        _start_state(session, turn)
+    offered = session.client.prefix(turn.base.prefix) if turn.base.prefix else None
+    public = (len(offered[0]), str(tokenizer.decode(offered[0]))) if offered is not None else (0, "")
+    decoder = StreamDecoder(tokenizer)
+    reply_ids: list[int] = []
+    began = time.perf_counter()
+    first = 0.0
+    wire: WireReport | None = None
+    notice = ""
+    new_ids, start = list(turn.new_ids), turn.start
+
+    def update(finish: Any = None, stage: str = "", done: tuple[int, int] = (0, 0), delta: str = "") -> Any:
+        now = time.perf_counter() - began
+        return ReplyUpdate(
+            decoder.emitted, delta, len(reply_ids), now, first, finish, stage, done, wire,
+            turn.start, len(turn.new_ids), turn.continued, notice,
+        )  # fmt: skip
+
+    try:
+        while True:
+            remaining = request.max_new_tokens - len(reply_ids)
+            if remaining <= 0:
+                yield update("length", delta=decoder.flush())
+                return
+            resumed = replace(request, max_new_tokens=remaining, first_index=len(reply_ids))
+            stream = session.client.generate(new_ids, start, turn.base.prefix, resumed, should_stop)
+            try:
+                for event in stream:
+                    if isinstance(event, ProgressEvent):
+                        yield update(stage=event.stage, done=(event.done, event.total))
+                    elif isinstance(event, TokenEvent):
+                        reply_ids.append(event.token_id)
+                        first = first or time.perf_counter() - began
+                        wire = _wire(session, event, turn, public)
+                        if event.token_id in loaded.eos_token_ids:
+                            yield update("eos", delta=decoder.flush())
+                            return  # closing the stream (finally) cancels the worker's next token
+                        yield update(delta=decoder.push(event.token_id))
+                    elif isinstance(event, DoneEvent):
+                        yield update(event.reason, delta=decoder.flush())
+                        return
+                yield update("cancelled", delta=decoder.flush())  # should_stop: the worker was cancelled
+                return
+            except WorkerUnavailable:
+                if should_stop is not None and should_stop():
+                    raise
+                yield update(stage="the worker went away; reconnecting…")
+                reconnect(session, time.monotonic() + RECONNECT_SECONDS)
+                held = keys.commit()
+                everything = [*turn.base.ids, *turn.new_ids, *reply_ids]
+                new_ids, start = everything[held:], held
+                notice = LOST_NOTICE
+            finally:
+                stream.close()
+    finally:
+        held = keys.commit()  # whole positions only: a Stop can cut a forward pass half-way
+        if memory is not None:
+            memory.conversation = finish_turn(tokenizer, turn, reply_ids, held)
+
+
+def _wire(session: EncryptedSession, event: TokenEvent, turn: Turn, public: tuple[int, str]) -> WireReport:
+    return WireReport(
+        key_upload_bytes=session.client.key_bytes,
+        bytes_to_worker=event.local.bytes_up,
+        bytes_from_worker=event.local.bytes_down,
+        oracle_calls=dict(event.local.by_fn),
+        worker_seconds=dict(event.worker.get("seconds", {})),
+        ciphertext_hex=event.last_frame_hex,
+        preset=session.keys.preset,
+        params=session.keys.secret.params.to_dict(),
+        public_positions=public[0],
+        public_text=public[1],
+        start=turn.start,
+        new_positions=len(turn.new_ids),
+        processes=int(event.worker.get("processes", 1)),
+    )

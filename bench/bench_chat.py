@@ -1,0 +1,215 @@
+"""Benchmark: an encrypted chat turn after turn, beside the landed path measured in the same run.
+
+    python bench/bench_chat.py                      # default model, 3 runs of a 3-turn chat, landed path too
+    python bench/bench_chat.py --skip-landed --runs 1 --tokens 6
+    python bench/bench_chat.py --tiny --skip-landed # the harness on the tiny model
+
+New path: the embedded worker (a process of its own with its compute processes, warm before the first
+user) and the key holder in this process, over loopback websockets, exactly as `make run` runs them. Each
+run opens a new encrypted session (key generation and upload are part of the first turn) and holds a
+3-turn conversation of one-line messages; every turn continues from the key holder's state. Reported per
+turn: time to the first token, positions sent, and seconds per token (median of the gaps after the
+first token). Then simulate mode holds the same two-turn conversation from its own state, and the tokens
+of both modes are compared.
+
+Landed path (`--landed REV`, default the commit before this work): the code of that commit, checked out
+into a temporary git worktree and run in a subprocess on this machine, warm (one reply first): the whole
+37-position prompt one position at a time, then decode. Its time to first token and seconds per token are
+the baselines of the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psutil  # noqa: E402
+
+from app.chat import ChatService, ChatSettings  # noqa: E402
+from app.cli import start_local_worker  # noqa: E402
+from app.replies import ChatMemory  # noqa: E402
+from model.loading import build_tiny_model, load_default  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LANDED = "636c11f"  # main before the interactive-chat work: one position at a time, no state, one process
+TURNS = ["What is the capital of France?", "And of Spain?", "Which one is bigger?"]
+
+LANDED_SCRIPT = r"""
+import json, sys, time, asyncio, threading, statistics
+import numpy as np
+from app.keyholder import KeyHolderClient, ReplyRequest, TokenEvent
+from app.worker import Worker, WorkerLimits, start
+from model.encrypted import KeyHolderSide, worker_model_for
+from model.generate import build_prompt
+from model.loading import load_default
+from model.ordering import ordering_for_model
+runs, tokens = int(sys.argv[1]), int(sys.argv[2])
+loaded = load_default()
+ordering = ordering_for_model(loaded)
+model = worker_model_for(loaded, ordering.perm, ordering.order_id)
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+server = asyncio.run_coroutine_threadsafe(start(Worker(model, WorkerLimits())), loop).result()
+url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+keys = KeyHolderSide("default", model.shape, loaded.input_embeddings(), np.asarray(ordering.perm))
+client = KeyHolderClient(url, keys)
+prompt = build_prompt(loaded, [{"role": "user", "content": sys.argv[3]}])
+def reply(ids, n):
+    t0 = time.perf_counter(); times = []
+    for event in client.generate(ids, ReplyRequest(max_new_tokens=n, seed=0, temperature=0.3)):
+        if isinstance(event, TokenEvent):
+            times.append(time.perf_counter() - t0)
+    return times
+reply(prompt[-1:], 2)  # warm: every weight diagonal is encoded on first use
+out = []
+for _ in range(runs):
+    times = reply(prompt, tokens)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    out.append({"ttft": times[0], "gaps": gaps, "positions": len(prompt)})
+    print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+print(json.dumps(out))
+"""
+
+
+def pss_of_tree(pid: int) -> int:
+    """Resident memory of a process and its children, shared pages counted once (PSS)."""
+    total = 0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            total += int(proc.memory_full_info().pss)
+    except psutil.Error:
+        pass
+    return total
+
+
+def run_landed(rev: str, runs: int, tokens: int) -> list[dict[str, Any]]:
+    folder = Path(tempfile.mkdtemp(prefix="he-chat-landed-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev], check=True)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(folder)}
+        done = subprocess.run(
+            [sys.executable, "-c", LANDED_SCRIPT, str(runs), str(tokens), TURNS[0]],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            check=True,
+            text=True,
+        )
+        result: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False)
+
+
+def chat(
+    service: ChatService, mode: str, tokens: int, turns: list[str], session: Any = None
+) -> list[dict[str, Any]]:
+    """One conversation; per turn: time to first token, positions, seconds per token, text."""
+    memory, history, out = ChatMemory(), [], []
+    for message in turns:
+        messages = [*history, {"role": "user", "content": message}]
+        settings = ChatSettings(mode=mode, max_new_tokens=tokens)  # type: ignore[arg-type]
+        times: list[float] = []
+        last = None
+        for update in service.reply(messages, settings, session, memory):
+            if update.tokens > len(times):
+                times.append(update.seconds)
+            last = update
+        assert last is not None
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        out.append(
+            {
+                "ttft": last.first_token_seconds,
+                "per_token": statistics.median(gaps) if gaps else float("nan"),
+                "positions": last.new_positions,
+                "start": last.start,
+                "continued": last.continued,
+                "text": last.text,
+                "finish": last.finish,
+            }
+        )
+        history = [*messages, {"role": "assistant", "content": last.text}]
+        print(f"  {mode} turn {len(out)}: {json.dumps(out[-1])}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tokens", type=int, default=8, help="max new tokens per turn")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=None, help="the worker's compute processes")
+    parser.add_argument("--landed", default=LANDED, help="the commit whose path is the baseline")
+    parser.add_argument("--landed-runs", type=int, default=3)
+    parser.add_argument("--skip-landed", action="store_true")
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+
+    loaded = build_tiny_model() if args.tiny else load_default()
+    service = ChatService.create(loaded)
+    began = time.perf_counter()
+    worker = start_local_worker(service, args.processes)
+    while worker.readiness()[0] < worker.readiness()[1]:
+        time.sleep(0.5)
+    warm = time.perf_counter() - began
+    memory = pss_of_tree(worker.process.pid)
+    page = pss_of_tree(os.getpid()) - memory
+    print(f"worker: {worker.processes} compute processes, warm after {warm:.0f} s, {memory / 2**30:.1f} GiB")
+    print(f"this process (the page's key holder, model loaded): {page / 2**30:.1f} GiB")
+
+    runs = []
+    for run in range(args.runs):
+        start = time.perf_counter()
+        session = service.open_encrypted()
+        keys_seconds = time.perf_counter() - start
+        print(f"run {run + 1}: keys created and uploaded in {keys_seconds:.1f} s", flush=True)
+        turns = chat(service, "encrypted", args.tokens, TURNS, session)
+        turns[0]["ttft_with_keys"] = turns[0]["ttft"] + keys_seconds
+        runs.append(turns)
+        session.close()
+    simulated = chat(service, "simulate", args.tokens, TURNS[:2])
+    worker.stop()
+
+    landed = [] if args.skip_landed else run_landed(args.landed, args.landed_runs, max(args.tokens // 2, 3))
+    print()
+    print(f"| turn | positions sent | time to first token (median of {len(runs)}) | s/token | landed |")
+    print("|---|---|---|---|---|")
+    landed_ttft = statistics.median(r["ttft"] for r in landed) if landed else None
+    landed_gap = statistics.median(g for r in landed for g in r["gaps"]) if landed else None
+    for i in range(len(TURNS)):
+        ttft = statistics.median(r[i]["ttft"] for r in runs)
+        per = statistics.median(r[i]["per_token"] for r in runs)
+        positions = runs[0][i]["positions"]
+        if landed_ttft is not None:
+            base = f"{landed_ttft:.0f} s for {landed[0]['positions']} positions ({landed_ttft / ttft:.1f}x)"
+        else:
+            base = "not measured"
+        print(f"| {i + 1} | {positions} | {ttft:.1f} s | {per:.1f} s | {base if i == 0 else ''} |")
+    first_with_keys = statistics.median(r[0]["ttft_with_keys"] for r in runs)
+    print(f"first turn including key generation and upload: {first_with_keys:.1f} s")
+    decode = statistics.median(r[i]["per_token"] for r in runs for i in range(len(TURNS)))
+    if landed_gap is not None:
+        ratio = landed_gap / decode
+        print(f"decode: {decode:.1f} s/token, landed {landed_gap:.1f} s/token ({ratio:.2f}x faster)")
+    else:
+        print(f"decode: {decode:.1f} s/token (landed path not measured)")
+    same = [runs[0][i]["text"] == simulated[i]["text"] for i in range(2)]
+    print(f"encrypted = simulate over a two-turn conversation (each from its own state): {same}")
+    for i in range(2):
+        print(f"  turn {i + 1}: encrypted {runs[0][i]['text']!r} / simulate {simulated[i]['text']!r}")
+
+
+if __name__ == "__main__":
+    main()

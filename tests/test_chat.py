@@ -1,0 +1,157 @@
+"""The chat service turn after turn: every mode continues its state, encrypted over a real websocket worker.
+
+The encrypted tests run the real pipeline on the tiny model: a `BackgroundWorker` serving an
+`EncryptedWorker` whose two ranks are threads (the process pool is tested in test_compute_pool.py), and
+the key holder of `ChatService.open_encrypted`, over loopback websockets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.chat import ChatService, ChatSettings
+from app.chat_encrypted import LOST_NOTICE
+from app.encrypted_worker import EncryptedWorker, WorkerSpec
+from app.keyholder import Expected, KeyHolderClient
+from app.replies import ChatMemory, ReplyUpdate
+from app.worker import BackgroundWorker
+from model.errors import WorkerMismatch
+from model.loading import LoadedModel
+
+TURNS = ["What is the capital of France?", "And of Spain?"]
+
+
+def converse(
+    service: ChatService, settings: ChatSettings, turns: list[str], session: Any = None
+) -> list[ReplyUpdate]:
+    memory, history, finals = ChatMemory(), [], []
+    for message in turns:
+        messages = [*history, {"role": "user", "content": message}]
+        final = list(service.reply(messages, settings, session, memory))[-1]
+        finals.append(final)
+        history = [*messages, {"role": "assistant", "content": final.text}]
+    return finals
+
+
+def test_plain_and_simulate_continue_their_state_instead_of_rereading(tiny: LoadedModel) -> None:
+    service = ChatService.create(tiny)
+    for mode in ("plain", "simulate"):
+        settings = ChatSettings(mode=mode, max_new_tokens=6, temperature=0.0)  # type: ignore[arg-type]
+        first, second = converse(service, settings, TURNS)
+        assert not first.continued and first.start == 0
+        assert second.continued and second.start == first.new_positions + 5  # 6 tokens shown, 5 fed back
+        assert second.new_positions < 15 < first.new_positions + second.new_positions
+
+
+def test_a_continued_plain_turn_says_what_rereading_says(tiny: LoadedModel) -> None:
+    service = ChatService.create(tiny)
+    settings = ChatSettings(mode="plain", max_new_tokens=5, temperature=0.0)
+    first, second = converse(service, settings, TURNS)
+    history = [
+        {"role": "user", "content": TURNS[0]},
+        {"role": "assistant", "content": first.text},
+        {"role": "user", "content": TURNS[1]},
+    ]
+    reread = list(service.reply(history, settings))[-1]  # no memory: the whole prompt
+    assert not reread.continued and reread.text == second.text
+
+
+@pytest.fixture(scope="module")
+def served(tiny: LoadedModel) -> Iterator[tuple[ChatService, BackgroundWorker]]:
+    service = ChatService.create(tiny)
+    spec = WorkerSpec.from_loaded(tiny, service.ordering.perm, service.ordering.order_id, 2)
+    worker = BackgroundWorker(EncryptedWorker(spec, threads=True))
+    service.worker_url = worker.url
+    assert worker.worker.model.pool.wait_ready(300)  # type: ignore[attr-defined]
+    yield service, worker
+    worker.stop()
+
+
+def test_encrypted_turns_continue_and_say_what_simulate_says(
+    served: tuple[ChatService, BackgroundWorker],
+) -> None:
+    service, _ = served
+    session = service.open_encrypted()
+    encrypted = converse(service, ChatSettings(mode="encrypted", max_new_tokens=3), TURNS, session)
+    simulated = converse(service, ChatSettings(mode="simulate", max_new_tokens=3), TURNS)
+    assert [u.text for u in encrypted] == [u.text for u in simulated]
+    first, second = encrypted
+    assert first.start > 0 and not first.continued  # began from the public prefix
+    assert first.wire is not None and first.wire.public_positions == first.start
+    assert "You are a helpful AI assistant" in first.wire.public_text
+    assert second.continued and second.start == first.start + first.new_positions + 2
+    assert second.wire is not None and second.wire.new_positions == second.new_positions
+    session.close()
+
+
+def test_stop_ends_an_encrypted_prompt_at_once_and_keeps_the_state(
+    served: tuple[ChatService, BackgroundWorker],
+) -> None:
+    service, worker = served
+    session = service.open_encrypted()
+    memory = ChatMemory()
+    settings = ChatSettings(mode="encrypted", max_new_tokens=2)
+    first = list(service.reply([{"role": "user", "content": TURNS[0]}], settings, session, memory))[-1]
+    held = session.keys.positions
+    messages = [
+        {"role": "user", "content": TURNS[0]},
+        {"role": "assistant", "content": first.text},
+        {"role": "user", "content": "Tell me about " + "the sea, " * 20},
+    ]
+    stop = threading.Event()
+    stopped_at, final = 0.0, None
+    for update in service.reply(messages, settings, session, memory, stop.is_set):
+        if "layer" in update.stage and not stop.is_set():
+            stop.set()  # Stop in the middle of the second turn's prompt
+            stopped_at = time.perf_counter()
+        final = update
+    assert stop.is_set() and final is not None and final.finish == "cancelled"
+    assert time.perf_counter() - stopped_at < 10  # bench/bench_chat.py measures it: well under 2 s
+    assert session.keys.positions == held  # the cut prompt left no half-written position behind
+    deadline = time.monotonic() + 10
+    while worker.worker.busy is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.worker.busy is None  # the worker's job ended, not only the stream
+    again = list(service.reply(messages, settings, session, memory))[-1]
+    assert again.continued and again.start == held and again.finish == "length"  # the first turn's state
+    session.close()
+
+
+def test_a_worker_for_another_order_is_refused(
+    tiny: LoadedModel, served: tuple[ChatService, BackgroundWorker]
+) -> None:
+    service, _ = served
+    keys = service.open_encrypted().keys  # a working session: the same keys, a key holder that expects more
+    with pytest.raises(WorkerMismatch, match="ordering: the worker has"):
+        KeyHolderClient(str(service.worker_url), keys, Expected(ordering="another order"))
+
+
+def test_a_restarted_worker_is_reached_again_and_the_chat_goes_on(tiny: LoadedModel) -> None:
+    service = ChatService.create(tiny)
+    spec = WorkerSpec.from_loaded(tiny, service.ordering.perm, service.ordering.order_id, 1)
+    worker = BackgroundWorker(EncryptedWorker(spec, threads=True))
+    port = int(worker.url.rsplit(":", 1)[1])
+    service.worker_url = worker.url
+    session = service.open_encrypted()
+    memory = ChatMemory()
+    settings = ChatSettings(mode="encrypted", max_new_tokens=2)
+    first = list(service.reply([{"role": "user", "content": TURNS[0]}], settings, session, memory))[-1]
+    worker.stop()  # the worker restarts between two turns: same address, no memory of the session
+    worker = BackgroundWorker(EncryptedWorker(spec, threads=True), port=port)
+    try:
+        messages = [
+            {"role": "user", "content": TURNS[0]},
+            {"role": "assistant", "content": first.text},
+            {"role": "user", "content": TURNS[1]},
+        ]
+        second = list(service.reply(messages, settings, session, memory))[-1]
+        assert second.continued and second.finish == "length"  # the key holder's state carried the chat
+        assert second.notice == LOST_NOTICE
+    finally:
+        session.close()
+        worker.stop()
