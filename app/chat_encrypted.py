@@ -36,7 +36,8 @@ from model.key_holder import KeyHolderSide
 from model.loading import LoadedModel
 from model.text import StreamDecoder
 
-RECONNECT_SECONDS = 60.0  # how long a key holder keeps trying to reach a restarted worker
+RECONNECT_SECONDS = 30.0  # how long a reply keeps trying to reach a worker that went away (a restart)
+START_SECONDS = 3.0  # ... and a reply that starts on a closed connection (the worker may just be down)
 RETRY_SECONDS = 1.0
 LOST_NOTICE = (
     "The worker went away during this reply (it restarted); the key holder reconnected, uploaded its "
@@ -76,14 +77,19 @@ def _start_state(session: EncryptedSession, turn: Turn) -> None:
     session.keys.reset(cache_from_bytes(session.keys.shape, offered[1], len(offered[0])))
 
 
-def reconnect(session: EncryptedSession, deadline: float) -> None:
-    """Reach the worker again (it may be restarting) until `deadline`. Raises WorkerUnavailable."""
+def reconnect(
+    session: EncryptedSession, seconds: float, should_stop: Callable[[], bool] | None = None
+) -> Generator[float, None, None]:
+    """Reach the worker again (it may be restarting) for up to `seconds`, yielding the seconds left
+    before each try. Raises WorkerUnavailable when time is up or Stop is pressed."""
+    deadline = time.monotonic() + seconds
     while True:
+        yield max(deadline - time.monotonic(), 0.0)
         try:
             session.client.reconnect()
             return
         except WorkerUnavailable:
-            if time.monotonic() + RETRY_SECONDS > deadline:
+            if time.monotonic() + RETRY_SECONDS > deadline or (should_stop is not None and should_stop()):
                 raise
             time.sleep(RETRY_SECONDS)
 
@@ -105,7 +111,8 @@ def encrypted_reply(
     """
     keys, tokenizer = session.keys, loaded.tokenizer
     if session.client.closed:
-        reconnect(session, time.monotonic() + RECONNECT_SECONDS)
+        for _ in reconnect(session, START_SECONDS, should_stop):
+            pass
     state = memory.conversation if memory is not None else None
     if state is not None and keys.positions != len(state.ids):
         state = None  # the key holder's cache does not hold what the state says (new keys): start again
@@ -158,8 +165,8 @@ def encrypted_reply(
             except WorkerUnavailable:
                 if should_stop is not None and should_stop():
                     raise
-                yield update(stage="the worker went away; reconnecting…")
-                reconnect(session, time.monotonic() + RECONNECT_SECONDS)
+                for left in reconnect(session, RECONNECT_SECONDS, should_stop):
+                    yield update(stage=f"the worker went away; reconnecting ({left:.0f} s left)")
                 held = keys.commit()
                 everything = [*turn.base.ids, *turn.new_ids, *reply_ids]
                 new_ids, start = everything[held:], held

@@ -141,8 +141,13 @@ class ComputePool:
     # --- the pipes ---------------------------------------------------------------------------------
 
     def _send(self, rank: int, message: Any) -> None:
-        with self._locks[rank]:
-            self.channels[rank].send(message)
+        """Raises JobFailed if the rank is gone."""
+        try:
+            with self._locks[rank]:
+                self.channels[rank].send(message)
+        except (OSError, ValueError) as exc:
+            self.failed = self.failed or f"compute process {rank} of the worker stopped"
+            raise JobFailed(4500, f"{self.failed}; the worker restarts its compute processes") from exc
 
     def _read(self, rank: int, channel: Channel) -> None:
         while True:
@@ -206,7 +211,7 @@ class ComputePool:
         for rank in range(self.world):
             try:
                 self._send(rank, ("drop", session))
-            except (OSError, ValueError):
+            except JobFailed:
                 pass  # a rank that is gone holds nothing any more
 
     def run(
@@ -320,7 +325,7 @@ class ComputePool:
         for rank in range(self.world):
             try:
                 self._send(rank, ("stop",))
-            except (OSError, ValueError):
+            except JobFailed:
                 pass
         process = getattr(self, "process", None)
         if process is not None:

@@ -35,7 +35,7 @@ from crypto.params import preset
 from model.conversation import PublicPrefix, public_prefixes
 from model.encrypted import Layout, WorkerWeights, cache_to_bytes
 from model.encrypted_rank import RankRequest
-from model.errors import ChatError
+from model.errors import ChatError, UnknownSession
 from model.forward import PreparedModel, prefix_cache
 from model.loading import LoadedModel
 from model.sampler import SamplerConfig
@@ -86,12 +86,27 @@ class EncryptedWorker:
         self.ordering = spec.ordering
         self.context_window = spec.context_window
         self.prefixes = dict(spec.prefixes)
-        count = spec.processes if spec.processes is not None else (os.cpu_count() or 1)
+        self.spec, self.threads = spec, threads
+        self.epoch = 0  # counts pool restarts: keys loaded before a restart are gone
+        self._epochs: dict[str, int] = {}  # session -> the epoch its keys were loaded in
+        self._lock = threading.Lock()
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ComputePool:
+        count = self.spec.processes if self.spec.processes is not None else (os.cpu_count() or 1)
+        presets = [preset(name) for name in self.spec.presets]
         # TSP off (the research toggle) is encoded on first use, on the rank that needs it: warming both
         # orders would add about 2 GB to a worker that must fit a 16 GB machine beside the page.
-        self.pool = ComputePool(
-            spec.weights, count, [preset(name) for name in spec.presets], (True,), threads
-        )
+        return ComputePool(self.spec.weights, count, presets, (True,), self.threads)
+
+    def _heal(self) -> None:
+        """A compute process died: start a new pool (it warms again); every session's keys are gone."""
+        with self._lock:
+            if self.pool.failed:
+                log.error("%s; restarting the compute processes", self.pool.failed)
+                self.pool.close()
+                self.pool = self._new_pool()
+                self.epoch += 1
 
     def rotation_plan(self, preset_name: str) -> RotationPlan:
         """The Galois keys of every planned product and of the sampler (raises ParamsError if unknown)."""
@@ -105,13 +120,26 @@ class EncryptedWorker:
         return self.pool.readiness()
 
     def load_keys(self, session: str, data: bytes) -> None:
+        self._heal()
         self.pool.load_keys(session, data)
+        self._epochs[session] = self.epoch
 
     def drop_keys(self, session: str) -> None:
+        self._epochs.pop(session, None)
         self.pool.drop_keys(session)
 
     def run(self, job: Any) -> str:
-        """One Generate request (validated by the worker) as a pool job; returns the finish reason."""
+        """One Generate request (validated by the worker) as a pool job; returns the finish reason.
+
+        Raises:
+            UnknownSession: the session's keys were lost when the compute processes restarted (the key
+                holder reconnects and uploads them again).
+        """
+        self._heal()
+        if self._epochs.get(job.session) != self.epoch:
+            raise UnknownSession(
+                "the worker restarted its compute processes and lost this session's keys; reconnect"
+            )
         g: p.Generate = job.request
         budget = min(g.max_new_tokens, self.context_window - g.start - g.positions)
         if budget < 1:
@@ -162,6 +190,7 @@ def _serve(spec: WorkerSpec, conn: Any) -> None:
                 conn.recv()
             except (EOFError, OSError):
                 pass
+
             def finish() -> None:
                 if not stopped.done():
                     stopped.set_result(None)

@@ -32,7 +32,7 @@ from websockets.sync.client import ClientConnection, connect
 from app import protocol as p
 from crypto.vector import split_vector_bytes
 from model.encrypted import OracleCall, PieceSpec
-from model.errors import ChatError, ProtocolError, WorkerMismatch
+from model.errors import ChatError, ProtocolError, UnknownSession, WorkerMismatch
 from model.sampler import SamplerConfig
 
 POLL_SECONDS = 0.2  # while waiting for the worker, how often Stop is looked at
@@ -229,6 +229,11 @@ class KeyHolderClient:
             raise ProtocolError("the worker sent a text frame")
         message = p.decode(frame)
         if isinstance(message, p.Error):
+            if message.code == UnknownSession.code:  # the worker lost or expired this session: reconnect
+                self.close()
+                raise WorkerUnavailable(
+                    f"the worker at {self.url} no longer knows this session ({message.message})"
+                )
             raise WorkerError(message)
         return message, len(frame)
 

@@ -137,10 +137,10 @@ class ReplyView:
         public = update.start if self.settings.mode == "encrypted" else 0
         if public:
             return (
-                f"A new chat: {public} public positions (the template's opening, computed by the worker "
-                f"in the clear, once), then {update.new_positions} encrypted ones."
+                f"Reading the conversation: {public} public positions (the template's opening, computed "
+                f"by the worker in the clear, once), then {update.new_positions} encrypted ones."
             )
-        return f"A new chat: {update.new_positions} positions."
+        return f"Reading the conversation: {update.new_positions} positions."
 
     def _progress(self, label: str) -> tuple[str, list[str]]:
         n, k = self.settings.max_new_tokens, self.tokens

@@ -45,7 +45,7 @@ def test_plain_and_simulate_continue_their_state_instead_of_rereading(tiny: Load
         first, second = converse(service, settings, TURNS)
         assert not first.continued and first.start == 0
         assert second.continued and second.start == first.new_positions + 5  # 6 tokens shown, 5 fed back
-        assert second.new_positions < 15 < first.new_positions + second.new_positions
+        assert second.new_positions < 20 < first.new_positions + second.new_positions
 
 
 def test_a_continued_plain_turn_says_what_rereading_says(tiny: LoadedModel) -> None:
@@ -101,7 +101,7 @@ def test_stop_ends_an_encrypted_prompt_at_once_and_keeps_the_state(
     messages = [
         {"role": "user", "content": TURNS[0]},
         {"role": "assistant", "content": first.text},
-        {"role": "user", "content": "Tell me about " + "the sea, " * 20},
+        {"role": "user", "content": "Tell me about " + "the sea, " * 6},
     ]
     stop = threading.Event()
     stopped_at, final = 0.0, None

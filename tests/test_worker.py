@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -349,3 +350,63 @@ def test_worker_unreachable_is_a_clear_error() -> None:
 
     with pytest.raises(WorkerUnavailable, match="cannot reach the worker at ws://127.0.0.1:9"):
         KeyHolderClient("ws://127.0.0.1:9", CounterMath(), open_timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("changes", "text"),
+    [
+        ({"positions": 2}, "match the 1 ciphertexts"),
+        ({"start": 600}, "leave no room for a reply"),
+        ({"prefix": "default-000000000000"}, "unknown public prefix"),
+        ({"prefix": PREFIX.id, "start": 1}, "inside the public prefix"),
+        ({"max_new_tokens": 10**6}, "max_new_tokens must be"),
+        ({"seed": -1}, "seed must be"),
+        ({"sampler": {"amp_rounds": 99}}, "amp_rounds must be between"),
+        ({"sampler": {"bogus": 1}}, "unknown sampler setting"),
+        ({"sampler": {"noise_sigma": 0.1}}, "simulation settings"),
+    ],
+)
+def test_generate_fields_are_range_checked_before_any_work(
+    served: LoopbackWorker, changes: dict[str, Any], text: str
+) -> None:
+    math = CounterMath()
+    client = KeyHolderClient(served.url, math)
+    fields = {
+        "session": client.welcome.session,
+        "request": "r",
+        "start": 0,
+        "prefix": "",
+        "positions": 1,
+        "max_new_tokens": 2,
+        "seed": 0,
+        "first_index": 0,
+        "sampler": ReplyRequest(2, 0).sampler(),
+        "blobs": math.encrypt_prompt([3]),
+    }
+    client.conn.send(p.encode(p.Generate(**{**fields, **changes})))
+    error = p.decode(client.conn.recv(timeout=10))
+    assert isinstance(error, p.Error) and error.code == p.CODE_BAD_REQUEST and text in error.message, error
+    assert [e.token_id for e in reply(client, [3], 1) if isinstance(e, TokenEvent)] == [4]  # still served
+    client.close()
+
+
+def test_the_key_holder_refuses_a_worker_that_serves_something_else(served: LoopbackWorker) -> None:
+    from app.keyholder import Expected
+    from model.errors import WorkerMismatch
+
+    with pytest.raises(WorkerMismatch, match="vocab: the worker has 8, this key holder 49152"):
+        KeyHolderClient(served.url, CounterMath(), Expected(model="counter", vocab=49152))
+    served.wait_idle()  # the refused connection was closed and its session freed
+
+
+def test_stop_while_the_worker_computes_cancels_within_a_poll(served: LoopbackWorker) -> None:
+    client = KeyHolderClient(served.url, CounterMath())
+    stop = threading.Event()
+    stream = client.generate([1], 0, "", ReplyRequest(max_new_tokens=1000, seed=0), stop.is_set)
+    next(e for e in stream if isinstance(e, TokenEvent))
+    stop.set()
+    start = time.perf_counter()
+    rest = list(stream)  # ends by itself: Cancel, then the worker's Done is drained
+    assert time.perf_counter() - start < 5 and not any(isinstance(e, DoneEvent) for e in rest)
+    assert [e.token_id for e in reply(client, [1], 2) if isinstance(e, TokenEvent)] == [2, 3]
+    client.close()
