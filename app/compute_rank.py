@@ -29,8 +29,8 @@ from typing import Any, Protocol
 from app import protocol as p
 from crypto.keys import PublicContext, load_public_context
 from crypto.params import CKKSParams
-from model.encrypted import Layout, OracleCall, WorkerWeights
-from model.encrypted_rank import RankCaches, RankRequest, run_rank
+from model.encrypted import Layout, OracleCall, RankCaches, WorkerWeights
+from model.encrypted_rank import RankRequest, run_rank
 from model.errors import ChatError, JobCancelled
 
 log = logging.getLogger("he_chat.worker")

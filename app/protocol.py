@@ -52,6 +52,8 @@ from model.errors import (
     UnknownMessageType,
     VersionMismatch,
 )
+from model.generate import MAX_NEW_TOKENS_LIMIT
+from model.sampler import SamplerConfig
 
 PROTOCOL_VERSION = 2  # 2: continued conversations, public prefixes, share layouts in oracle calls
 MAX_HEADER_BYTES = 64 * 1024  # JSON headers are small; anything bigger is garbage or an attack
@@ -362,3 +364,36 @@ def error_message(exc: BaseException, request: str = "") -> Error:
     else:
         return Error(CODE_INTERNAL, f"internal worker error ({type(exc).__name__}); please retry", request)
     return Error(code=code, message=str(exc), request=request)
+
+
+def check_generate(msg: Generate, window: int, prefixes: dict[str, int]) -> None:
+    """Every field of a Generate in range, before any work (InputError, 4009, names the field).
+
+    Args:
+        window: the model's context window.
+        prefixes: the worker's public prefixes, id -> positions.
+    """
+    if not 1 <= msg.positions <= window or msg.positions != len(msg.blobs):
+        raise InputError(
+            f"positions must be 1..{window} and match the {len(msg.blobs)} ciphertexts sent, "
+            f"got {msg.positions}"
+        )
+    if msg.start < 0 or msg.start + msg.positions + 1 > window:
+        raise InputError(
+            f"start {msg.start} + {msg.positions} new positions leave no room for a reply in the context "
+            f"window of {window}; clear the conversation"
+        )
+    if msg.prefix:
+        if msg.prefix not in prefixes:
+            raise InputError(
+                f"unknown public prefix {msg.prefix[:80]!r}; use one from this worker's Welcome (or none)"
+            )
+        if msg.start < prefixes[msg.prefix]:
+            raise InputError(f"start {msg.start} is inside the public prefix of {prefixes[msg.prefix]}")
+    if not 1 <= msg.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        raise InputError(f"max_new_tokens must be 1..{MAX_NEW_TOKENS_LIMIT}, got {msg.max_new_tokens}")
+    if not 0 <= msg.seed < 2**63 or not 0 <= msg.first_index <= MAX_NEW_TOKENS_LIMIT:
+        raise InputError("seed must be 0..2^63-1 and first_index 0..the reply limit")
+    config = SamplerConfig.from_dict(dict(msg.sampler))  # InputError names a bad field
+    if config.noise_sigma or config.input_noise_sigma:
+        raise InputError("noise_sigma and input_noise_sigma are simulation settings; send 0")

@@ -10,11 +10,9 @@ prefix.
 
 Faults never take the worker down: every bad frame gets an `Error` message with a code in 4000-4999
 (app/protocol.py); protocol violations that leave the connection unusable also close it with that
-code. A session's keys and job die with its connection. Only one reply is generated at a time (a
-2-core machine gains nothing from two); a second Generate meanwhile gets WorkerBusy (4007).
-
-Math lives elsewhere: `WorkerModel` (app/compute_pool.py for the real pipeline, which runs it on a pool
-of processes) does the computing.
+code. A session's keys and job die with its connection. One reply is generated at a time (it uses every
+core); a second Generate meanwhile gets WorkerBusy (4007). `WorkerModel` (app/encrypted_worker.py for the
+real pipeline, on a pool of processes) does the computing.
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ from model.conversation import PublicPrefix
 from model.encrypted import OracleCall
 from model.errors import (
     ChatError,
-    InputError,
     JobCancelled,
     LimitExceeded,
     OutOfOrder,
@@ -49,14 +46,9 @@ from model.errors import (
     VersionMismatch,
     WorkerBusy,
 )
-from model.generate import MAX_NEW_TOKENS_LIMIT
-from model.sampler import SamplerConfig
 
 log = logging.getLogger("he_chat.worker")
 FATAL_CODES = {4000, 4001, 4002, 4003}  # the peer does not speak our protocol: close the connection
-
-
-Cancelled = JobCancelled  # raised inside a job when the key holder cancelled or vanished
 
 
 @dataclass
@@ -72,7 +64,7 @@ class JobContext:
 
     def check(self) -> None:
         if self.cancelled.is_set():
-            raise Cancelled()
+            raise JobCancelled()
 
 
 class WorkerModel(Protocol):
@@ -110,9 +102,7 @@ class WorkerLimits:
     max_message_bytes: int = p.MAX_MESSAGE_BYTES  # websockets max_size: one frame
     max_sessions: int = 16  # concurrent connections with a session
     max_key_bytes: int = 512 * 1024 * 1024  # public context per session (a full N=16384 key set is ~330 MB)
-    max_total_bytes: int = (
-        20 * 1024**3
-    )  # worker RSS above which new sessions are refused (weights' caches ~9 GB)
+    max_total_bytes: int = 20 * 1024**3  # this process's RSS above which new sessions are refused
     idle_seconds: float = 900.0  # a session with no message for this long is expired and closed
     oracle_timeout: float = 600.0  # a key holder that does not answer an oracle call in time is dropped
 
@@ -304,42 +294,14 @@ class Worker:
     def _generate(self, conn: ServerConnection, session: Session, msg: p.Generate) -> None:
         if not session.keys_loaded:
             raise OutOfOrder("generate before the keys were uploaded; send the KeyChunk messages first")
-        self._check_generate(msg)
+        prefixes = {pid: len(prefix.ids) for pid, (prefix, _) in self.model.prefixes.items()}
+        p.check_generate(msg, self.model.context_window, prefixes)
         if self.busy is not None:
             raise WorkerBusy("the worker is generating another reply; retry when it is done")
         self.busy = session
         session.request = msg.request
         session.cancelled = threading.Event()
         session.job = asyncio.create_task(self._run(conn, session, msg))
-
-    def _check_generate(self, msg: p.Generate) -> None:
-        """Every field of a Generate in range, before any work (InputError -> 4009, naming the field)."""
-        window = self.model.context_window
-        if not 1 <= msg.positions <= window or msg.positions != len(msg.blobs):
-            raise InputError(
-                f"positions must be 1..{window} and match the {len(msg.blobs)} ciphertexts sent, "
-                f"got {msg.positions}"
-            )
-        if msg.start < 0 or msg.start + msg.positions + 1 > window:
-            raise InputError(
-                f"start {msg.start} + {msg.positions} new positions leave no room for a reply in the "
-                f"context window of {window}; clear the conversation"
-            )
-        if msg.prefix:
-            known = self.model.prefixes.get(msg.prefix)
-            if known is None:
-                raise InputError(
-                    f"unknown public prefix {msg.prefix[:80]!r}; use one from this worker's Welcome (or none)"
-                )
-            if msg.start < len(known[0].ids):
-                raise InputError(f"start {msg.start} is inside the public prefix of {len(known[0].ids)}")
-        if not 1 <= msg.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise InputError(f"max_new_tokens must be 1..{MAX_NEW_TOKENS_LIMIT}, got {msg.max_new_tokens}")
-        if not 0 <= msg.seed < 2**63 or not 0 <= msg.first_index <= MAX_NEW_TOKENS_LIMIT:
-            raise InputError("seed must be 0..2^63-1 and first_index 0..the reply limit")
-        config = SamplerConfig.from_dict(dict(msg.sampler))  # InputError names a bad field
-        if config.noise_sigma or config.input_noise_sigma:
-            raise InputError("noise_sigma and input_noise_sigma are simulation settings; send 0")
 
     async def _run(self, conn: ServerConnection, session: Session, msg: p.Generate) -> None:
         assert self.loop is not None
@@ -350,12 +312,12 @@ class Worker:
 
         def oracle(call: OracleCall) -> list[bytes]:
             if session.cancelled.is_set():
-                raise Cancelled()
+                raise JobCancelled()
             future = asyncio.run_coroutine_threadsafe(self._ask(conn, session, call), loop)
             try:
                 return future.result(timeout=self.limits.oracle_timeout)
             except (concurrent.futures.CancelledError, ConnectionClosed) as exc:
-                raise Cancelled() from exc  # Cancel, or the key holder vanished
+                raise JobCancelled() from exc  # Cancel, or the key holder vanished
             except TimeoutError as exc:
                 future.cancel()
                 limit = self.limits.oracle_timeout
@@ -366,7 +328,7 @@ class Worker:
         try:
             reason = await asyncio.to_thread(self.model.run, job)
             await conn.send(p.encode(p.Done(msg.request, reason)))
-        except Cancelled:
+        except JobCancelled:
             await self._send_quietly(conn, p.Done(msg.request, "cancelled"))
         except Exception as exc:  # noqa: BLE001 - report, keep serving
             if not isinstance(exc, ChatError):

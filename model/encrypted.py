@@ -31,14 +31,16 @@ References: DESIGN.md sections 2 and 4; `crypto.matmul` (products), `crypto.ops`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from crypto.matmul import MatmulPlan, plan_matmul
+from crypto.engine import Engine
+from crypto.matmul import MatmulPlan, PlainMatrix, plan_matmul, prepare
+from crypto.params import CKKSParams
 from model.errors import InputError
 from model.forward import LlamaShape, PreparedModel
 
@@ -286,6 +288,45 @@ class Layout:
         if positions >= 2:
             return [(p, b) for p in positions_of(rank, world, positions) for b in blocks]
         return [(0, b) for b in blocks if BLOCK_RANKS[b.name] % world == rank]
+
+
+class RankCaches:
+    """The plaintext matrices of every block, with their encoded diagonals (shared by all sessions)."""
+
+    def __init__(self, weights: WorkerWeights) -> None:
+        self.weights = weights
+        self._matrices: dict[str, PlainMatrix] = {}
+
+    def matrix(self, block: Block) -> PlainMatrix:
+        if block.key not in self._matrices:
+            self._matrices[block.key] = PlainMatrix(self._source(block))
+        return self._matrices[block.key]
+
+    def _source(self, block: Block) -> Any:
+        parts = block.key.split(".")
+        if parts[0] == "layers":
+            array = getattr(self.weights.layers[int(parts[1])], parts[2])
+        elif parts[0] == "lm_head":
+            array = self.weights.lm_head[parts[1] == "tsp"]
+        else:
+            array = self.weights.embed[parts[1] == "tsp"]
+        return array[block.row0 : block.row0 + block.rows, block.col0 : block.col0 + block.cols]
+
+    def warm(
+        self, params: CKKSParams, layout: Layout, orders: Sequence[bool], on_block: Callable[[int, int], None]
+    ) -> int:
+        """Encode every plaintext the products use, before any session (a warm worker)."""
+        engine = Engine.for_params(params)
+        wanted = [
+            b
+            for b in layout.blocks()
+            if not b.key.startswith(("lm_head.", "mixture.")) or (b.key.split(".")[1] == "tsp") in orders
+        ]
+        count = 0
+        for done, block in enumerate(wanted, start=1):
+            count += prepare(engine, self.matrix(block), block.plan, MATMUL_LEVEL)
+            on_block(done, len(wanted))
+        return count
 
 
 # --- the public prefix's keys and values -----------------------------------------------------------

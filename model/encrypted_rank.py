@@ -15,7 +15,7 @@ References: DESIGN.md sections 2 and 4; model/encrypted.py; model/generate.py (t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,16 +24,15 @@ import numpy as np
 from crypto import arith
 from crypto.engine import Engine
 from crypto.keys import PublicContext
-from crypto.matmul import PlainMatrix, matmul, prepare
+from crypto.matmul import matmul
 from crypto.ops import CkksOps
-from crypto.params import CKKSParams
 from crypto.vector import EncVector, vector_from_bytes, vector_to_bytes
 from model.encrypted import (
     MATMUL_LEVEL,
-    Block,
     Layout,
     OracleCall,
     PieceSpec,
+    RankCaches,
     WorkerWeights,
     input_widths,
 )
@@ -122,45 +121,6 @@ class Telemetry:
             "refreshes": self.refreshes,
             "rotations": self.rotations,
         }
-
-
-class RankCaches:
-    """The plaintext matrices of every block, with their encoded diagonals (shared by all sessions)."""
-
-    def __init__(self, weights: WorkerWeights) -> None:
-        self.weights = weights
-        self._matrices: dict[str, PlainMatrix] = {}
-
-    def matrix(self, block: Block) -> PlainMatrix:
-        if block.key not in self._matrices:
-            self._matrices[block.key] = PlainMatrix(self._source(block))
-        return self._matrices[block.key]
-
-    def _source(self, block: Block) -> Any:
-        parts = block.key.split(".")
-        if parts[0] == "layers":
-            array = getattr(self.weights.layers[int(parts[1])], parts[2])
-        elif parts[0] == "lm_head":
-            array = self.weights.lm_head[parts[1] == "tsp"]
-        else:
-            array = self.weights.embed[parts[1] == "tsp"]
-        return array[block.row0 : block.row0 + block.rows, block.col0 : block.col0 + block.cols]
-
-    def warm(
-        self, params: CKKSParams, layout: Layout, orders: Sequence[bool], on_block: Callable[[int, int], None]
-    ) -> int:
-        """Encode every plaintext the products use, before any session (a warm worker)."""
-        engine = Engine.for_params(params)
-        wanted = [
-            b
-            for b in layout.blocks()
-            if not b.key.startswith(("lm_head.", "mixture.")) or (b.key.split(".")[1] == "tsp") in orders
-        ]
-        count = 0
-        for done, block in enumerate(wanted, start=1):
-            count += prepare(engine, self.matrix(block), block.plan, MATMUL_LEVEL)
-            on_block(done, len(wanted))
-        return count
 
 
 class Shares:

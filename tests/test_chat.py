@@ -155,3 +155,24 @@ def test_a_restarted_worker_is_reached_again_and_the_chat_goes_on(tiny: LoadedMo
     finally:
         session.close()
         worker.stop()
+
+
+@pytest.mark.slow
+def test_the_default_model_says_the_same_encrypted_and_simulated_over_two_turns() -> None:
+    """Two turns of 12 tokens, each mode from its own state: the key holder's cache (encrypted, with
+    the public prefix) and transformers' (simulate). bench/agreement.py measures more conversations."""
+    from app.cli import start_local_worker
+    from model.loading import load_default
+
+    service = ChatService.create(load_default())
+    worker = start_local_worker(service)
+    try:
+        session = service.open_encrypted()
+        encrypted = converse(service, ChatSettings(mode="encrypted", max_new_tokens=12), TURNS, session)
+        simulated = converse(service, ChatSettings(mode="simulate", max_new_tokens=12), TURNS)
+        assert [u.text for u in encrypted] == [u.text for u in simulated]
+        assert all(u.tokens == 12 or u.finish == "eos" for u in encrypted)
+        assert encrypted[1].continued and encrypted[0].wire is not None and encrypted[0].wire.public_positions
+        session.close()
+    finally:
+        worker.stop()
