@@ -279,6 +279,8 @@ class ComputePool:
                         self.cancel.set()
             else:
                 finished[rank] = message
+                if kind in ("died", "error"):
+                    self.cancel.set()  # the others would wait for it at their next collective
         if failure is not None:
             raise failure
         outcomes = list(finished.values())

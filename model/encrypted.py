@@ -12,9 +12,10 @@ ciphertexts in the worker's processes (model/encrypted_rank.py), `world` of them
 - Weights are cut into blocks (`Layout`): q, kv (keys and values in one product), o, gate, up and the
   two row halves of down per layer; the LM head and the mixture into one block per rank (its chunks of
   the vocabulary). Every process shares one warm plaintext cache (forked copy-on-write).
-- A prompt of T >= 2 positions is split by position: each rank runs every product for its positions.
-  One position (a decoded token) is split by block: q and kv, gate and up, the halves of down, and each
-  rank's chunks of the LM head, the sampler and the mixture run on different ranks at once.
+- A prompt of T positions is split by position: each rank runs every product for T // world of them. The
+  positions left over (T mod world; a decoded token is one) are split by block: q and kv, gate and up,
+  the halves of down run on different ranks at once, and so do each rank's chunks of the LM head, the
+  sampler and the mixture.
 - A value is held in shares (`Part`s: a position, an offset, a vector): column blocks land side by side,
   row blocks give partial sums, and the residual stream stays a sum of shares. Only the key holder ever
   adds shares up, when it decrypts an oracle call's inputs, so the ranks never wait for each other except
@@ -210,12 +211,21 @@ class Block:
     plan: MatmulPlan
 
 
-def positions_of(rank: int, world: int, positions: int) -> range:
-    """The prompt positions a rank holds: T >= 2 is split by position; one position (a decoded token)
-    is split by block, and its input embedding starts on rank 0."""
-    if positions < 2:
-        return range(0, 1) if rank == 0 else range(0)
-    return range(rank * positions // world, (rank + 1) * positions // world)
+def whole_positions(rank: int, world: int, positions: int) -> range:
+    """The positions a rank runs every product of: an equal share of the prompt each."""
+    share = positions // world
+    return range(rank * share, (rank + 1) * share)
+
+
+def shared_positions(world: int, positions: int) -> range:
+    """The positions left over (T mod world; a decoded token is one): split by block over the ranks."""
+    return range(positions // world * world, positions)
+
+
+def positions_of(rank: int, world: int, positions: int) -> list[int]:
+    """The positions whose input embedding starts on a rank (a shared position's on rank 0)."""
+    mine = list(whole_positions(rank, world, positions))
+    return mine + list(shared_positions(world, positions)) if rank == 0 else mine
 
 
 class Layout:
@@ -285,9 +295,13 @@ class Layout:
         blocks = self.matrices[matrix]
         if matrix.startswith(("lm_head.", "mixture.")):
             return [(0, blocks[rank])]  # one block per rank: its vocabulary chunks
-        if positions >= 2:
-            return [(p, b) for p in positions_of(rank, world, positions) for b in blocks]
-        return [(0, b) for b in blocks if BLOCK_RANKS[b.name] % world == rank]
+        whole = [(p, b) for p in whole_positions(rank, world, positions) for b in blocks]
+        return whole + [
+            (p, b)
+            for p in shared_positions(world, positions)
+            for b in blocks
+            if BLOCK_RANKS[b.name] % world == rank
+        ]
 
 
 class RankCaches:
