@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from app.compute_rank import Channel, Rank, master_main, warm
@@ -233,26 +234,25 @@ class ComputePool:
             done, total = self.readiness()
             progress(f"worker warming up: {100 * done // max(total, 1)}%", done, total)
         with self._job_lock:
-            return self._run(session, prompt, request, oracle, progress, token, cancelled)
+            if self.failed:
+                raise JobFailed(4500, f"{self.failed}; restart the worker")
+            return self._route(session, prompt, request, oracle, progress, token, cancelled)
 
-    def _run(
-        self,
-        session: str,
-        prompt: Sequence[bytes],
-        request: RankRequest,
-        oracle: Callable[[OracleCall], list[bytes]],
-        progress: Progress,
-        token: Callable[[int, dict[str, Any], list[bytes]], None],
-        cancelled: threading.Event,
+    def _route(
+        self, session: str, prompt: Sequence[bytes], request: RankRequest, *channels: Any
     ) -> FinishReason:
-        if self.failed:
-            raise JobFailed(4500, f"{self.failed}; restart the worker")
+        """Send each rank its share of the prompt, then route what the ranks send until they finish."""
+        oracle, progress, token, cancelled = channels
         self.cancel.clear()
         self._job += 1
         job = self._job
-        for rank in range(self.world):
-            mine = {i: prompt[i] for i in positions_of(rank, self.world, request.positions)}
-            self._send(rank, ("job", job, session, _with_prompt(request, mine)))
+        try:
+            for rank in range(self.world):
+                mine = {i: prompt[i] for i in positions_of(rank, self.world, request.positions)}
+                self._send(rank, ("job", job, session, replace(request, prompt=mine)))
+        except JobFailed:
+            self.cancel.set()  # the ranks that got the job must not wait for the one that did not
+            raise
         pending: dict[int, dict[int, tuple[str, Any]]] = {}
         finished: dict[int, Any] = {}
         failure: BaseException | None = None
@@ -334,12 +334,6 @@ class ComputePool:
             process.join(5)
             if process.is_alive():
                 process.terminate()
-
-
-def _with_prompt(request: RankRequest, prompt: dict[int, bytes]) -> RankRequest:
-    from dataclasses import replace
-
-    return replace(request, prompt=prompt)
 
 
 def merge_telemetry(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:

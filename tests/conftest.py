@@ -35,6 +35,19 @@ def assert_close(actual: npt.ArrayLike, expected: npt.ArrayLike, atol: float) ->
     )
 
 
+def private_context_bytes(params):  # type: ignore[no-untyped-def]
+    """A public-context upload that smuggles the secret key: the worker must refuse it."""
+    import json
+    import struct
+
+    from crypto.keys import MAGIC, WIRE_VERSION, create_secret_context
+
+    private = create_secret_context(params).tenseal_context.serialize(save_secret_key=True)
+    header = {"params": params.to_dict(), "steps": [], "conjugate": False}
+    head = json.dumps({**header, "context_bytes": len(private), "galois_bytes": 0}).encode()
+    return struct.pack(">6sHI", MAGIC, WIRE_VERSION, len(head)) + head + private
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

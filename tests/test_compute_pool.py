@@ -7,10 +7,8 @@ reaches every rank at once, a rank that dies, and keys that a rank refuses.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,6 @@ from app import protocol as p
 from app.encrypted_worker import EncryptedWorker, WorkerSpec
 from app.keyholder import ReplyRequest
 from app.worker import JobContext
-from crypto.keys import MAGIC, WIRE_VERSION, create_secret_context
 from crypto.params import CKKS_DEFAULT
 from model.errors import JobCancelled, JobFailed
 from model.generate import GenerationSettings, build_prompt, generate
@@ -31,6 +28,7 @@ from model.key_holder import KeyHolderSide
 from model.loading import LoadedModel
 from model.sampler import SamplerConfig
 from model.simulate import SimulateSelector
+from tests.conftest import private_context_bytes
 
 
 def _spec(tiny: LoadedModel) -> WorkerSpec:
@@ -94,17 +92,7 @@ def test_keys_the_ranks_refuse_come_back_as_typed_errors(pool_worker: EncryptedW
     with pytest.raises(JobFailed) as garbage:
         pool_worker.load_keys("bad", b"HECKKS garbage")
     assert garbage.value.code == p.CODE_BAD_CIPHERTEXT
-    private = create_secret_context(CKKS_DEFAULT).tenseal_context.serialize(save_secret_key=True)
-    header = json.dumps(
-        {
-            "params": CKKS_DEFAULT.to_dict(),
-            "steps": [],
-            "conjugate": False,
-            "context_bytes": len(private),
-            "galois_bytes": 0,
-        }
-    ).encode()
-    data = struct.pack(">6sHI", MAGIC, WIRE_VERSION, len(header)) + header + private
+    data = private_context_bytes(CKKS_DEFAULT)
     with pytest.raises(JobFailed) as secret:
         pool_worker.load_keys("secret", data)
     assert secret.value.code == p.CODE_SECRET_KEY

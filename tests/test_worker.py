@@ -27,8 +27,6 @@ from app.worker import BackgroundWorker, JobContext, WorkerLimits
 from crypto import arith
 from crypto.engine import Engine
 from crypto.keys import (
-    MAGIC,
-    WIRE_VERSION,
     PublicContext,
     RotationPlan,
     create_secret_context,
@@ -39,6 +37,7 @@ from crypto.params import CKKS_TEST, preset
 from crypto.vector import decrypt_vector, encrypt_vector, vector_from_bytes, vector_to_bytes
 from model.conversation import PublicPrefix
 from model.encrypted import OracleCall
+from tests.conftest import private_context_bytes
 
 PREFIX = PublicPrefix("default", "<|im_start|>system\n", (1, 9690, 198))
 
@@ -243,18 +242,7 @@ def _upload(url: str, data: bytes) -> list[p.Message]:
 
 
 def test_a_context_with_a_secret_key_is_refused(served: LoopbackWorker) -> None:
-    secret = create_secret_context(CKKS_TEST)
-    private = secret.tenseal_context.serialize(save_secret_key=True)
-    header = json.dumps(
-        {
-            "params": CKKS_TEST.to_dict(),
-            "steps": [],
-            "conjugate": False,
-            "context_bytes": len(private),
-            "galois_bytes": 0,
-        }
-    ).encode()
-    data = struct.pack(">6sHI", MAGIC, WIRE_VERSION, len(header)) + header + private
+    data = private_context_bytes(CKKS_TEST)
     assert errors(_upload(served.url, data)) == [p.CODE_SECRET_KEY]
     assert not any(s.keys_loaded for s in served.worker.sessions.values())
     served.wait_idle()
