@@ -41,17 +41,18 @@ EXAMPLES = [
     "Write a haiku about the sea.",
     "Explain photosynthesis in two sentences.",
 ]
+ENCRYPTED_TOKENS = 64  # max new tokens when encrypted is picked: about 20 minutes at most on 2 cores
 MODE_INFO = {
     "plain": "plain: the exact model and exact sampling, in the clear on this server (the baseline).",
     "simulate": "simulate: the paper's polynomial sampler in floating point, mixture-embedding feedback.",
     "encrypted": (
         "encrypted: the model runs on CKKS ciphertexts on the worker. On a 2-core machine the first token "
-        "takes about two minutes and each further one about 15 s; a follow-up continues from the key "
-        f"holder's state and sends only the new message. Max new tokens is set to {64} when you pick it "
+        "takes about two and a half minutes and each further one about 20 s; a follow-up continues from "
+        "the key holder's state and sends only the positions the model has not read yet. Max new tokens "
+        f"is set to {ENCRYPTED_TOKENS} when you pick it "
         "(a reply ends sooner at the model's end-of-reply token); raise it if you are patient."
     ),
 }
-ENCRYPTED_TOKENS = 64  # max new tokens when encrypted is picked: about 15 minutes at most on 2 cores
 REPLIES_AT_ONCE = 4  # sessions served at once (the worker itself runs one encrypted job; others get "busy")
 FRAME_SECONDS = 0.05  # at most ~20 chat redraws per second (the browser lags behind faster streams)
 
