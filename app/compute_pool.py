@@ -113,7 +113,10 @@ class ComputePool:
                 self.process.start()
             finally:
                 for k, v in saved.items():
-                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             for _, theirs in pipes:
                 theirs.close()
         for rank, channel in enumerate(self.channels):
@@ -147,15 +150,21 @@ class ComputePool:
             with self._locks[rank]:
                 self.channels[rank].send(message)
         except (OSError, ValueError) as exc:
-            self.failed = self.failed or f"compute process {rank} of the worker stopped"
+            self._lost(rank)
             raise JobFailed(4500, f"{self.failed}; the worker restarts its compute processes") from exc
+
+    def _lost(self, rank: int) -> None:
+        self.failed = self.failed or f"compute process {rank} of the worker stopped"
+
+    def _broken(self) -> JobFailed:
+        return JobFailed(4500, f"{self.failed}; restart the worker")
 
     def _read(self, rank: int, channel: Channel) -> None:
         while True:
             try:
                 message = channel.recv()
             except (EOFError, OSError):
-                self.failed = self.failed or f"compute process {rank} of the worker stopped"
+                self._lost(rank)
                 self._jobs.put((rank, ("died", self._job)))
                 for waiting in list(self._keys.values()):
                     waiting.put((rank, False, 4500, self.failed))
@@ -230,19 +239,25 @@ class ComputePool:
             if cancelled.is_set():
                 raise JobCancelled()
             if self.failed:
-                raise JobFailed(4500, f"{self.failed}; restart the worker")
+                raise self._broken()
             done, total = self.readiness()
             progress(f"worker warming up: {100 * done // max(total, 1)}%", done, total)
         with self._job_lock:
             if self.failed:
-                raise JobFailed(4500, f"{self.failed}; restart the worker")
+                raise self._broken()
             return self._route(session, prompt, request, oracle, progress, token, cancelled)
 
     def _route(
-        self, session: str, prompt: Sequence[bytes], request: RankRequest, *channels: Any
+        self,
+        session: str,
+        prompt: Sequence[bytes],
+        request: RankRequest,
+        oracle: Callable[[OracleCall], list[bytes]],
+        progress: Progress,
+        token: Callable[[int, dict[str, Any], list[bytes]], None],
+        cancelled: threading.Event,
     ) -> FinishReason:
         """Send each rank its share of the prompt, then route what the ranks send until they finish."""
-        oracle, progress, token, cancelled = channels
         self.cancel.clear()
         self._job += 1
         job = self._job
@@ -288,7 +303,7 @@ class ComputePool:
         if errors:
             raise JobFailed(errors[0][2], errors[0][3])
         if any(m[0] == "died" for m in outcomes):
-            raise JobFailed(4500, f"{self.failed}; restart the worker")
+            raise self._broken()
         if cancelled.is_set() or any(m[0] == "cancelled" for m in outcomes):
             raise JobCancelled()
         reason: FinishReason = outcomes[0][2]

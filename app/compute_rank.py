@@ -191,7 +191,7 @@ def warm(
     """Encode every plaintext of the given presets and vocabulary orders (before any session)."""
     caches = RankCaches(weights)
     layouts = [Layout(weights.shape, params.slot_count, world) for params in presets]
-    totals = [len([b for b in lay.blocks() if _wanted(b.key, orders)]) for lay in layouts]
+    totals = [len(layout.blocks_for(orders)) for layout in layouts]
     done_before = 0
     for params, layout, total in zip(presets, layouts, totals, strict=True):
 
@@ -201,12 +201,6 @@ def warm(
         caches.warm(params, layout, orders, on_block)
         done_before += total
     return caches
-
-
-def _wanted(key: str, orders: list[bool]) -> bool:
-    if not key.startswith(("lm_head.", "mixture.")):
-        return True
-    return (key.split(".")[1] == "tsp") in orders
 
 
 def master_main(

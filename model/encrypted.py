@@ -286,6 +286,14 @@ class Layout:
     def blocks(self) -> list[Block]:
         return [b for blocks in self.matrices.values() for b in blocks]
 
+    def blocks_for(self, orders: Sequence[bool]) -> list[Block]:
+        """The blocks a worker serving these vocabulary orders (TSP on / off) multiplies by."""
+        return [
+            b
+            for b in self.blocks()
+            if not b.key.startswith(("lm_head.", "mixture.")) or (b.key.split(".")[1] == "tsp") in orders
+        ]
+
     def chunks_of(self, rank: int, world: int) -> range:
         """The vocabulary chunks (LM head tiles, sampler ciphertexts, mixture blocks) of a rank."""
         return range(rank * self.tiles // world, (rank + 1) * self.tiles // world)
@@ -331,11 +339,7 @@ class RankCaches:
     ) -> int:
         """Encode every plaintext the products use, before any session (a warm worker)."""
         engine = Engine.for_params(params)
-        wanted = [
-            b
-            for b in layout.blocks()
-            if not b.key.startswith(("lm_head.", "mixture.")) or (b.key.split(".")[1] == "tsp") in orders
-        ]
+        wanted = layout.blocks_for(orders)
         count = 0
         for done, block in enumerate(wanted, start=1):
             count += prepare(engine, self.matrix(block), block.plan, MATMUL_LEVEL)

@@ -229,7 +229,7 @@ class RankBackend:
         """The input pieces this rank's next products need, laid out for their plans."""
         rank, world = self.link.rank, self.link.world
         if into == "lm_head":
-            work = self.layout.work(f"lm_head.{self.order}", rank, world, 1)
+            work = self.layout.work(self._matrix("lm_head"), rank, world, 1)
         else:
             work = [
                 item
