@@ -343,6 +343,8 @@ class Worker:
     async def _ask(self, conn: ServerConnection, session: Session, call: OracleCall) -> list[bytes]:
         number = session.next_call
         session.next_call += 1
+        if session.cancelled.is_set():  # a Cancel handled after oracle() checked, before this call existed
+            raise JobCancelled()
         future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
         session.calls[number] = future
         parts = [list(part) for part in call.parts]
