@@ -240,5 +240,7 @@ class ChatService:
                 yield ReplyUpdate(decoder.emitted, tail, len(reply_ids), seconds, first, "cancelled")
         finally:
             if memory is not None:
-                memory.conversation = finish_turn(tokenizer, turn, reply_ids, decode_session.length)
+                memory.conversation = state = finish_turn(tokenizer, turn, reply_ids, decode_session.length)
+                if state is not None:
+                    decode_session.truncate(len(state.ids))
                 memory.session = decode_session

@@ -176,7 +176,9 @@ def encrypted_reply(
     finally:
         held = keys.commit()  # whole positions only: a Stop can cut a forward pass half-way
         if memory is not None:
-            memory.conversation = finish_turn(tokenizer, turn, reply_ids, held)
+            memory.conversation = state = finish_turn(tokenizer, turn, reply_ids, held)
+            if state is not None:
+                keys.commit(len(state.ids))
 
 
 def _wire(session: EncryptedSession, event: TokenEvent, turn: Turn, public: tuple[int, str]) -> WireReport:

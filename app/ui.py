@@ -32,7 +32,7 @@ from app.ui_parts import (
     read_settings,
     stream_reply,
 )
-from app.ui_view import ReplyView, error_message
+from app.ui_view import ReplyView, error_message, verbatim
 from model.errors import InputError
 from model.generate import MAX_NEW_TOKENS_LIMIT
 
@@ -58,7 +58,7 @@ FRAME_SECONDS = 0.05  # at most ~20 chat redraws per second (the browser lags be
 
 
 def _user(message: str) -> dict[str, Any]:
-    return {"role": "user", "content": message}
+    return {"role": "user", "content": verbatim(message)}
 
 
 def make_chat(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-untyped-def]

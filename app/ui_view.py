@@ -40,6 +40,13 @@ def seconds_text(s: float) -> str:
     return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def verbatim(text: str) -> dict[str, str]:
+    """Message content Gradio keeps as it is: a plain string goes through `inspect.cleandoc`, which strips
+    a reply's leading space and a pasted block's indentation, so the history the page sends back would no
+    longer be what the model read (and a follow-up could not continue from the chat's state)."""
+    return {"type": "text", "text": text}
+
+
 def error_message(title: str, text: str) -> dict[str, Any]:
     """An assistant message shown as a warning; its metadata keeps it out of the model's context."""
     return {"role": "assistant", "content": text, "metadata": {"title": f"⚠️ {title}"}}
@@ -99,7 +106,7 @@ class ReplyView:
     def messages(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         if self.update and self.update.text:
-            out.append({"role": "assistant", "content": self.update.text})
+            out.append({"role": "assistant", "content": verbatim(self.update.text)})
         out.append(self._status())
         if self.error:
             out.append(error_message(*self.error))

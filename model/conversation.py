@@ -28,6 +28,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from model.errors import InputError
+from model.text import REPLACEMENT
 
 MAX_PROMPT_CHARS = 20_000  # a guard against pasting a book into the chat box; the token check follows
 _SENTINEL = "Q7xZsentinelQ7xZ"  # stands in for private content when the template's public parts are found
@@ -177,6 +178,8 @@ def finish_turn(
     The cache holds the turn's positions and the reply tokens that were fed back (a stopped reply, or the
     EOS that ended it, is not fed). If the turn's prefill did not complete (`cached` is the start again),
     the state is the one the turn began from. Returns None if `cached` fits neither (never reuse it).
+    The state can hold fewer positions than `cached` (a reply cut inside a character): the caller keeps
+    only `len(state.ids)` positions of its cache.
     """
     fed = cached - turn.start - len(turn.new_ids)
     if fed < 0:
@@ -185,5 +188,11 @@ def finish_turn(
         return None
     shown = list(reply_ids[:fed])
     reply_text = str(tokenizer.decode(shown, skip_special_tokens=True)) if shown else ""
+    while shown and reply_text.endswith(REPLACEMENT):
+        # The fed tokens end inside a character the next (unfed) token completes: the page shows the whole
+        # character, so the state stops before it (the caller crops its cache to match; the next turn
+        # feeds the character again as text).
+        shown.pop()
+        reply_text = str(tokenizer.decode(shown, skip_special_tokens=True)) if shown else ""
     base = turn.base
     return Conversation(base.key, turn.text + reply_text, [*base.ids, *turn.new_ids, *shown], base.prefix)

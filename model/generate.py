@@ -224,6 +224,12 @@ class DecodeSession:
         self.length += len(prompt_ids)
         return cast(torch.Tensor, out.logits[0, -1].float())
 
+    def truncate(self, positions: int) -> None:
+        """Keep the first `positions` positions of the cache (a chat state that ends sooner)."""
+        if positions < self.length:
+            self.cache.crop(positions)
+            self.length = positions
+
     @torch.inference_mode()
     def step(self, embedding: torch.Tensor) -> torch.Tensor:
         """Feed one input embedding (d,); return the next logits (V,)."""

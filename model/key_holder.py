@@ -88,9 +88,11 @@ class KeyHolderSide:
         """Whole positions in the attention cache."""
         return self.functions.positions
 
-    def commit(self) -> int:
-        """After a reply: keep only whole positions (a cancelled forward fills some layers only)."""
-        self.functions.truncate(self.functions.positions)
+    def commit(self, keep: int | None = None) -> int:
+        """After a reply: keep only whole positions (a cancelled forward fills some layers only), and at
+        most `keep` of them (the chat's state can end sooner: `model.conversation.finish_turn`)."""
+        whole = self.functions.positions
+        self.functions.truncate(whole if keep is None else min(keep, whole))
         return self.functions.positions
 
     # --- ciphertexts ---------------------------------------------------------------------------------

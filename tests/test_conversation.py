@@ -14,6 +14,7 @@ from model.conversation import (
 )
 from model.errors import InputError
 from model.loading import LoadedModel
+from model.text import REPLACEMENT
 
 KEY = ("plain", "tiny")
 FIRST = [{"role": "user", "content": "What is the capital of France?"}]
@@ -80,6 +81,26 @@ def test_a_stopped_reply_feeds_what_the_cache_lacks_next_time(tiny: LoadedModel)
     messages = [*FIRST, {"role": "assistant", "content": reply_text}, {"role": "user", "content": "More?"}]
     follow = plan_turn(tok, messages, KEY, state, tiny.context_window)
     assert follow.continued
+    assert tok.decode(state.ids + follow.new_ids) == template_text(tok, messages)
+
+
+def test_a_reply_cut_inside_a_character_continues_from_before_it(tiny: LoadedModel) -> None:
+    tok = tiny.tokenizer
+    turn = plan_turn(tok, FIRST, KEY, None, tiny.context_window)
+    ids = encode_text(tok, " Paris 🌊🌊")
+    cut = next(
+        k
+        for k in range(1, len(ids))
+        if tok.decode(ids[:k]).endswith(REPLACEMENT) and not tok.decode(ids[: k + 1]).endswith(REPLACEMENT)
+    )
+    reply_ids = ids[: cut + 1]  # the last token (not fed) completes the character the fed ones began
+    shown = tok.decode(reply_ids, skip_special_tokens=True)
+    assert REPLACEMENT not in shown
+    state = finish_turn(tok, turn, reply_ids, turn.start + len(turn.new_ids) + cut)
+    assert state is not None and len(state.ids) < turn.start + len(turn.new_ids) + cut
+    messages = [*FIRST, {"role": "assistant", "content": shown}, {"role": "user", "content": "More?"}]
+    follow = plan_turn(tok, messages, KEY, state, tiny.context_window)
+    assert follow.continued  # the page shows the whole character; the state stops before it
     assert tok.decode(state.ids + follow.new_ids) == template_text(tok, messages)
 
 

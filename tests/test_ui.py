@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from gradio_client import Client
 
-from app.chat import ChatSettings, to_messages
+from app.chat import ChatService, ChatSettings, to_messages
 from app.keyholder import WorkerUnavailable
 from app.replies import ReplyUpdate
 from app.ui import build_ui
@@ -103,6 +103,16 @@ def test_follow_up_keeps_history_and_leaves_notes_out_of_the_context(page_url: s
     assert _text(second[len(first)]) == "And then?"
     context = to_messages(second, "next")
     assert [m["role"] for m in context] == ["user", "assistant", "user", "assistant", "user"]
+
+
+def test_the_page_sends_back_exactly_what_the_model_read(page_url: str, tiny: LoadedModel) -> None:
+    """Gradio strips plain-string messages (inspect.cleandoc); a changed history could not continue."""
+    message = "  Look:\n    x = 1\n    y = 2\n"
+    chat = _chat(Client(page_url, verbose=False), message, tokens=12).result()[0]
+    assert _text(chat[0]) == message
+    settings = ChatSettings("plain", temperature=1.0, max_new_tokens=12, seed=0)
+    *_, last = ChatService.create(tiny).reply([{"role": "user", "content": message}], settings)
+    assert _replies(chat) == [last.text]  # the reply exactly as generated, leading space and all
 
 
 @pytest.mark.parametrize(
