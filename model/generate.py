@@ -227,7 +227,7 @@ class DecodeSession:
     def truncate(self, positions: int) -> None:
         """Keep the first `positions` positions of the cache (a chat state that ends sooner)."""
         if positions < self.length:
-            self.cache.crop(positions)
+            self.cache.crop(positions - self.length)  # transformers 5: a negative count removes that many
             self.length = positions
 
     @torch.inference_mode()

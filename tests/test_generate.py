@@ -8,6 +8,7 @@ import torch
 
 from model.errors import InputError
 from model.generate import (
+    DecodeSession,
     ExactSelector,
     GenerationSettings,
     Selection,
@@ -171,6 +172,16 @@ def test_inverse_transform_draws_with_the_planted_probabilities() -> None:
     assert chi2 < 13.8  # chi-square, 2 degrees of freedom, p = 0.001
     assert inverse_transform(p, 0.0) == 0  # position 0 is sampleable
     assert inverse_transform(p, 0.999999999) == 5
+
+
+def test_a_truncated_session_continues_as_if_the_dropped_positions_never_came(tiny: LoadedModel) -> None:
+    ids = [int(i) for i in tiny.tokenizer("The sea is wide and deep", add_special_tokens=False)["input_ids"]]
+    whole = DecodeSession(tiny).prefill(ids)
+    session = DecodeSession(tiny)
+    session.prefill([*ids[:-2], 7, 8, 9])  # three positions the state later drops
+    session.truncate(len(ids) - 2)
+    assert session.length == len(ids) - 2
+    torch.testing.assert_close(session.prefill(ids[-2:]), whole, atol=1e-4, rtol=1e-4)
 
 
 def test_the_default_model_answers_the_capital_of_france() -> None:

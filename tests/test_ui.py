@@ -52,7 +52,9 @@ def page_url(tiny: LoadedModel) -> Iterator[str]:
 
 def _text(message: dict[str, Any]) -> str:
     content = message.get("content")
-    if isinstance(content, list):
+    if isinstance(content, dict):  # a message the handler made (app.ui_view.verbatim)
+        return str(content.get("text", ""))
+    if isinstance(content, list):  # a message as the page sends it back
         return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return str(content or "")
 
@@ -203,7 +205,7 @@ def test_progress_estimates_the_prompt_then_the_time_left_from_the_median_token_
     assert view.seconds_per_token() == 6.0
     assert view.seconds_left() == 36.0  # 6 tokens left x 6 s
     reply, status = view.messages()
-    assert reply == {"role": "assistant", "content": "abc"}
+    assert reply == {"role": "assistant", "content": {"type": "text", "text": "abc"}}
     assert status["metadata"]["status"] == "pending"
     assert "token 5 of at most 10 · token: layer 2/30" in status["metadata"]["title"]
     assert "about 36 s left" in status["content"] and "step 2 of 33" in status["content"]
