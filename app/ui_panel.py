@@ -57,23 +57,21 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
     if wire is None:
         lines.append("*No encrypted reply yet: nothing has gone to the worker.*")
         return "\n\n".join(lines)
-    rows = [
-        "| Wire | Last encrypted token |",
-        "|---|---|",
-        f"| Key holder → worker | {_mb(wire.bytes_to_worker)} (ciphertexts) |",
-        f"| Worker → key holder | {_mb(wire.bytes_from_worker)} (ciphertexts) |",
-        f"| Public keys (once per session) | {_mb(wire.key_upload_bytes)} |",
+    rows = [  # a list, not a table: the panel is narrow, and a table squeezed its label column to a letter
+        f"- **Key holder → worker:** {_mb(wire.bytes_to_worker)} (ciphertexts)",
+        f"- **Worker → key holder:** {_mb(wire.bytes_from_worker)} (ciphertexts)",
+        f"- **Public keys (once per session):** {_mb(wire.key_upload_bytes)}",
     ]
     if wire.ciphertext_hex:  # the first bytes of the token's first SEAL ciphertext as sent
         rows.append(
-            f"| The token's encrypted one-hot vector, first bytes | {_describe_hex(wire.ciphertext_hex)} |"
+            f"- **The token's encrypted one-hot vector, first bytes:** {_describe_hex(wire.ciphertext_hex)}"
         )
-    rows.append(f"| CKKS | {_describe_params(wire.params, wire.preset)} |")
+    rows.append(f"- **CKKS:** {_describe_params(wire.params, wire.preset)}")
     if wire.worker_seconds:
         spent = " · ".join(f"{k} {seconds_text(v)}" for k, v in wire.worker_seconds.items())
-        rows.append(f"| Worker time by stage | {spent} ({wire.processes} compute processes) |")
-    rows.append(f"| The prompt of this reply | {_positions(wire)} |")
-    lines.append("\n".join(rows))
+        rows.append(f"- **Worker time by stage:** {spent} ({wire.processes} compute processes)")
+    rows.append(f"- **The prompt of this reply:** {_positions(wire)}")
+    lines.append("**What went over the wire (last encrypted token)**\n\n" + "\n".join(rows))
     calls = [
         f"- **{fn}** ×{n}: {ORACLE_FUNCTIONS.get(fn, 'an allow-listed function')}"
         for fn, n in sorted(wire.oracle_calls.items(), key=lambda kv: -kv[1])
@@ -94,7 +92,7 @@ def _positions(wire: WireReport) -> str:
     """What the worker saw of the conversation: public positions in the clear, the rest encrypted."""
     parts = []
     if wire.public_positions:
-        shown = wire.public_text.replace("\n", "⏎").replace("|", "\\|")
+        shown = wire.public_text.replace("\n", "⏎")
         parts.append(
             f"{wire.public_positions} public positions, computed by the worker in the clear once for "
             f"everyone: `{shown}` (the template's opening; nothing of yours)"

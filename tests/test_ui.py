@@ -302,9 +302,9 @@ def test_worker_panel_reports_the_wire_the_parameters_and_the_oracle() -> None:
     )
     panel = worker_panel(ring, "ws://w")
     for text in [
-        "| Key holder → worker | 130.0 MB",
-        "| Worker → key holder | 49.2 MB",
-        "| Public keys (once per session) | 31.7 MB",
+        "**Key holder → worker:** 130.0 MB",
+        "**Worker → key holder:** 49.2 MB",
+        "**Public keys (once per session):** 31.7 MB",
         "the first 32 bytes of the first SEAL ciphertext",
         "N = 8,192",
         "128-bit security",
@@ -312,7 +312,7 @@ def test_worker_panel_reports_the_wire_the_parameters_and_the_oracle() -> None:
         "**softmax** ×1",
         "sampler 5.6 s",
         "24 public positions",
-        "You are a helpful AI assistant",
+        "`<|im_start|>system⏎You are a helpful AI assistant`",  # markers as they are, not escaped
         "13 positions encrypted",
         "2 compute processes",
     ]:
