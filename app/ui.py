@@ -155,7 +155,7 @@ def make_compare(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-
         stop = ring.stop["compare"]
         stop.clear()
         updates: queue.Queue[tuple[int, list[dict[str, Any]] | None]] = queue.Queue()
-        messages = [{"role": "user", "content": prompt}]
+        messages = to_messages([], prompt)  # the model gets the prompt as a string, not a page part
 
         def pump(side: int, settings: ChatSettings) -> None:
             try:
