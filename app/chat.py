@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from app.chat_encrypted import EncryptedSession, encrypted_reply
+from app.chat_encrypted import EncryptedSession, encrypted_reply, read_ahead
 from app.keyholder import Expected, KeyHolderClient, ReplyRequest
 from app.replies import ChatMemory, ReplyUpdate
 from model.conversation import finish_turn, plan_turn
@@ -168,6 +168,35 @@ class ChatService:
         client = KeyHolderClient(self.worker_url, keys, self.expected(), on_progress=on_progress)
         return EncryptedSession(client, keys)
 
+    def encrypted_request(self, settings: ChatSettings) -> ReplyRequest:
+        """The worker-visible part of the settings (plus the key holder's temperature)."""
+        return ReplyRequest(
+            settings.max_new_tokens,
+            settings.seed,
+            settings.tsp,
+            settings.pp,
+            settings.amp_rounds,
+            settings.temperature,
+        )
+
+    def read_ahead(
+        self,
+        messages: Sequence[dict[str, str]],
+        reply: str,
+        settings: ChatSettings,
+        session: EncryptedSession,
+        memory: ChatMemory,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> int:
+        """Encrypted mode, after a reply: read the next turn's opening markers while the user types
+        (`app.chat_encrypted.read_ahead`). Returns the positions read; other modes read nothing (their
+        prefill takes milliseconds)."""
+        if settings.mode != "encrypted":
+            return 0
+        request = self.encrypted_request(settings)
+        return read_ahead(self.loaded, messages, reply, request, session, memory, should_stop, on_progress)
+
     def reply(
         self,
         messages: Sequence[dict[str, str]],
@@ -190,14 +219,7 @@ class ChatService:
         if settings.mode == "encrypted":
             if session is None:
                 raise InputError("encrypted mode needs an EncryptedSession (see ChatService.open_encrypted)")
-            request = ReplyRequest(
-                settings.max_new_tokens,
-                settings.seed,
-                settings.tsp,
-                settings.pp,
-                settings.amp_rounds,
-                settings.temperature,
-            )
+            request = self.encrypted_request(settings)
             key = self.state_key(settings)
             yield from encrypted_reply(self.loaded, key, messages, request, session, memory, should_stop)
             return

@@ -11,11 +11,17 @@ again and continues the reply from its own state: the positions the cache does n
 if it was cut, the tokens shown since) go up again, and the worker skips the uniforms already used. The
 reply says so in one line (`ReplyUpdate.notice`); nothing is lost.
 
+Read-ahead: when a reply ends, the template text that opens the user's next message (the reply's end,
+`<|im_end|>`, `<|im_start|>user`) is already known; `read_ahead` has the worker read it into the cache
+while the user reads and types (a Generate for no token), so the next turn sends only the new message
+and the markers after it. The worker learns nothing it would not learn at the next turn.
+
 References: DESIGN.md section 4; model/conversation.py (what a turn adds); app/keyholder.py (the wire).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
@@ -27,14 +33,25 @@ from app.keyholder import (
     ProgressEvent,
     ReplyRequest,
     TokenEvent,
+    WorkerError,
     WorkerUnavailable,
 )
 from app.replies import ChatMemory, ReplyUpdate, WireReport
-from model.conversation import PublicPrefix, Turn, finish_turn, plan_turn, public_prefixes
+from model.conversation import (
+    PublicPrefix,
+    Turn,
+    extend,
+    finish_turn,
+    plan_turn,
+    public_prefixes,
+    read_ahead_text,
+)
 from model.encrypted import cache_from_bytes
 from model.key_holder import KeyHolderSide
 from model.loading import LoadedModel
 from model.text import StreamDecoder
+
+log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 30.0  # how long a reply keeps trying to reach a worker that went away (a restart)
 START_SECONDS = 3.0  # ... and a reply that starts on a closed connection (the worker may just be down)
@@ -179,6 +196,54 @@ def encrypted_reply(
             memory.conversation = state = finish_turn(tokenizer, turn, reply_ids, held)
             if state is not None:
                 keys.commit(len(state.ids))
+
+
+def read_ahead(
+    loaded: LoadedModel,
+    messages: Sequence[dict[str, str]],
+    reply: str,
+    request: ReplyRequest,
+    session: EncryptedSession,
+    memory: ChatMemory,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> int:
+    """After a reply: read the next turn's opening markers into the cache (see the module docstring).
+
+    Args:
+        messages, reply: the conversation the reply answered, and the reply's text as the page shows it.
+        memory: the chat's state after the reply; it gains the positions read.
+        should_stop: polled while the worker reads; True cancels (the state stays as it was).
+
+    Returns:
+        The positions read (0: nothing to read, the state does not match, or stopped, or the worker
+        failed; a failure is logged and the next turn sends the markers itself).
+    """
+    state, keys = memory.conversation, session.keys
+    if state is None or keys.positions != len(state.ids) or session.client.closed:
+        return 0
+    text, ids = read_ahead_text(loaded.tokenizer, state, messages, reply)
+    if not ids or len(state.ids) + len(ids) + 1 > session.client.welcome.context_window:
+        return 0
+    ahead = replace(request, max_new_tokens=0, first_index=0)
+    read = extended = False
+    stream = session.client.generate(ids, len(state.ids), state.prefix, ahead, should_stop)
+    try:
+        for event in stream:
+            if isinstance(event, ProgressEvent) and on_progress is not None:
+                on_progress(event.stage, event.done, event.total)
+            elif isinstance(event, DoneEvent):
+                read = event.reason != "cancelled"
+    except (WorkerError, WorkerUnavailable) as exc:  # busy with another session, or gone: not needed
+        log.info("read-ahead of %d positions did not run: %s", len(ids), exc)
+    finally:
+        stream.close()
+        held = keys.commit()
+        if read and held == len(state.ids) + len(ids) and memory.conversation is state:
+            memory.conversation, extended = extend(state, text, ids), True
+        else:
+            keys.commit(len(state.ids))  # a layer-only part of the positions: drop it
+    return len(ids) if extended else 0
 
 
 def _wire(session: EncryptedSession, event: TokenEvent, turn: Turn, public: tuple[int, str]) -> WireReport:

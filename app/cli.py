@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -206,10 +207,14 @@ def run_chat(args: argparse.Namespace) -> int:
             f"Chatting with {loaded.name} ({settings.label()}). One message per line; Ctrl-D quits.",
             file=sys.stderr,
         )
+        ahead: threading.Thread | None = None
         for line in sys.stdin:
             message = line.strip()
             if not message:
                 continue
+            if ahead is not None and ahead.is_alive():
+                _status("finishing the read-ahead of this turn's opening markers", 0, 1)
+                ahead.join()
             try:
                 turn = [*history, {"role": "user", "content": message}]
                 reply = _answer(service, turn, settings, session, memory)
@@ -217,6 +222,10 @@ def run_chat(args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 continue
             history += [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
+            if session is not None:  # while the next message is typed: its opening markers (encrypted)
+                work = partial(service.read_ahead, turn, reply, settings, session, memory)
+                ahead = threading.Thread(target=work, name="he-chat-read-ahead", daemon=True)
+                ahead.start()
         return 0
     finally:
         if session is not None:

@@ -142,7 +142,7 @@ class EncryptedWorker:
             )
         g: p.Generate = job.request
         budget = min(g.max_new_tokens, self.context_window - g.start - g.positions)
-        if budget < 1:
+        if budget < 1 and g.max_new_tokens > 0:  # (0 asks for a read-ahead: the positions, no token)
             raise ChatError(
                 f"positions {g.start} + {g.positions} fill the context window of {self.context_window}"
             )

@@ -29,7 +29,9 @@ Conversation (DESIGN.md section 4):
     any message                         <-       Error(code, message, request)
 
 The worker stays stateless between replies apart from the session's keys: the key holder keeps the
-conversation's attention cache and says where the new positions start.
+conversation's attention cache and says where the new positions start. A Generate with max_new_tokens 0
+is a read-ahead: the worker runs the positions through the layers (the oracle calls fill the key
+holder's cache), sends no Token and ends with Done("length").
 """
 
 from __future__ import annotations
@@ -390,8 +392,11 @@ def check_generate(msg: Generate, window: int, prefixes: dict[str, int]) -> None
             )
         if msg.start < prefixes[msg.prefix]:
             raise InputError(f"start {msg.start} is inside the public prefix of {prefixes[msg.prefix]}")
-    if not 1 <= msg.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-        raise InputError(f"max_new_tokens must be 1..{MAX_NEW_TOKENS_LIMIT}, got {msg.max_new_tokens}")
+    if not 0 <= msg.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        raise InputError(
+            f"max_new_tokens must be 0..{MAX_NEW_TOKENS_LIMIT} (0 reads the positions ahead and predicts "
+            f"nothing), got {msg.max_new_tokens}"
+        )
     if not 0 <= msg.seed < 2**63 or not 0 <= msg.first_index <= MAX_NEW_TOKENS_LIMIT:
         raise InputError("seed must be 0..2^63-1 and first_index 0..the reply limit")
     config = SamplerConfig.from_dict(dict(msg.sampler))  # InputError names a bad field

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from app.chat import ChatService, ChatSettings
@@ -31,8 +31,52 @@ from model.errors import ChatError, InputError, WorkerMismatch
 
 log = logging.getLogger(__name__)
 
+Progress = Callable[[str, int, int], None]
 KEY_TTL_SECONDS = 30 * 60  # keys are forgotten after 30 minutes without a reply (Gradio's State TTL)
 WORKER_BUSY_CODE = 4007  # the worker is generating someone else's reply: the session itself is fine
+
+
+class ReadAhead:
+    """The next turn's opening markers, read into the key holder's cache in a thread while the user reads
+    and types (`ChatService.read_ahead`). It holds the keyring's lock until it ends; the next reply
+    waits for it (`wait`), and Stop or dropping the keys cancels it."""
+
+    def __init__(self, ring: Keyring, work: Callable[[Callable[[], bool], Progress], int]) -> None:
+        self.cancel = threading.Event()
+        self.stage = ""
+        self.positions = 0
+        self._thread = threading.Thread(target=self._run, args=(ring, work), name="he-chat-read-ahead")
+        self._thread.daemon = True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self, ring: Keyring, work: Callable[[Callable[[], bool], Progress], int]) -> None:
+        try:
+            self.positions = work(self.cancel.is_set, self._progress)
+        except Exception:  # the next turn sends the markers itself
+            log.exception("reading ahead failed")
+        finally:
+            ring.lock.release()
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        self.stage = stage
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, stop: threading.Event) -> Iterator[str]:
+        """Until it ends, a note every quarter second; Stop cancels it."""
+        while self._thread.is_alive():
+            if stop.is_set():
+                self.cancel.set()
+            where = f": {self.stage}" if self.stage else ""
+            yield (
+                "While you typed, the worker started reading this turn's opening markers (the end of the "
+                f"last reply, `<|im_end|>`, `<|im_start|>user`); it finishes that first{where}…"
+            )
+            self._thread.join(0.25)
 
 
 class Keyring:
@@ -45,6 +89,7 @@ class Keyring:
         self.last_wire: WireReport | None = None  # the last encrypted token's report
         self.last_label = ""  # the mode label of the last reply
         self.lock = threading.Lock()  # one encrypted reply at a time per session (one connection)
+        self.read_ahead: ReadAhead | None = None  # the last reply's read-ahead (holds the lock while it runs)
         self.stop = {"chat": threading.Event(), "compare": threading.Event()}
 
     def __repr__(self) -> str:
@@ -55,6 +100,8 @@ class Keyring:
 
     def drop(self) -> None:
         """Forget the secret key, the chat's state and close the worker connection."""
+        if self.read_ahead is not None:
+            self.read_ahead.cancel.set()
         session, self.session, self.key_bytes = self.session, None, 0
         self.memory.clear()
         if session is not None:
@@ -171,6 +218,7 @@ def stream_reply(
     settings: ChatSettings,
     stop: threading.Event,
     memory: ChatMemory | None = None,
+    read_ahead: bool = True,
 ) -> Iterator[ReplyView]:
     """One reply in the settings' mode, as a view updated in place; never raises.
 
@@ -178,6 +226,8 @@ def stream_reply(
     within a fraction of a second wherever the reply is (Cancel reaches the worker's processes at once).
     `memory` is the chat's state (None: a one-off reply, as in Compare). A worker that is gone keeps the
     keys and the state: the next reply reconnects. A worker that serves another model drops them.
+    After an encrypted reply in a chat (`memory`), the next turn's opening markers are read ahead in a
+    thread (`read_ahead`); the next reply waits for it to end.
     """
     view = ReplyView(settings)
     ring.last_label = f"{BADGE[settings.mode]} {settings.label()}"
@@ -189,10 +239,18 @@ def stream_reply(
         session = None
         if settings.mode == "encrypted":
             if not ring.lock.acquire(blocking=False):
-                raise InputError(
-                    "another encrypted reply is running in this browser session (the other tab?); "
-                    "wait for it or press its Stop button"
-                )
+                ahead = ring.read_ahead
+                if ahead is not None and ahead.running:
+                    view.note_title = "finishing the read-ahead"
+                    for note in ahead.wait(stop):
+                        view.note = note
+                        yield view
+                    view.note, view.note_title = "", "creating your keys"
+                if not ring.lock.acquire(timeout=1.0):
+                    raise InputError(
+                        "another encrypted reply is running in this browser session (the other tab?); "
+                        "wait for it or press its Stop button"
+                    )
             locked = True
             if ring.session is None:
                 for note in _open_session(service, ring):
@@ -218,6 +276,9 @@ def stream_reply(
                 close()  # encrypted: sends Cancel and waits for the worker's Done
         view.stopped = view.stopping
         view.stopping = False
+        if session is not None and memory is not None and read_ahead:
+            ring.read_ahead = _read_ahead(service, ring, messages, view, settings, session, memory)
+            locked = False  # the read-ahead holds the lock now and releases it when it ends
     except Exception as exc:  # the page must keep working: every failure becomes a message
         if isinstance(exc, WorkerMismatch):
             ring.drop()  # another worker now answers at that address: these keys are not for it
@@ -230,6 +291,26 @@ def stream_reply(
         if locked:
             ring.lock.release()
     yield view
+
+
+def _read_ahead(
+    service: ChatService,
+    ring: Keyring,
+    messages: Sequence[dict[str, str]],
+    view: ReplyView,
+    settings: ChatSettings,
+    session: EncryptedSession,
+    memory: ChatMemory,
+) -> ReadAhead:
+    reply = view.update.text if view.update is not None else ""
+    ahead = ReadAhead(
+        ring,
+        lambda should_stop, progress: service.read_ahead(
+            messages, reply, settings, session, memory, should_stop, progress
+        ),
+    )
+    ahead.start()
+    return ahead
 
 
 def _sentence(text: str) -> str:

@@ -59,7 +59,8 @@ class ReplyView:
     settings: ChatSettings
     update: ReplyUpdate | None = None
     token_seconds: list[float] = field(default_factory=list)  # wall time at which each token arrived
-    note: str = ""  # key creation and upload progress
+    note: str = ""  # key creation and upload progress, or the wait for the last turn's read-ahead
+    note_title: str = "creating your keys"
     stopping: bool = False
     stopped: bool = False
     error: tuple[str, str] | None = None  # (title, text)
@@ -118,7 +119,7 @@ class ReplyView:
         if self.finished:
             return self._footer(label, elapsed)
         if self.note:
-            title, lines = f"{label} · creating your keys", [self.note]
+            title, lines = f"{label} · {self.note_title}", [self.note]
         elif self.stopping:
             title, lines = (
                 f"{label} · stopping…",

@@ -1,6 +1,7 @@
 """Benchmark: an encrypted chat turn after turn, beside the landed path measured in the same run.
 
     python bench/bench_chat.py                      # default model, 3 runs of a 3-turn chat, landed path too
+    python bench/bench_chat.py --runs 2 --tokens 6 --landed-runs 1   # the README's figures
     python bench/bench_chat.py --skip-landed --runs 1 --tokens 6
     python bench/bench_chat.py --tiny --skip-landed # the harness on the tiny model
 
@@ -9,8 +10,10 @@ user) and the key holder in this process, over loopback websockets, exactly as `
 run opens a new encrypted session (key generation and upload are part of the first turn) and holds a
 3-turn conversation of one-line messages; every turn continues from the key holder's state. Reported per
 turn: time to the first token, positions sent, and seconds per token (median of the gaps after the
-first token). Then simulate mode holds the same two-turn conversation from its own state, and the tokens
-of both modes are compared.
+first token). With `--read-ahead both` (the default) each run is held twice, without and with the
+read-ahead the page does while the user types (the next turn's opening markers read as soon as a reply
+ends); the read-ahead's own time is the think time a turn needs to find them read. Then simulate mode
+holds the same two-turn conversation from its own state, and the tokens of every run are compared.
 
 Landed path (`--landed REV`, default the commit before this work): the code of that commit, checked out
 into a temporary git worktree and run in a subprocess on this machine, warm (one reply first): the whole
@@ -113,10 +116,19 @@ def run_landed(rev: str, runs: int, tokens: int) -> list[dict[str, Any]]:
 
 
 def chat(
-    service: ChatService, mode: str, tokens: int, turns: list[str], session: Any = None
+    service: ChatService,
+    mode: str,
+    tokens: int,
+    turns: list[str],
+    session: Any = None,
+    read_ahead: bool = False,
 ) -> list[dict[str, Any]]:
-    """One conversation; per turn: time to first token, positions, seconds per token, text."""
+    """One conversation; per turn: time to first token, positions, seconds per token, text. With
+    `read_ahead`, after each reply the next turn's opening markers are read ahead, as the page does
+    while the user types; its time is the think time a turn needs to find them read ("ahead_seconds"
+    of the next turn)."""
     memory, history, out = ChatMemory(), [], []
+    ahead: tuple[int, float] = (0, 0.0)
     for message in turns:
         messages = [*history, {"role": "user", "content": message}]
         settings = ChatSettings(mode=mode, max_new_tokens=tokens)  # type: ignore[arg-type]
@@ -137,10 +149,18 @@ def chat(
                 "continued": last.continued,
                 "text": last.text,
                 "finish": last.finish,
+                "ahead_positions": ahead[0],
+                "ahead_seconds": ahead[1],
             }
         )
-        history = [*messages, {"role": "assistant", "content": last.text}]
         print(f"  {mode} turn {len(out)}: {json.dumps(out[-1])}", flush=True)
+        if read_ahead and len(out) < len(turns):
+            began = time.perf_counter()
+            settings = ChatSettings(mode=mode, max_new_tokens=tokens)  # type: ignore[arg-type]
+            read = service.read_ahead(messages, last.text, settings, session, memory)
+            ahead = (read, time.perf_counter() - began)
+            print(f"  read ahead: {read} positions in {ahead[1]:.1f} s", flush=True)
+        history = [*messages, {"role": "assistant", "content": last.text}]
     return out
 
 
@@ -155,6 +175,12 @@ def main() -> None:
     parser.add_argument("--landed-runs", type=int, default=3)
     parser.add_argument("--skip-landed", action="store_true")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument(
+        "--read-ahead",
+        choices=("off", "on", "both"),
+        default="both",
+        help="read the next turn's opening markers after each reply, as the page does (both: runs of each)",
+    )
     args = parser.parse_args()
 
     loaded = build_tiny_model() if args.tiny else load_default()
@@ -169,46 +195,68 @@ def main() -> None:
     print(f"worker: {worker.processes} compute processes, warm after {warm:.0f} s, {memory / 2**30:.1f} GiB")
     print(f"this process (the page's key holder, model loaded): {page / 2**30:.1f} GiB")
 
-    runs = []
+    variants = {"off": [False], "on": [True], "both": [False, True]}[args.read_ahead]
+    runs: dict[bool, list[list[dict[str, Any]]]] = {False: [], True: []}
     for run in range(args.runs):
-        start = time.perf_counter()
-        session = service.open_encrypted()
-        keys_seconds = time.perf_counter() - start
-        print(f"run {run + 1}: keys created and uploaded in {keys_seconds:.1f} s", flush=True)
-        turns = chat(service, "encrypted", args.tokens, TURNS, session)
-        turns[0]["ttft_with_keys"] = turns[0]["ttft"] + keys_seconds
-        runs.append(turns)
-        session.close()
+        for ahead in variants:
+            start = time.perf_counter()
+            session = service.open_encrypted()
+            keys_seconds = time.perf_counter() - start
+            label = "with" if ahead else "without"
+            print(f"run {run + 1} ({label} read-ahead): keys created and uploaded in {keys_seconds:.1f} s")
+            turns = chat(service, "encrypted", args.tokens, TURNS, session, ahead)
+            turns[0]["ttft_with_keys"] = turns[0]["ttft"] + keys_seconds
+            runs[ahead].append(turns)
+            session.close()
     simulated = chat(service, "simulate", args.tokens, TURNS[:2])
     worker.stop()
 
     landed = [] if args.skip_landed else run_landed(args.landed, args.landed_runs, max(args.tokens // 2, 3))
-    print()
-    print(f"| turn | positions sent | time to first token (median of {len(runs)}) | s/token | landed |")
-    print("|---|---|---|---|---|")
     landed_ttft = statistics.median(r["ttft"] for r in landed) if landed else None
     landed_gap = statistics.median(g for r in landed for g in r["gaps"]) if landed else None
-    for i in range(len(TURNS)):
-        ttft = statistics.median(r[i]["ttft"] for r in runs)
-        per = statistics.median(r[i]["per_token"] for r in runs)
-        positions = runs[0][i]["positions"]
-        if landed_ttft is not None:
-            base = f"{landed_ttft:.0f} s for {landed[0]['positions']} positions ({landed_ttft / ttft:.1f}x)"
-        else:
-            base = "not measured"
-        print(f"| {i + 1} | {positions} | {ttft:.1f} s | {per:.1f} s | {base if i == 0 else ''} |")
-    first_with_keys = statistics.median(r[0]["ttft_with_keys"] for r in runs)
+    for ahead in variants:
+        table(runs[ahead], ahead, landed, landed_ttft)
+    every = [r for ahead in variants for r in runs[ahead]]
+    first_with_keys = statistics.median(r[0]["ttft_with_keys"] for r in every)
     print(f"first turn including key generation and upload: {first_with_keys:.1f} s")
-    decode = statistics.median(r[i]["per_token"] for r in runs for i in range(len(TURNS)))
+    decode = statistics.median(r[i]["per_token"] for r in every for i in range(len(TURNS)))
     if landed_gap is not None:
         ratio = landed_gap / decode
         print(f"decode: {decode:.1f} s/token, landed {landed_gap:.1f} s/token ({ratio:.2f}x faster)")
     else:
         print(f"decode: {decode:.1f} s/token (landed path not measured)")
-    same = [runs[0][i]["text"] == simulated[i]["text"] for i in range(2)]
-    print(f"encrypted = simulate over a two-turn conversation (each from its own state): {same}")
+    same = [all(r[i]["text"] == simulated[i]["text"] for r in every) for i in range(2)]
+    print(f"encrypted (every run) = simulate over a two-turn conversation, each from its own state: {same}")
     for i in range(2):
-        print(f"  turn {i + 1}: encrypted {runs[0][i]['text']!r} / simulate {simulated[i]['text']!r}")
+        print(f"  turn {i + 1}: encrypted {every[0][i]['text']!r} / simulate {simulated[i]['text']!r}")
+
+
+def table(
+    runs: list[list[dict[str, Any]]], ahead: bool, landed: list[dict[str, Any]], landed_ttft: float | None
+) -> None:
+    """Per turn: positions, time to first token and s/token (medians over runs), the landed baseline."""
+    print(f"\n{'with' if ahead else 'without'} read-ahead of the next turn's opening markers:")
+    print(
+        f"| turn | positions sent | time to first token (median of {len(runs)}) | s/token "
+        "| read ahead before it (think time it needs) | baseline |"
+    )
+    print("|---|---|---|---|---|---|")
+    first = statistics.median(r[0]["ttft"] for r in runs)
+    for i in range(len(TURNS)):
+        ttft = statistics.median(r[i]["ttft"] for r in runs)
+        per = statistics.median(r[i]["per_token"] for r in runs)
+        positions = runs[0][i]["positions"]
+        read = runs[0][i]["ahead_positions"]
+        need = statistics.median(r[i]["ahead_seconds"] for r in runs)
+        before = f"{read} positions ({need:.0f} s)" if read else ""
+        if i > 0:
+            base = f"turn 1: {first:.1f} s ({ttft / first:.2f}x of it)"
+        elif landed_ttft is not None:
+            count = landed[0]["positions"]
+            base = f"landed {landed_ttft:.0f} s for {count} positions ({landed_ttft / ttft:.1f}x)"
+        else:
+            base = "landed: not measured"
+        print(f"| {i + 1} | {positions} | {ttft:.1f} s | {per:.1f} s | {before} | {base} |")
 
 
 if __name__ == "__main__":

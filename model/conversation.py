@@ -196,3 +196,35 @@ def finish_turn(
         reply_text = str(tokenizer.decode(shown, skip_special_tokens=True)) if shown else ""
     base = turn.base
     return Conversation(base.key, turn.text + reply_text, [*base.ids, *turn.new_ids, *shown], base.prefix)
+
+
+def read_ahead_text(
+    tokenizer: PreTrainedTokenizerBase, state: Conversation, messages: Sequence[dict[str, str]], reply: str
+) -> tuple[str, list[int]]:
+    """What the next turn will read before the user's next message, known as soon as a reply ends.
+
+    The template closes the reply and opens the next user message with markers that do not depend on
+    what the user types (`<|im_end|>`, `<|im_start|>user`, and the end of the reply when its last token
+    was not fed back). Returns their text after `state.text` and its tokens; empty if the template does
+    not render the conversation as a continuation of the state.
+
+    Args:
+        state: the chat's state after the reply (`finish_turn`).
+        messages: the conversation the reply answered; `reply` is its text as the page shows it.
+    """
+    if not state.text.startswith(template_text(tokenizer, messages)):
+        return "", []  # the reply stopped before its prompt was read: the state is the turn's base
+    following = [*messages, {"role": "assistant", "content": reply}, {"role": "user", "content": _SENTINEL}]
+    text = template_text(tokenizer, following, add_generation_prompt=False)
+    if _SENTINEL not in text:
+        return "", []
+    opening = text[: text.index(_SENTINEL)]
+    if not state.ids or not opening.startswith(state.text) or len(opening) == len(state.text):
+        return "", []
+    rest = opening[len(state.text) :]
+    return rest, encode_text(tokenizer, rest)
+
+
+def extend(state: Conversation, text: str, ids: Sequence[int]) -> Conversation:
+    """The state after `ids` (standing for `text`) were read into the cache after it."""
+    return Conversation(state.key, state.text + text, [*state.ids, *ids], state.prefix)

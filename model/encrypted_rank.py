@@ -82,7 +82,7 @@ class RankRequest:
 
     positions: int  # T: new positions this reply starts with
     prompt: dict[int, bytes]  # this rank's positions -> the key holder's ciphertext of that embedding
-    budget: int  # tokens to generate (the worker clamped max_new_tokens to the context window)
+    budget: int  # tokens to generate (the worker clamped max_new_tokens to the context window); 0 reads
     finish: FinishReason  # why the reply ends after `budget` tokens: "length" or "context"
     seed: int  # the uniforms r: default_rng(seed), one draw per token
     first_index: int  # draws to skip (a reply resumed after a lost worker continues its stream)
@@ -275,21 +275,26 @@ class RankSession:
         self.link = link
         self.tokens = 0
 
-    def _forward(self, x: Shares, positions: int, stage: str) -> Shares:
+    def _forward(self, x: Shares, positions: int, stage: str, head: bool = True) -> Shares:
         self.backend.positions = positions
         layers = self.weights.shape.layers
-        total = layers + 3  # the layers, then LM head and softmax, sampler, mixture
+        total = layers + 3 if head else layers  # the layers, then LM head and softmax, sampler, mixture
 
         def on_layer(index: int) -> None:
             self.link.check()
             self.link.progress(f"{stage}: layer {index + 1}/{layers}", index, total)
 
-        logits = forward(self.backend, self.weights, x, on_layer)
-        self.link.progress("sampler", layers + 1, total)
-        return logits
+        out = forward(self.backend, self.weights, x, on_layer, head)
+        if head:
+            self.link.progress("sampler", layers + 1, total)
+        return out
 
     def prefill(self, x: Shares, positions: int) -> Shares:
         return self._forward(x, positions, f"prompt ({positions} positions)")
+
+    def read(self, x: Shares, positions: int) -> None:
+        """The layers only: the key holder's cache gains the positions; nothing is predicted."""
+        self._forward(x, positions, f"reading ahead ({positions} positions)", head=False)
 
     def step(self, embedding: Shares) -> Shares:
         self.tokens += 1
@@ -337,7 +342,9 @@ def run_rank(
     layout: Layout,
     request: RankRequest,
 ) -> FinishReason:
-    """Generate `request.budget` tokens; each goes out through `link.token`. Returns the finish reason."""
+    """Generate `request.budget` tokens; each goes out through `link.token`. Returns the finish reason.
+
+    A budget of 0 reads the prompt into the key holder's cache and predicts nothing (a read-ahead)."""
     engine = Engine.for_worker(public)
     tsp = request.sampler.tsp
     backend = RankBackend(engine, public, layout, caches, link, tsp)
@@ -350,6 +357,9 @@ def run_rank(
     x = Shares([Part(p, 0, vector_from_bytes(public, blob)) for p, blob in sorted(request.prompt.items())])
     if any(part.vec.length != layout.shape.d for part in x.parts):
         raise InputError(f"every prompt position must be one encrypted vector of {layout.shape.d} values")
+    if request.budget == 0:
+        session.read(x, request.positions)
+        return request.finish
     logits = session.prefill(x, request.positions)
     steps: Iterator[Any] = decode(
         session, logits, selector, request.budget, rng, length_finish=request.finish

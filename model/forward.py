@@ -327,15 +327,23 @@ def decoder_layer(backend: Backend[T], prepared: ModelWeights, index: int, x: T)
 
 
 def forward(
-    backend: Backend[T], prepared: ModelWeights, x: T, on_layer: Callable[[int], None] | None = None
+    backend: Backend[T],
+    prepared: ModelWeights,
+    x: T,
+    on_layer: Callable[[int], None] | None = None,
+    head: bool = True,
 ) -> T:
     """Input embeddings of T new positions (T, d) -> logits of the last position in TSP order, (1, V).
 
-    `on_layer(i)` is called before layer i (progress reports and cancellation checks).
+    `on_layer(i)` is called before layer i (progress reports and cancellation checks). With `head` False
+    the pass stops after the last layer and returns its output (T, d): the positions are read into the
+    attention cache and nothing is predicted (a read-ahead of text that is known before it is needed).
     """
     for index in range(prepared.shape.layers):
         if on_layer is not None:
             on_layer(index)
         x = decoder_layer(backend, prepared, index, x)
+    if not head:
+        return x
     h = backend.apply("final_norm", prepared.shape.layers, [x], "lm_head")  # (1, d): the last position only
     return backend.linear(h, "lm_head", prepared.lm_head)  # (1, V)

@@ -27,13 +27,21 @@ TURNS = ["What is the capital of France?", "And of Spain?"]
 
 
 def converse(
-    service: ChatService, settings: ChatSettings, turns: list[str], session: Any = None
+    service: ChatService,
+    settings: ChatSettings,
+    turns: list[str],
+    session: Any = None,
+    ahead: list[int] | None = None,
 ) -> list[ReplyUpdate]:
+    """The replies to `turns`, each continuing the last; with `ahead`, a read-ahead after each reply
+    (the positions it read are appended to `ahead`)."""
     memory, history, finals = ChatMemory(), [], []
     for message in turns:
         messages = [*history, {"role": "user", "content": message}]
         final = list(service.reply(messages, settings, session, memory))[-1]
         finals.append(final)
+        if ahead is not None:
+            ahead.append(service.read_ahead(messages, final.text, settings, session, memory))
         history = [*messages, {"role": "assistant", "content": final.text}]
     return finals
 
@@ -75,17 +83,44 @@ def served(tiny: LoadedModel) -> Iterator[tuple[ChatService, BackgroundWorker]]:
 def test_encrypted_turns_continue_and_say_what_simulate_says(
     served: tuple[ChatService, BackgroundWorker],
 ) -> None:
-    service, _ = served
+    """Each turn continues the last, with and without a read-ahead of the next turn's markers; the
+    tokens are simulate's either way."""
+    service, worker = served
     session = service.open_encrypted()
-    encrypted = converse(service, ChatSettings(mode="encrypted", max_new_tokens=3), TURNS, session)
+    settings = ChatSettings(mode="encrypted", max_new_tokens=3)
+    encrypted = converse(service, settings, TURNS, session)
+    ahead: list[int] = []
+    read = converse(service, settings, TURNS, session, ahead)
     simulated = converse(service, ChatSettings(mode="simulate", max_new_tokens=3), TURNS)
-    assert [u.text for u in encrypted] == [u.text for u in simulated]
+    assert [u.text for u in encrypted] == [u.text for u in read] == [u.text for u in simulated]
     first, second = encrypted
     assert first.start > 0 and not first.continued  # began from the public prefix
     assert first.wire is not None and first.wire.public_positions == first.start
     assert "You are a helpful AI assistant" in first.wire.public_text
     assert second.continued and second.start == first.start + first.new_positions + 2
     assert second.wire is not None and second.wire.new_positions == second.new_positions
+    assert ahead[0] >= 5  # the reply's last token, <|im_end|>, \n, <|im_start|>user, \n
+    assert read[1].continued and read[1].start == second.start + ahead[0]
+    assert read[1].new_positions == second.new_positions - ahead[0]
+    assert worker.worker.busy is None
+    session.close()
+
+
+def test_a_stopped_read_ahead_leaves_the_state_as_it_was(
+    served: tuple[ChatService, BackgroundWorker],
+) -> None:
+    service, _ = served
+    session = service.open_encrypted()
+    settings = ChatSettings(mode="encrypted", max_new_tokens=2)
+    memory = ChatMemory()
+    messages = [{"role": "user", "content": TURNS[0]}]
+    first = list(service.reply(messages, settings, session, memory))[-1]
+    state, held = memory.conversation, session.keys.positions
+    assert service.read_ahead(messages, first.text, settings, session, memory, should_stop=lambda: True) == 0
+    assert memory.conversation is state and session.keys.positions == held
+    follow = [*messages, {"role": "assistant", "content": first.text}, {"role": "user", "content": TURNS[1]}]
+    again = list(service.reply(follow, settings, session, memory))[-1]
+    assert again.continued and again.start == held
     session.close()
 
 

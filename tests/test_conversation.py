@@ -7,9 +7,11 @@ import pytest
 from model.conversation import (
     Conversation,
     encode_text,
+    extend,
     finish_turn,
     plan_turn,
     public_prefixes,
+    read_ahead_text,
     template_text,
 )
 from model.errors import InputError
@@ -110,6 +112,33 @@ def test_a_prefill_cut_short_leaves_the_state_of_before(tiny: LoadedModel) -> No
     turn = plan_turn(tiny.tokenizer, messages, KEY, state, tiny.context_window)
     assert finish_turn(tiny.tokenizer, turn, [], turn.start) is turn.base  # Stop during the prompt
     assert finish_turn(tiny.tokenizer, turn, [], turn.start + 3) is None  # half a prompt: never reuse
+
+
+@pytest.mark.parametrize("reply", [" Paris is.", " Paris 🌊"])
+def test_the_next_turns_opening_is_read_ahead_and_the_turn_sends_the_rest(
+    tiny: LoadedModel, reply: str
+) -> None:
+    tok = tiny.tokenizer
+    state, history = _after_first_reply(tiny, reply)
+    text, ids = read_ahead_text(tok, state, FIRST, reply)
+    assert text.endswith("user\n") and "<|im_end|>" in text and ids == encode_text(tok, text)
+    ahead = extend(state, text, ids)
+    messages = [*history, {"role": "user", "content": "And of Spain?"}]
+    turn = plan_turn(tok, messages, KEY, ahead, tiny.context_window)
+    without = plan_turn(tok, messages, KEY, state, tiny.context_window)
+    assert turn.continued and turn.start == len(state.ids) + len(ids)
+    assert tok.decode(turn.new_ids).startswith("And of Spain?")
+    assert len(turn.new_ids) == len(without.new_ids) - len(ids)
+    assert tok.decode(ahead.ids + turn.new_ids) == template_text(tok, messages)
+
+
+def test_nothing_is_read_ahead_for_a_state_that_lacks_the_turn(tiny: LoadedModel) -> None:
+    tok = tiny.tokenizer
+    state, history = _after_first_reply(tiny)
+    stopped = [*history, {"role": "user", "content": "And of Spain?"}]  # Stop before its prompt was read
+    assert read_ahead_text(tok, state, stopped, "") == ("", [])
+    other = Conversation(KEY, "something else", [1, 2])
+    assert read_ahead_text(tok, other, FIRST, " Paris is.") == ("", [])
 
 
 def test_the_public_prefix_is_the_template_before_any_private_text(tiny: LoadedModel) -> None:

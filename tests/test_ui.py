@@ -261,6 +261,49 @@ def test_a_worker_lost_for_good_keeps_the_text_the_keys_and_the_chat_state() -> 
     assert not ring.lock.locked()
 
 
+class _ReadingService:
+    """Stands in for ChatService: a finished reply, then a read-ahead that runs until it is stopped."""
+
+    worker_url = "ws://worker"
+
+    def __init__(self) -> None:
+        self.reading = threading.Event()
+        self.read_for: list[str] = []
+
+    def reply(self, messages: Any, settings: ChatSettings, *args: Any) -> Iterator[ReplyUpdate]:
+        yield _update(" Paris.", 1, 1.0, first=1.0, finish="eos")
+
+    def read_ahead(self, messages: Any, reply: str, settings: Any, session: Any, memory: Any,
+                   should_stop: Any, on_progress: Any) -> int:  # fmt: skip
+        self.read_for.append(reply)
+        on_progress("reading ahead (5 positions): layer 3/30", 3, 30)
+        self.reading.set()
+        while not should_stop():
+            time.sleep(0.01)
+        return 0
+
+
+def test_the_next_reply_waits_for_the_read_ahead_and_stop_cancels_it() -> None:
+    ring, service = Keyring(), _ReadingService()
+    ring.session = _FakeSession()  # type: ignore[assignment]
+    settings = ChatSettings(mode="encrypted", max_new_tokens=5)
+    first = list(stream_reply(service, ring, [], settings, threading.Event(), ring.memory))  # type: ignore[arg-type]
+    assert first[-1].error is None and service.reading.wait(5) and service.read_for == [" Paris."]
+    assert ring.lock.locked()  # the read-ahead holds the session until it ends
+    stop = threading.Event()
+    second = stream_reply(service, ring, [], settings, stop, ring.memory)  # type: ignore[arg-type]
+    waiting = [next(second), next(second)][-1].messages()[-1]
+    assert waiting["metadata"]["title"].endswith("· finishing the read-ahead")
+    assert "layer 3/30" in waiting["content"]
+    stop.set()  # Stop while waiting: the read-ahead ends, then the reply (stopped at once)
+    rest = list(second)
+    assert rest[-1].error is None and ring.read_ahead is not None and not ring.read_ahead.cancel.is_set()
+    ring.drop()
+    assert ring.read_ahead is not None and ring.read_ahead.cancel.is_set()
+    ring.read_ahead._thread.join(5)
+    assert not ring.lock.locked()
+
+
 def test_keys_are_never_copied_shown_or_kept_after_expiry_or_tab_close() -> None:
     rings = OpenKeyrings()
     ring, other = Keyring(), Keyring()

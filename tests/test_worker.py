@@ -348,6 +348,7 @@ def test_worker_unreachable_is_a_clear_error() -> None:
         ({"prefix": "default-000000000000"}, "unknown public prefix"),
         ({"prefix": PREFIX.id, "start": 1}, "inside the public prefix"),
         ({"max_new_tokens": 10**6}, "max_new_tokens must be"),
+        ({"max_new_tokens": -1}, "max_new_tokens must be 0.."),
         ({"seed": -1}, "seed must be"),
         ({"sampler": {"amp_rounds": 99}}, "amp_rounds must be between"),
         ({"sampler": {"bogus": 1}}, "unknown sampler setting"),
