@@ -44,7 +44,6 @@ class ReadAhead:
     def __init__(self, ring: Keyring, work: Callable[[Callable[[], bool], Progress], int]) -> None:
         self.cancel = threading.Event()
         self.stage = ""
-        self.positions = 0
         self._thread = threading.Thread(target=self._run, args=(ring, work), name="he-chat-read-ahead")
         self._thread.daemon = True
 
@@ -53,7 +52,7 @@ class ReadAhead:
 
     def _run(self, ring: Keyring, work: Callable[[Callable[[], bool], Progress], int]) -> None:
         try:
-            self.positions = work(self.cancel.is_set, self._progress)
+            work(self.cancel.is_set, self._progress)
         except Exception:  # the next turn sends the markers itself
             log.exception("reading ahead failed")
         finally:
@@ -218,7 +217,6 @@ def stream_reply(
     settings: ChatSettings,
     stop: threading.Event,
     memory: ChatMemory | None = None,
-    read_ahead: bool = True,
 ) -> Iterator[ReplyView]:
     """One reply in the settings' mode, as a view updated in place; never raises.
 
@@ -227,7 +225,7 @@ def stream_reply(
     `memory` is the chat's state (None: a one-off reply, as in Compare). A worker that is gone keeps the
     keys and the state: the next reply reconnects. A worker that serves another model drops them.
     After an encrypted reply in a chat (`memory`), the next turn's opening markers are read ahead in a
-    thread (`read_ahead`); the next reply waits for it to end.
+    thread (`ReadAhead`); the next reply waits for it to end.
     """
     view = ReplyView(settings)
     ring.last_label = f"{BADGE[settings.mode]} {settings.label()}"
@@ -276,7 +274,7 @@ def stream_reply(
                 close()  # encrypted: sends Cancel and waits for the worker's Done
         view.stopped = view.stopping
         view.stopping = False
-        if session is not None and memory is not None and read_ahead:
+        if session is not None and memory is not None:
             ring.read_ahead = _read_ahead(service, ring, messages, view, settings, session, memory)
             locked = False  # the read-ahead holds the lock now and releases it when it ends
     except Exception as exc:  # the page must keep working: every failure becomes a message

@@ -119,6 +119,8 @@ class Session:
     job: asyncio.Task[None] | None = None
     request: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
+    reading: bool = False  # the job is a read-ahead (0 tokens): a reply of another session preempts it
+    preempted: str = ""  # the last read-ahead that gave way (its late oracle answers are dropped)
     calls: dict[int, asyncio.Future[list[bytes]]] = field(default_factory=dict)
     next_call: int = 0
 
@@ -179,9 +181,8 @@ class Worker:
 
     async def drop(self, session: Session) -> None:
         """Free everything a session holds (keys, job, pending oracle calls)."""
-        session.cancelled.set()
-        for future in session.calls.values():
-            future.cancel()
+        self._stop(session)
+        session.calls.clear()
         if session.job is not None:
             try:
                 await session.job
@@ -211,6 +212,8 @@ class Worker:
             self._generate(conn, session, msg)
         elif isinstance(msg, p.OracleReply):
             future = session.calls.pop(msg.call, None) if msg.request == session.request else None
+            if future is None and msg.request and msg.request == session.preempted:
+                return session  # an answer to a read-ahead that gave way to another reply: not needed
             if future is None:
                 raise OutOfOrder(
                     f"oracle reply for call {msg.call} of request {msg.request!r}, which is not open"
@@ -219,9 +222,7 @@ class Worker:
                 future.set_result(msg.blobs)
         elif isinstance(msg, p.Cancel):
             if msg.request == session.request:
-                session.cancelled.set()
-                for future in session.calls.values():
-                    future.cancel()
+                self._stop(session)
         else:
             raise OutOfOrder(f"{msg.type} is a worker-to-client message; the worker does not accept it")
         return session
@@ -296,16 +297,37 @@ class Worker:
             raise OutOfOrder("generate before the keys were uploaded; send the KeyChunk messages first")
         prefixes = {pid: len(prefix.ids) for pid, (prefix, _) in self.model.prefixes.items()}
         p.check_generate(msg, self.model.context_window, prefixes)
+        previous = None
         if self.busy is not None:
-            raise WorkerBusy("the worker is generating another reply; retry when it is done")
+            running = self.busy
+            if running is session or not running.reading or msg.max_new_tokens == 0:
+                raise WorkerBusy("the worker is generating another reply; retry when it is done")
+            running.preempted = running.request  # a read-ahead only saves its chat time later
+            self._stop(running)
+            previous = running.job
         self.busy = session
         session.request = msg.request
+        session.reading = msg.max_new_tokens == 0
         session.cancelled = threading.Event()
-        session.job = asyncio.create_task(self._run(conn, session, msg))
+        session.job = asyncio.create_task(self._run(conn, session, msg, previous))
 
-    async def _run(self, conn: ServerConnection, session: Session, msg: p.Generate) -> None:
+    @staticmethod
+    def _stop(session: Session) -> None:
+        """End the session's job at its next check; an oracle call it waits on is abandoned."""
+        session.cancelled.set()
+        for future in session.calls.values():
+            future.cancel()
+
+    async def _run(
+        self, conn: ServerConnection, session: Session, msg: p.Generate, after: asyncio.Task[None] | None
+    ) -> None:
+        """Run one Generate (after the preempted read-ahead `after` has ended, if any)."""
         assert self.loop is not None
         loop = self.loop
+        if after is not None:
+            stage = "waiting for another chat's read-ahead to stop"
+            await self._send_quietly(conn, p.Progress(msg.request, stage, 0, 1))
+            await asyncio.wait([after])
 
         def emit(message: p.Message) -> None:
             asyncio.run_coroutine_threadsafe(conn.send(p.encode(message)), loop).result()

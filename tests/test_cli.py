@@ -66,6 +66,17 @@ def test_encrypted_mode_starts_a_local_worker_and_streams() -> None:
     assert "layer 1/2" in result.stderr  # progress from the worker's telemetry
 
 
+def test_an_interactive_encrypted_chat_reads_the_next_turns_opening_ahead() -> None:
+    result = run_app(
+        "chat", "--tiny", "--mode", "encrypted", "--max-new-tokens", "2", stdin="Hi\nAnd then?\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("encrypted (TSP on, PP on, amp 3): 2 tokens") == 2
+    # the reply's last token, <|im_end|>, \n, <|im_start|>user and \n were read after the first reply:
+    # the follow-up sends "And then?" and the 5 markers after it (15 positions without the read-ahead)
+    assert "9 new positions, continued from" in result.stderr
+
+
 def test_encrypted_mode_with_an_unreachable_worker_says_so() -> None:
     result = run_app("chat", "--tiny", "--mode", "encrypted", "--worker-url", "ws://127.0.0.1:9", "Hi")
     assert result.returncode == 2

@@ -72,6 +72,12 @@ class CounterModel:
         public = self.keys[job.session]
         engine = Engine.for_worker(public)
         vec = vector_from_bytes(public, job.request.blobs[0])
+        if job.request.max_new_tokens == 0:  # a read-ahead: oracle calls and no token, for a while
+            for _ in range(200):
+                job.check()
+                job.oracle(OracleCall("refresh", -1, [(0, 0)], [vector_to_bytes(vec)]))
+                time.sleep(self.delay)
+            return "length"
         for index in range(job.request.max_new_tokens):
             job.check()
             job.emit(p.Progress(job.request.request, "counting", index, job.request.max_new_tokens))
@@ -377,6 +383,32 @@ def test_generate_fields_are_range_checked_before_any_work(
     assert isinstance(error, p.Error) and error.code == p.CODE_BAD_REQUEST and text in error.message, error
     assert [e.token_id for e in reply(client, [3], 1) if isinstance(e, TokenEvent)] == [4]  # still served
     client.close()
+
+
+def test_a_reply_preempts_another_sessions_read_ahead_and_both_chats_go_on(served: LoopbackWorker) -> None:
+    reader, replier = KeyHolderClient(served.url, CounterMath()), KeyHolderClient(served.url, CounterMath())
+    events: list[Any] = []
+    ahead = threading.Thread(
+        target=lambda: events.extend(reader.generate([3], 0, "", ReplyRequest(max_new_tokens=0, seed=0)))
+    )
+    ahead.start()
+    deadline = time.monotonic() + 10
+    while served.worker.busy is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert served.worker.busy is not None and served.worker.busy.reading
+    began = time.perf_counter()
+    assert [e.token_id for e in reply(replier, [3], 2) if isinstance(e, TokenEvent)] == [4, 5]  # not busy
+    assert time.perf_counter() - began < 5  # the read-ahead (200 x 50 ms) gave way at once
+    ahead.join(10)
+    assert isinstance(events[-1], DoneEvent) and events[-1].reason == "cancelled"
+    assert [e.token_id for e in reply(reader, [3], 1) if isinstance(e, TokenEvent)] == [4]  # no stray error
+    stream = replier.generate([3], 0, "", ReplyRequest(max_new_tokens=50, seed=0))
+    next(stream)  # a reply is running: a read-ahead never preempts anything
+    with pytest.raises(WorkerError, match="4007"):
+        list(reader.generate([3], 0, "", ReplyRequest(max_new_tokens=0, seed=0)))
+    stream.close()
+    reader.close()
+    replier.close()
 
 
 def test_the_key_holder_refuses_a_worker_that_serves_something_else(served: LoopbackWorker) -> None:
