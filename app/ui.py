@@ -41,14 +41,15 @@ EXAMPLES = [
     "Write a haiku about the sea.",
     "Explain photosynthesis in two sentences.",
 ]
-ENCRYPTED_TOKENS = 64  # max new tokens when encrypted is picked: about 20 minutes at most on 2 cores
+ENCRYPTED_TOKENS = 64  # max new tokens when encrypted is picked: 12-20 minutes at most on 2 cores
 MODE_INFO = {
     "plain": "plain: the exact model and exact sampling, in the clear on this server (the baseline).",
     "simulate": "simulate: the paper's polynomial sampler in floating point, mixture-embedding feedback.",
     "encrypted": (
         "encrypted: the model runs on CKKS ciphertexts on the worker. On a 2-core machine the first token "
-        "takes about two and a half minutes and each further one about 20 s; a follow-up continues from "
-        "the key holder's state and sends only the positions the model has not read yet. Max new tokens "
+        "takes one and a half to two and a half minutes and each further one 11-20 s; a follow-up "
+        "continues from the key holder's state and sends only the positions the model has not read yet "
+        "(the markers before your next message are read while you type). Max new tokens "
         f"is set to {ENCRYPTED_TOKENS} when you pick it "
         "(a reply ends sooner at the model's end-of-reply token); raise it if you are patient."
     ),
