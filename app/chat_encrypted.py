@@ -151,7 +151,7 @@ def encrypted_reply(
         now = time.perf_counter() - began
         return ReplyUpdate(
             decoder.emitted, delta, len(reply_ids), now, first, finish, stage, done, wire,
-            turn.start, len(turn.new_ids), turn.continued, notice,
+            turn.start, len(turn.new_ids), turn.continued, notice, turn.base.ahead if turn.continued else 0,
         )  # fmt: skip
 
     try:

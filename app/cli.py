@@ -166,6 +166,7 @@ def _answer(
         text = update.text
         if update.finish is not None:
             reused = f", continued from {update.start} positions" if update.continued else ""
+            reused += f" ({update.ahead} read ahead)" if update.ahead else ""
             print(
                 f"\n[{settings.label()}: {update.tokens} tokens, {update.tokens_per_second:.2f} tokens/s, "
                 f"first token after {update.first_token_seconds:.1f} s, {update.new_positions} new "

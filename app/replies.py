@@ -49,6 +49,7 @@ class ReplyUpdate:
     new_positions: int = 0  # positions this reply prefilled
     continued: bool = False  # the chat's state from the last turn was reused
     notice: str = ""  # something the user should know about this reply (the worker was lost, ...)
+    ahead: int = 0  # of the `start` positions, how many were read ahead while the user typed
 
     @property
     def tokens_per_second(self) -> float:

@@ -138,9 +138,10 @@ class ReplyView:
         if update is None or not update.new_positions:
             return ""
         if update.continued:
+            ahead = f", the last {update.ahead} of them read while you typed" if update.ahead else ""
             return (
                 f"Continuing the conversation: {update.new_positions} new positions after the "
-                f"{update.start} the key holder already holds (nothing is re-read)."
+                f"{update.start} the key holder already holds{ahead} (nothing is re-read)."
             )
         public = update.start if self.settings.mode == "encrypted" else 0
         if public:

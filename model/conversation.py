@@ -57,6 +57,7 @@ class Conversation:
     text: str = ""
     ids: list[int] = field(default_factory=list)
     prefix: str = ""  # id of the public prefix the state began with ("" if none)
+    ahead: int = 0  # positions at its end read ahead after the last reply (`read_ahead_text`)
 
 
 @dataclass(frozen=True)
@@ -227,4 +228,4 @@ def read_ahead_text(
 
 def extend(state: Conversation, text: str, ids: Sequence[int]) -> Conversation:
     """The state after `ids` (standing for `text`) were read into the cache after it."""
-    return Conversation(state.key, state.text + text, [*state.ids, *ids], state.prefix)
+    return Conversation(state.key, state.text + text, [*state.ids, *ids], state.prefix, len(ids))

@@ -101,7 +101,8 @@ def test_encrypted_turns_continue_and_say_what_simulate_says(
     assert second.wire is not None and second.wire.new_positions == second.new_positions
     assert ahead[0] >= 5  # the reply's last token, <|im_end|>, \n, <|im_start|>user, \n
     assert read[1].continued and read[1].start == second.start + ahead[0]
-    assert read[1].new_positions == second.new_positions - ahead[0]
+    assert read[1].new_positions == second.new_positions - ahead[0] and read[1].ahead == ahead[0]
+    assert second.ahead == 0
     assert worker.worker.busy is None
     session.close()
 

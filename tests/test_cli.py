@@ -74,7 +74,7 @@ def test_an_interactive_encrypted_chat_reads_the_next_turns_opening_ahead() -> N
     assert result.stderr.count("encrypted (TSP on, PP on, amp 3): 2 tokens") == 2
     # the reply's last token, <|im_end|>, \n, <|im_start|>user and \n were read after the first reply:
     # the follow-up sends "And then?" and the 5 markers after it (15 positions without the read-ahead)
-    assert "9 new positions, continued from" in result.stderr
+    assert "9 new positions, continued from" in result.stderr and "(6 read ahead)" in result.stderr
 
 
 def test_encrypted_mode_with_an_unreachable_worker_says_so() -> None:

@@ -126,7 +126,7 @@ def test_the_next_turns_opening_is_read_ahead_and_the_turn_sends_the_rest(
     messages = [*history, {"role": "user", "content": "And of Spain?"}]
     turn = plan_turn(tok, messages, KEY, ahead, tiny.context_window)
     without = plan_turn(tok, messages, KEY, state, tiny.context_window)
-    assert turn.continued and turn.start == len(state.ids) + len(ids)
+    assert turn.continued and turn.start == len(state.ids) + len(ids) and turn.base.ahead == len(ids)
     assert tok.decode(turn.new_ids).startswith("And of Spain?")
     assert len(turn.new_ids) == len(without.new_ids) - len(ids)
     assert tok.decode(ahead.ids + turn.new_ids) == template_text(tok, messages)

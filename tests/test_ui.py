@@ -218,7 +218,13 @@ def test_a_continued_turn_says_what_it_sent() -> None:
         _update("Madrid.", 4, 40.0, first=30.0, finish="eos", start=42, new_positions=15, continued=True)
     )
     footer = view.messages()[-1]["content"]
-    assert "15 new positions after the 42 the key holder already holds" in footer
+    assert "15 new positions after the 42 the key holder already holds (nothing" in footer
+    view.push(_update("Madrid.", 4, 40.0, first=30.0, finish="eos", start=48, new_positions=9,
+                      continued=True, ahead=6))  # fmt: skip
+    footer = view.messages()[-1]["content"]
+    assert (
+        "9 new positions after the 48 the key holder already holds, the last 6 of them read while" in footer
+    )
 
 
 def test_settings_errors_name_the_field() -> None:
