@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 from app.chat import ChatService, ChatSettings
@@ -31,7 +32,6 @@ from model.errors import ChatError, InputError, WorkerMismatch
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 KEY_TTL_SECONDS = 30 * 60  # keys are forgotten after 30 minutes without a reply (Gradio's State TTL)
 WORKER_BUSY_CODE = 4007  # the worker is generating someone else's reply: the session itself is fine
 
@@ -41,7 +41,8 @@ class ReadAhead:
     and types (`ChatService.read_ahead`). It holds the keyring's lock until it ends; the next reply
     waits for it (`wait`), and Stop or dropping the keys cancels it."""
 
-    def __init__(self, ring: Keyring, work: Callable[[Callable[[], bool], Progress], int]) -> None:
+    def __init__(self, ring: Keyring, work: Callable[..., int]) -> None:
+        """`work(should_stop, on_progress)` reads ahead (`ChatService.read_ahead` with its arguments)."""
         self.cancel = threading.Event()
         self.stage = ""
         self._thread = threading.Thread(target=self._run, args=(ring, work), name="he-chat-read-ahead")
@@ -50,7 +51,7 @@ class ReadAhead:
     def start(self) -> None:
         self._thread.start()
 
-    def _run(self, ring: Keyring, work: Callable[[Callable[[], bool], Progress], int]) -> None:
+    def _run(self, ring: Keyring, work: Callable[..., int]) -> None:
         try:
             work(self.cancel.is_set, self._progress)
         except Exception:  # the next turn sends the markers itself
@@ -275,7 +276,10 @@ def stream_reply(
         view.stopped = view.stopping
         view.stopping = False
         if session is not None and memory is not None:
-            ring.read_ahead = _read_ahead(service, ring, messages, view, settings, session, memory)
+            reply = view.update.text if view.update is not None else ""
+            work = partial(service.read_ahead, messages, reply, settings, session, memory)
+            ring.read_ahead = ReadAhead(ring, work)
+            ring.read_ahead.start()
             locked = False  # the read-ahead holds the lock now and releases it when it ends
     except Exception as exc:  # the page must keep working: every failure becomes a message
         if isinstance(exc, WorkerMismatch):
@@ -289,26 +293,6 @@ def stream_reply(
         if locked:
             ring.lock.release()
     yield view
-
-
-def _read_ahead(
-    service: ChatService,
-    ring: Keyring,
-    messages: Sequence[dict[str, str]],
-    view: ReplyView,
-    settings: ChatSettings,
-    session: EncryptedSession,
-    memory: ChatMemory,
-) -> ReadAhead:
-    reply = view.update.text if view.update is not None else ""
-    ahead = ReadAhead(
-        ring,
-        lambda should_stop, progress: service.read_ahead(
-            messages, reply, settings, session, memory, should_stop, progress
-        ),
-    )
-    ahead.start()
-    return ahead
 
 
 def _sentence(text: str) -> str:
