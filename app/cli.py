@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from app.chat import CHAT_TEMPERATURE, MODES, ChatService, ChatSettings
+from app.chat import CHAT_REPETITION_PENALTY, CHAT_TEMPERATURE, MODES, ChatService, ChatSettings
 from app.chat_encrypted import EncryptedSession
 from app.replies import ChatMemory
 from model.errors import ChatError
@@ -61,6 +61,12 @@ def _add_reply_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-pp", dest="pp", action="store_false", help="skip the post-processing polynomial"
     )
     parser.add_argument("--amp-rounds", type=int, default=3, help="rounds of g1^5 in the step function")
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=CHAT_REPETITION_PENALTY,
+        help=f"hold back tokens the conversation already has (1 = off; default {CHAT_REPETITION_PENALTY})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +191,7 @@ def run_chat(args: argparse.Namespace) -> int:
         tsp=args.tsp,
         pp=args.pp,
         amp_rounds=args.amp_rounds,
+        repetition_penalty=args.repetition_penalty,
     )
     if args.prompt is not None and not args.prompt.strip():
         raise ChatError("The message is empty; type some text before sending.")
@@ -220,7 +227,7 @@ def run_chat(args: argparse.Namespace) -> int:
                 turn = [*history, {"role": "user", "content": message}]
                 reply = _answer(service, turn, settings, session, memory)
             except ChatError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+                print(f"error: {exc} (not sent: the conversation goes on without it)", file=sys.stderr)
                 continue
             history += [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
             if session is not None:  # while the next message is typed: its opening markers (encrypted)

@@ -21,7 +21,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.chat import CHAT_TEMPERATURE, MODES, ChatService, ChatSettings, to_messages
+from app.chat import CHAT_REPETITION_PENALTY, CHAT_TEMPERATURE, MODES, ChatService, ChatSettings, to_messages
 from app.ui_panel import worker_panel
 from app.ui_parts import (
     KEY_TTL_SECONDS,
@@ -32,7 +32,7 @@ from app.ui_parts import (
     read_settings,
     stream_reply,
 )
-from app.ui_view import ReplyView, error_message, verbatim
+from app.ui_view import ReplyView, error_message, refused_message, verbatim
 from model.errors import InputError
 from model.generate import MAX_NEW_TOKENS_LIMIT
 
@@ -75,6 +75,7 @@ def make_chat(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-unt
         seed: float,
         tsp: bool,
         pp: bool,
+        penalty: float,
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         ring = ring if isinstance(ring, Keyring) else Keyring()
@@ -86,9 +87,9 @@ def make_chat(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-unt
         try:
             if not message.strip():
                 raise InputError("the message is empty; type some text before sending")
-            settings = read_settings(mode, temperature, max_new_tokens, seed, tsp, pp)
+            settings = read_settings(mode, temperature, max_new_tokens, seed, tsp, pp, penalty)
         except InputError as exc:
-            shown = [*history, *([_user(message)] if message.strip() else [])]
+            shown = [*history, *([refused_message(message)] if message.strip() else [])]
             yield (
                 [*shown, error_message(error_title(exc), str(exc))],
                 *ready,
@@ -107,6 +108,11 @@ def make_chat(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-unt
                 shown_at = time.monotonic()  # fast plain replies: one frame per 50 ms, not per token
                 yield [*history, *view.messages()], *busy, ring, worker_panel(ring, service.worker_url)
         if view is not None:
+            if view.refused:  # not part of the conversation: the next message is built without it
+                history[-1], ready = (
+                    refused_message(message),
+                    (gr.update(value=message, interactive=True), ready[1]),
+                )
             yield [*history, *view.messages()], *ready, ring, worker_panel(ring, service.worker_url)
 
     return chat
@@ -290,6 +296,15 @@ def build_ui(service: ChatService, readiness: Callable[[], tuple[int, int]] | No
                             temperature = gr.Slider(
                                 0.0, 2.0, value=CHAT_TEMPERATURE, step=0.05, label="Temperature (0 = greedy)"
                             )
+                            penalty = gr.Slider(
+                                1.0,
+                                2.0,
+                                value=CHAT_REPETITION_PENALTY,
+                                step=0.05,
+                                label="Repetition penalty (1 = off)",
+                                info="Holds back words the conversation already has, so replies do not loop",
+                                elem_id="penalty",
+                            )
                             max_new_tokens = gr.Slider(
                                 1, limit, value=128, step=1, label="Max new tokens", elem_id="max_new_tokens"
                             )
@@ -334,7 +349,7 @@ def build_ui(service: ChatService, readiness: Callable[[], tuple[int, int]] | No
                             pp_b = gr.Checkbox(value=True, label="PP", elem_id="pp_b")
                         chat_b = gr.Chatbot(label="B", height=380, feedback_options=None, elem_id="chat_b")
 
-        settings = [mode, temperature, max_new_tokens, seed, tsp, pp]
+        settings = [mode, temperature, max_new_tokens, seed, tsp, pp, penalty]
         gr.on(
             [textbox.submit, send.click],
             make_chat(service, rings),

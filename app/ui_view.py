@@ -47,6 +47,19 @@ def verbatim(text: str) -> dict[str, str]:
     return {"type": "text", "text": text}
 
 
+def refused_message(text: str) -> dict[str, Any]:
+    """A user message that was not sent (refused before any token): shown folded, with its text inside,
+    and, like every message with metadata, left out of the model's context."""
+    return {
+        "role": "user",
+        "content": verbatim(text),
+        "metadata": {
+            "title": "✖ Not sent (the reason is below; your text is back in the box)",
+            "status": "done",
+        },
+    }
+
+
 def error_message(title: str, text: str) -> dict[str, Any]:
     """An assistant message shown as a warning; its metadata keeps it out of the model's context."""
     return {"role": "assistant", "content": text, "metadata": {"title": f"⚠️ {title}"}}
@@ -101,6 +114,11 @@ class ReplyView:
         return max(self.settings.max_new_tokens - self.tokens, 0) * per_token
 
     @property
+    def refused(self) -> bool:
+        """The reply failed before any token (bad input, the worker refusing): its message is not sent."""
+        return self.error is not None and self.tokens == 0 and not self.stopped
+
+    @property
     def finished(self) -> bool:
         return self.stopped or self.error is not None or bool(self.update and self.update.finish)
 
@@ -108,7 +126,8 @@ class ReplyView:
         out: list[dict[str, Any]] = []
         if self.update and self.update.text:
             out.append({"role": "assistant", "content": verbatim(self.update.text)})
-        out.append(self._status())
+        if not self.refused:  # a refused message gets its reason only, no "0 tokens" footer
+            out.append(self._status())
         if self.error:
             out.append(error_message(*self.error))
         return out

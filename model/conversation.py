@@ -117,12 +117,23 @@ def check_messages(messages: Sequence[dict[str, str]]) -> None:
         raise InputError("The last message must come from the user; type a message to reply to.")
     if not last.get("content", "").strip():
         raise InputError("The message is empty; type some text before sending.")
-    total_chars = sum(len(m.get("content", "")) for m in messages)
-    if total_chars > MAX_PROMPT_CHARS:
-        raise InputError(
-            f"The conversation is {total_chars:,} characters; the limit is {MAX_PROMPT_CHARS:,}. "
-            "Shorten the message or clear the history."
-        )
+    size = len(last.get("content", ""))
+    before = sum(len(m.get("content", "")) for m in messages[:-1])
+    if before + size > MAX_PROMPT_CHARS:
+        room = MAX_PROMPT_CHARS - before
+        if len(messages) == 1:
+            fix = f"the limit is {MAX_PROMPT_CHARS:,}. Shorten it."
+        elif room > 0:
+            fix = (
+                f"at most {room:,} fit with the conversation so far (the limit is {MAX_PROMPT_CHARS:,} "
+                "for the whole conversation). Shorten it or clear the history."
+            )
+        else:
+            fix = (
+                f"the conversation so far already holds {before:,} of the {MAX_PROMPT_CHARS:,} allowed. "
+                "Clear the history to go on."
+            )
+        raise InputError(f"This message is {size:,} characters; {fix}")
 
 
 def plan_turn(
@@ -164,9 +175,11 @@ def plan_turn(
 def _fits(turn: Turn, window: int, reserve: int) -> Turn:
     total = turn.start + len(turn.new_ids)
     if total + reserve > window:
+        over = total + reserve - window
         raise InputError(
-            f"The conversation is {total:,} tokens but the model's context window is {window:,} tokens "
-            f"(with {reserve} kept for the reply). Shorten the message or clear the history."
+            f"With this message the conversation is {total:,} tokens but the model's context window is "
+            f"{window:,} tokens (with {reserve} kept for the reply). Shorten the message by at least "
+            f"{over:,} tokens (about {4 * over:,} characters) or clear the history."
         )
     return turn
 
