@@ -34,6 +34,7 @@ from model.generate import (
 from model.key_holder import KeyHolderSide
 from model.loading import LoadedModel
 from model.ordering import Ordering, OrderingProgress, ordering_for_model
+from model.repetition import NO_PENALTY, Guarded, check_penalty, conversation_guard
 from model.sampler import SamplerConfig
 from model.simulate import SimulateSelector
 from model.text import StreamDecoder
@@ -41,6 +42,9 @@ from model.text import StreamDecoder
 Mode = Literal["plain", "simulate", "encrypted"]
 MODES: tuple[Mode, ...] = ("plain", "simulate", "encrypted")
 CHAT_TEMPERATURE = 0.3  # the chat default: SmolLM2-135M rambles at 1.0 (the sampler's research default)
+CHAT_REPETITION_PENALTY = (
+    1.1  # the chat default: the smallest that stopped every loop in bench/bench_quality.py
+)
 DEFAULT_PRESET = "default"
 
 
@@ -55,10 +59,12 @@ class ChatSettings:
     tsp: bool = True  # simulate/encrypted: TSP vocabulary order (else token-id order)
     pp: bool = True  # simulate/encrypted: the post-processing polynomial
     amp_rounds: int = 3  # simulate/encrypted: rounds of g1^5 in the step function
+    repetition_penalty: float = CHAT_REPETITION_PENALTY  # every mode: 1 = off (model.repetition)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_penalty(self.repetition_penalty)
         self.generation()  # validates max_new_tokens, temperature, seed
         self.sampler()  # validates tsp, pp, amp_rounds
 
@@ -72,10 +78,13 @@ class ChatSettings:
 
     def label(self) -> str:
         """How the reply's footer names the mode and its settings."""
-        if self.mode == "plain":
-            return "plain"
-        flags = f"TSP {'on' if self.tsp else 'off'}, PP {'on' if self.pp else 'off'}, amp {self.amp_rounds}"
-        return f"{self.mode} ({flags})"
+        flags = []
+        if self.mode != "plain":
+            flags = [f"TSP {'on' if self.tsp else 'off'}", f"PP {'on' if self.pp else 'off'}"]
+            flags.append(f"amp {self.amp_rounds}")
+        if self.repetition_penalty != NO_PENALTY:
+            flags.append(f"repetition penalty {self.repetition_penalty:g}")
+        return f"{self.mode} ({', '.join(flags)})" if flags else self.mode
 
 
 def _content_text(content: Any) -> str:
@@ -131,11 +140,16 @@ class ChatService:
         vocab = self.loaded.model.config.vocab_size
         return np.asarray(self.ordering.perm, dtype=np.int64) if tsp else np.arange(vocab, dtype=np.int64)
 
-    def selector(self, settings: ChatSettings) -> Selector:
+    def selector(self, settings: ChatSettings, context: Sequence[int] = ()) -> Selector:
+        """The mode's selector; with a repetition penalty, guarded over `context` and its own tokens."""
         embeddings = self.loaded.input_embeddings()
+        selector: Selector
         if settings.mode == "plain":
-            return ExactSelector(embeddings, settings.temperature)
-        return SimulateSelector(embeddings, self.perm(settings.tsp), settings.sampler())
+            selector = ExactSelector(embeddings, settings.temperature)
+        else:
+            selector = SimulateSelector(embeddings, self.perm(settings.tsp), settings.sampler())
+        guard = conversation_guard(self.loaded.tokenizer, settings.repetition_penalty, context)
+        return Guarded(selector, guard) if guard.active else selector
 
     def state_key(self, settings: ChatSettings) -> tuple[str, ...]:
         """What a chat's model state depends on: another key never reuses it (model.conversation)."""
@@ -169,7 +183,7 @@ class ChatService:
         return EncryptedSession(client, keys)
 
     def encrypted_request(self, settings: ChatSettings) -> ReplyRequest:
-        """The worker-visible part of the settings (plus the key holder's temperature)."""
+        """The worker-visible part of the settings (plus the key holder's temperature and penalty)."""
         return ReplyRequest(
             settings.max_new_tokens,
             settings.seed,
@@ -177,6 +191,7 @@ class ChatService:
             settings.pp,
             settings.amp_rounds,
             settings.temperature,
+            repetition_penalty=settings.repetition_penalty,
         )
 
     def read_ahead(
@@ -236,7 +251,8 @@ class ChatService:
         seconds = first = 0.0
         finish: Any = None
         try:
-            selector, generation = self.selector(settings), settings.generation()
+            selector = self.selector(settings, [*turn.base.ids, *turn.new_ids])
+            generation = settings.generation()
             steps = generate(self.loaded, turn.new_ids, selector, generation, should_stop, decode_session)
             for step in steps:
                 seconds += step.seconds

@@ -49,6 +49,7 @@ from model.conversation import (
 from model.encrypted import cache_from_bytes
 from model.key_holder import KeyHolderSide
 from model.loading import LoadedModel
+from model.repetition import conversation_guard
 from model.text import StreamDecoder
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,8 @@ def encrypted_reply(
 
     Args:
         key: the state key of these settings (`ChatService.state_key`).
-        request: the reply's settings as the worker gets them (plus the key holder's temperature).
+        request: the reply's settings as the worker gets them (plus the key holder's temperature and
+            repetition penalty: the guard covers the conversation's tokens and the reply's own).
     """
     keys, tokenizer = session.keys, loaded.tokenizer
     if session.client.closed:
@@ -146,6 +148,7 @@ def encrypted_reply(
     wire: WireReport | None = None
     notice = ""
     new_ids, start = list(turn.new_ids), turn.start
+    guard = conversation_guard(tokenizer, request.repetition_penalty, [*turn.base.ids, *new_ids])
 
     def update(finish: Any = None, stage: str = "", done: tuple[int, int] = (0, 0), delta: str = "") -> Any:
         now = time.perf_counter() - began
@@ -161,7 +164,7 @@ def encrypted_reply(
                 yield update("length", delta=decoder.flush())
                 return
             resumed = replace(request, max_new_tokens=remaining, first_index=len(reply_ids))
-            stream = session.client.generate(new_ids, start, turn.base.prefix, resumed, should_stop)
+            stream = session.client.generate(new_ids, start, turn.base.prefix, resumed, should_stop, guard)
             try:
                 for event in stream:
                     if isinstance(event, ProgressEvent):

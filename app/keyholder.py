@@ -33,6 +33,7 @@ from app import protocol as p
 from crypto.vector import split_vector_bytes
 from model.encrypted import OracleCall, PieceSpec
 from model.errors import ChatError, ProtocolError, UnknownSession, WorkerMismatch
+from model.repetition import RepetitionGuard
 from model.sampler import SamplerConfig
 
 POLL_SECONDS = 0.2  # while waiting for the worker, how often Stop is looked at
@@ -63,8 +64,9 @@ class KeyHolderMath(Protocol):
 
     def read_token(self, blobs: list[bytes]) -> int: ...
 
-    def begin_reply(self, temperature: float, tsp: bool) -> None:
-        """Take the reply's settings (the temperature of the logits' softmax, the order to undo)."""
+    def begin_reply(self, temperature: float, tsp: bool, guard: RepetitionGuard | None = None) -> None:
+        """Take the reply's settings (the temperature of the logits' softmax, the order to undo, the
+        repetition guard over the conversation's tokens)."""
         ...
 
 
@@ -87,6 +89,7 @@ class ReplyRequest:
     pp: bool = True
     amp_rounds: int = 3
     temperature: float = 1.0  # applied by the key holder in the logits' softmax
+    repetition_penalty: float = 1.0  # applied by the key holder before that softmax; never sent
     first_index: int = 0  # uniforms already used: a reply resumed after a lost worker continues its stream
 
     def sampler(self) -> dict[str, Any]:
@@ -268,14 +271,16 @@ class KeyHolderClient:
         prefix: str,
         request: ReplyRequest,
         should_stop: Callable[[], bool] | None = None,
+        guard: RepetitionGuard | None = None,
     ) -> Generator[Event, None, None]:
         """Stream one reply from `new_ids`, the positions after the `start` the key holder's cache holds.
 
+        `guard` is the reply's repetition guard (the key holder applies it to the logits it decrypts).
         Closing the iterator early, or `should_stop()` turning true, cancels it on the worker.
         """
         if self.closed:
             raise WorkerUnavailable(f"the connection to the worker at {self.url} is closed; reconnect")
-        self.math.begin_reply(request.temperature, request.tsp)
+        self.math.begin_reply(request.temperature, request.tsp, guard)
         request_id = uuid.uuid4().hex
         blobs = self.math.encrypt_prompt(new_ids)
         local = Telemetry()

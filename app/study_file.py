@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from model.errors import StudyFileError, UnknownCondition
+from model.errors import InputError, StudyFileError, UnknownCondition
+from model.repetition import NO_PENALTY, check_penalty
 
 STUDY_FORMAT = 1  # bump when the file layout changes incompatibly
 MODES = ("plain", "simulate", "encrypted")  # app.chat.MODES (not imported: that pulls in torch)
@@ -92,6 +93,7 @@ class Condition:
     tsp: bool = True  # simulate/encrypted: TSP vocabulary order, the paper's first fix
     pp: bool = True  # simulate/encrypted: the post-processing polynomial, the paper's second fix
     amp_rounds: int = 3  # simulate/encrypted: rounds of g1^5; fewer rounds = blunter step, more collapse
+    repetition_penalty: float = NO_PENALTY  # every mode; 1 = off, as the paper (the chat's guard is opt-in)
 
     def __post_init__(self) -> None:
         where = f"condition {self.id!r}"
@@ -105,6 +107,10 @@ class Condition:
         _check_bool(self.tsp, f"{where}: tsp")
         _check_bool(self.pp, f"{where}: pp")
         _check_int(self.amp_rounds, f"{where}: amp_rounds", 1, MAX_AMP_ROUNDS)
+        try:
+            check_penalty(self.repetition_penalty)
+        except InputError as exc:
+            raise StudyFileError(f"{where}: {exc}") from exc
 
     def settings_dict(self, seed: int) -> dict[str, Any]:
         """The `ChatSettings` fields for one text (the seed differs per prompt and sample)."""
@@ -116,6 +122,7 @@ class Condition:
             "tsp": self.tsp,
             "pp": self.pp,
             "amp_rounds": self.amp_rounds,
+            "repetition_penalty": float(self.repetition_penalty),
         }
 
 
@@ -275,6 +282,9 @@ class Study:
         data["design"]["pairs"] = [list(p) for p in self.design.pairs]
         for key in ("conditions", "prompts", "questions"):
             data[key] = list(data[key])
+        for condition in data["conditions"]:  # no guard: the dict (and the study's hash) stays as before
+            if condition["repetition_penalty"] == NO_PENALTY:
+                del condition["repetition_penalty"]
         return data
 
     @classmethod

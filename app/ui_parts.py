@@ -29,6 +29,7 @@ from app.keyholder import WorkerError, WorkerUnavailable
 from app.replies import ChatMemory, WireReport
 from app.ui_view import BADGE, ReplyView
 from model.errors import ChatError, InputError, WorkerMismatch
+from model.repetition import NO_PENALTY
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class OpenKeyrings:
 
 
 def read_settings(
-    mode: Any, temperature: Any, max_new_tokens: Any, seed: Any, tsp: Any, pp: Any
+    mode: Any, temperature: Any, max_new_tokens: Any, seed: Any, tsp: Any, pp: Any, penalty: Any = NO_PENALTY
 ) -> ChatSettings:
     """Settings from the page's fields. Raises InputError naming the bad field."""
     try:
@@ -162,6 +163,7 @@ def read_settings(
             seed=_whole(seed, "seed"),
             tsp=bool(tsp),
             pp=bool(pp),
+            repetition_penalty=float(penalty),
         )
     except (TypeError, ValueError, OverflowError) as exc:
         raise InputError(f"invalid setting: {exc}") from exc

@@ -29,6 +29,7 @@ from crypto.vector import EncVector, decrypt_vector, encrypt_vector, vector_from
 from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec, input_widths
 from model.errors import InputError
 from model.forward import KeyHolderFunctions, LlamaShape, NonLinear
+from model.repetition import RepetitionGuard
 from model.sampler import Precision, probabilities
 
 FloatArray = npt.NDArray[np.float64]
@@ -52,6 +53,9 @@ class KeyHolderSide:
         self.shape = shape
         self.embeddings = embeddings  # (V, d): public model data, used to embed the prompt
         self.perm = np.asarray(perm, dtype=np.int64)
+        self.position = np.empty_like(self.perm)  # token id -> its index in TSP order
+        self.position[self.perm] = np.arange(self.perm.size)
+        self.guard: RepetitionGuard | None = None
         self.softmax_precision: Precision = softmax_precision
         self.temperature = 1.0
         self.tsp = True
@@ -69,10 +73,12 @@ class KeyHolderSide:
             self._public = {plan_key: public_context_bytes(self.secret, plan)}
         return self._public[plan_key]
 
-    def begin_reply(self, temperature: float, tsp: bool) -> None:
-        """Take a reply's settings; the cache stays (a chat continues from it)."""
+    def begin_reply(self, temperature: float, tsp: bool, guard: RepetitionGuard | None = None) -> None:
+        """Take a reply's settings; the cache stays (a chat continues from it). `guard` penalises the
+        conversation's tokens in the logits' softmax and learns each token this side reads."""
         self.temperature = float(temperature)
         self.tsp = bool(tsp)
+        self.guard = guard
 
     def reset(self, prefix: tuple[Any, Any] | None = None) -> None:
         """Forget the conversation; start from nothing or from a public prefix's (keys, values)."""
@@ -131,7 +137,10 @@ class KeyHolderSide:
                 f"the one-hot vector has {weights.size} values, the vocabulary {self.shape.vocab}"
             )
         position = int(np.argmax(weights))
-        return int(self.perm[position]) if self.tsp else position
+        token = int(self.perm[position]) if self.tsp else position
+        if self.guard is not None:
+            self.guard.add(token)
+        return token
 
     # --- the oracle ------------------------------------------------------------------------------------
 
@@ -181,7 +190,10 @@ class KeyHolderSide:
         if fn == "softmax":
             if x.shape[0] != 1:
                 raise InputError("softmax takes the logits of one position")
-            p = probabilities(x[0], self.temperature, self.softmax_precision, False)
+            z = x[0]
+            if self.guard is not None and self.guard.active:  # the logits come in sampling order
+                z = self.guard.penalize(z, self.position if self.tsp else None)
+            p = probabilities(z, self.temperature, self.softmax_precision, False)
             return p[None, :]
         splits = np.cumsum(widths)[:-1]
         xs = [torch.from_numpy(part).float() for part in np.split(x, splits, axis=1)]

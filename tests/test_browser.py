@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from app.chat import ChatService
+from app.chat import CHAT_REPETITION_PENALTY, ChatService
+from model.conversation import MAX_PROMPT_CHARS
 from model.loading import LoadedModel
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (browser tests)")
@@ -53,6 +54,7 @@ WATCH_REPLY = f"""() => {{
     }}).observe(document.querySelector("#chatbot"), {{subtree: true, childList: true, characterData: true}});
 }}"""
 SLOW = 300_000  # ms: encrypted replies on a shared 2-core machine
+GUARD = f"repetition penalty {CHAT_REPETITION_PENALTY:g}"  # the chat's default guard, named in every footer
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +168,22 @@ def _stream_and_stop(tab: Any, shots: Path) -> None:
     assert 0 < tokens < 500
 
 
+def test_a_refused_message_is_not_sent_and_the_chat_goes_on(tab: Any, shots: Path) -> None:
+    set_number(tab, "max_new_tokens", 4)
+    too_long = "Why is the sea salty? " * (MAX_PROMPT_CHARS // 22 + 1)
+    send(tab, too_long)
+    expect(tab.locator(TITLES).last).to_contain_text("⚠️ Cannot send this", timeout=60_000)
+    error = tab.locator("#chatbot .thought-group").last
+    expect(error).to_contain_text(f"This message is {len(too_long):,} characters; at most")
+    expect(tab.locator("#chatbot .thought-group").nth(-2)).to_contain_text("Not sent")  # folded, in its place
+    wait_ready(tab)
+    assert tab.locator("#message textarea").input_value() == too_long, "the text is back in the box"
+    tab.screenshot(path=str(shots / "02b-refused-message.png"))
+    send(tab, "Thanks! One more tip?")  # built without the refused message: it gets a reply
+    expect(last_title(tab)).to_contain_text(f"🟢 plain ({GUARD}) · 4 tokens", timeout=60_000)
+    wait_ready(tab)
+
+
 def test_settings_toggles_reach_the_reply(tab: Any, shots: Path) -> None:
     tab.locator("#mode input[value=simulate]").check()
     expect(tab.locator("#mode_hint")).to_contain_text("polynomial sampler")
@@ -174,7 +192,7 @@ def test_settings_toggles_reach_the_reply(tab: Any, shots: Path) -> None:
     set_number(tab, "max_new_tokens", 5)
     send(tab, "What is the capital of France?")
     expect(last_title(tab)).to_contain_text(
-        "🧪 simulate (TSP off, PP off, amp 3) · 5 tokens", timeout=120_000
+        f"🧪 simulate (TSP off, PP off, amp 3, {GUARD}) · 5 tokens", timeout=120_000
     )
     wait_ready(tab)
     tab.locator("#tsp input[type=checkbox]").check()
@@ -192,7 +210,9 @@ def test_encrypted_reply_shows_progress_and_what_the_worker_saw(tab: Any, shots:
     expect(last_title(tab)).to_contain_text("token 1 of at most 2", timeout=120_000)
     expect(last_title(tab)).to_contain_text("layer", timeout=120_000)
     tab.screenshot(path=str(shots / "04-encrypted-progress.png"))
-    expect(last_title(tab)).to_contain_text("🔐 encrypted (TSP on, PP on, amp 3) · 2 tokens", timeout=SLOW)
+    expect(last_title(tab)).to_contain_text(
+        f"🔐 encrypted (TSP on, PP on, amp 3, {GUARD}) · 2 tokens", timeout=SLOW
+    )
     wait_ready(tab)
     assert tab.locator(REPLIES).last.inner_text().strip(), "the decrypted reply text is shown"
     panel = tab.locator("#panel")
@@ -219,7 +239,9 @@ def test_a_follow_up_continues_stop_keeps_the_first_turns_state(tab: Any, shots:
         re.compile(r"Continuing the conversation: \d new positions"), timeout=120_000
     )
     assert "creating your keys" not in last_title(tab).inner_text()  # the session's keys are reused
-    expect(last_title(tab)).to_contain_text("encrypted (TSP on, PP on, amp 3) · 3 tokens", timeout=SLOW)
+    expect(last_title(tab)).to_contain_text(
+        f"encrypted (TSP on, PP on, amp 3, {GUARD}) · 3 tokens", timeout=SLOW
+    )
     wait_ready(tab)
     send(tab, "Tell me more about the sea and the sky and the wind.")
     expect(last_title(tab)).to_contain_text("layer", timeout=120_000)
@@ -262,7 +284,7 @@ def test_phone_width_is_usable(browser: Any, app: dict[str, Any], shots: Path) -
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 391, elem
         set_number(phone, "max_new_tokens", 8)
         send(phone, "Hello from a phone")
-        expect(last_title(phone)).to_contain_text("🟢 plain · 8 tokens", timeout=120_000)
+        expect(last_title(phone)).to_contain_text(f"🟢 plain ({GUARD}) · 8 tokens", timeout=120_000)
         phone.screenshot(path=str(shots / "09-phone-390.png"), full_page=True)
     finally:
         tabs = len(app["rings"])
@@ -296,4 +318,4 @@ def test_worker_down_is_a_chat_message_and_the_page_keeps_working(
     wait_ready(tab)
     tab.locator("#mode input[value=plain]").check()
     send(tab, "Plain still works")
-    expect(last_title(tab)).to_contain_text("🟢 plain · 2 tokens", timeout=120_000)
+    expect(last_title(tab)).to_contain_text(f"🟢 plain ({GUARD}) · 2 tokens", timeout=120_000)

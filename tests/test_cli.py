@@ -7,6 +7,10 @@ import sys
 
 import pytest
 
+from app.chat import CHAT_REPETITION_PENALTY
+
+GUARD = f"repetition penalty {CHAT_REPETITION_PENALTY:g}"  # the chat default guard, named in the footer
+
 
 def run_app(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -18,13 +22,13 @@ def test_chat_streams_a_reply_and_reports_the_finish() -> None:
     result = run_app("chat", "--tiny", "--max-new-tokens", "7", "--temperature", "1", "Hello there")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()  # random tokens, but some text
-    assert "plain: 7 tokens" in result.stderr and "length]" in result.stderr
+    assert f"plain ({GUARD}): 7 tokens" in result.stderr and "length]" in result.stderr
 
 
 def test_interactive_chat_keeps_going_after_an_empty_line() -> None:
     result = run_app("chat", "--tiny", "--max-new-tokens", "3", stdin="first\n\nsecond\n")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("plain: 3 tokens") == 2
+    assert result.stderr.count(f"plain ({GUARD}): 3 tokens") == 2
 
 
 @pytest.mark.parametrize(
@@ -54,7 +58,7 @@ def test_simulate_mode_from_the_command_line() -> None:
         "chat", "--tiny", "--mode", "simulate", "--max-new-tokens", "4", "--temperature", "1", "Hi"
     )
     assert result.returncode == 0, result.stderr
-    assert "simulate (TSP on, PP on, amp 3): 4 tokens" in result.stderr
+    assert f"simulate (TSP on, PP on, amp 3, {GUARD}): 4 tokens" in result.stderr
 
 
 def test_encrypted_mode_starts_a_local_worker_and_streams() -> None:
@@ -62,7 +66,7 @@ def test_encrypted_mode_starts_a_local_worker_and_streams() -> None:
         "chat", "--tiny", "--mode", "encrypted", "--max-new-tokens", "2", "--temperature", "1", "Hi"
     )
     assert result.returncode == 0, result.stderr
-    assert "encrypted (TSP on, PP on, amp 3): 2 tokens" in result.stderr
+    assert f"encrypted (TSP on, PP on, amp 3, {GUARD}): 2 tokens" in result.stderr
     assert "layer 1/2" in result.stderr  # progress from the worker's telemetry
 
 
@@ -71,7 +75,7 @@ def test_an_interactive_encrypted_chat_reads_the_next_turns_opening_ahead() -> N
         "chat", "--tiny", "--mode", "encrypted", "--max-new-tokens", "2", stdin="Hi\nAnd then?\n"
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("encrypted (TSP on, PP on, amp 3): 2 tokens") == 2
+    assert result.stderr.count(f"encrypted (TSP on, PP on, amp 3, {GUARD}): 2 tokens") == 2
     # the reply's last token, <|im_end|>, \n, <|im_start|>user and \n were read after the first reply:
     # the follow-up sends "And then?" and the 5 markers after it (15 positions without the read-ahead)
     assert "9 new positions, continued from" in result.stderr and "(6 read ahead)" in result.stderr

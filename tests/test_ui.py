@@ -69,7 +69,8 @@ def _replies(chat: list[dict[str, Any]]) -> list[str]:
 
 def _chat(client: Client, message: str, mode: str = "plain", tokens: int = 6, **kw: Any) -> Any:
     args = [message, kw.get("history", []), mode, kw.get("temperature", 1.0), tokens, kw.get("seed", 0)]
-    return client.submit(*args, kw.get("tsp", True), kw.get("pp", True), api_name="/chat")
+    guard = kw.get("penalty", 1.0)  # off unless a test asks: the footers below name the paper's sampler only
+    return client.submit(*args, kw.get("tsp", True), kw.get("pp", True), guard, api_name="/chat")
 
 
 def test_page_is_served_on_loopback(page_url: str) -> None:
@@ -95,6 +96,10 @@ def test_plain_reply_streams_and_names_its_mode(page_url: str) -> None:
 def test_simulate_footer_names_tsp_and_pp(page_url: str) -> None:
     final = _chat(Client(page_url, verbose=False), "Hello", "simulate", 4, tsp=False).result()[0]
     assert _titles(final)[-1].startswith("🧪 simulate (TSP off, PP on, amp 3) · 4 tokens")
+    final = _chat(Client(page_url, verbose=False), "Hello", "simulate", 4, penalty=1.25).result()[0]
+    assert _titles(final)[-1].startswith(
+        "🧪 simulate (TSP on, PP on, amp 3, repetition penalty 1.25) · 4 tokens"
+    )
 
 
 def test_follow_up_keeps_history_and_leaves_notes_out_of_the_context(page_url: str) -> None:
@@ -112,7 +117,7 @@ def test_the_page_sends_back_exactly_what_the_model_read(page_url: str, tiny: Lo
     message = "  Look:\n    x = 1\n    y = 2\n"
     chat = _chat(Client(page_url, verbose=False), message, tokens=12).result()[0]
     assert _text(chat[0]) == message
-    settings = ChatSettings("plain", temperature=1.0, max_new_tokens=12, seed=0)
+    settings = ChatSettings("plain", temperature=1.0, max_new_tokens=12, seed=0, repetition_penalty=1.0)
     *_, last = ChatService.create(tiny).reply([{"role": "user", "content": message}], settings)
     assert _replies(chat) == [last.text]  # the reply exactly as generated, leading space and all
 
@@ -121,7 +126,7 @@ def test_the_page_sends_back_exactly_what_the_model_read(page_url: str, tiny: Lo
     ("message", "seed", "title", "detail"),
     [
         ("   ", 0, "Cannot send this", "empty"),
-        ("x" * (MAX_PROMPT_CHARS + 1), 0, "Cannot send this", "limit is 20,000"),
+        ("x" * (MAX_PROMPT_CHARS + 1), 0, "Cannot send this", "This message is 20,001 characters; the limit"),
         ("Hello", 2**70, "Cannot send this", "seed"),
     ],
 )
@@ -134,6 +139,8 @@ def test_bad_input_is_a_chat_message_and_the_page_keeps_working(
     assert detail in _text(chat[-1])
     again = _chat(client, "Hello again", tokens=3).result()[0]
     assert _titles(again)[-1].startswith("🟢 plain · 3 tokens")
+    after = _chat(client, "Hello again", tokens=3, history=chat).result()[0]  # the refused one shown above
+    assert _replies(after) == _replies(again)  # ... but left out of what the model reads
 
 
 def test_unreachable_worker_is_reported_in_the_chat(page_url: str) -> None:
@@ -142,7 +149,7 @@ def test_unreachable_worker_is_reported_in_the_chat(page_url: str) -> None:
     titles = _titles(chat)
     assert titles[-1] == "⚠️ The worker cannot be reached"
     assert CLOSED_PORT_URL in _text(chat[-1])
-    assert "interrupted" in titles[-2]
+    assert "Not sent" in titles[-2] and chat[-2]["role"] == "user"  # no token came: the message was not sent
     assert "none yet" in panel  # no keys kept after the failure
     plain = _chat(client, "Hello", tokens=2).result()[0]
     assert _titles(plain)[-1].startswith("🟢 plain · 2 tokens")

@@ -113,7 +113,7 @@ class CounterMath:
     def read_token(self, blobs: list[bytes]) -> int:
         return int(round(decrypt_vector(self.secret, vector_from_bytes(self.secret, blobs[0]))[0]))
 
-    def begin_reply(self, temperature: float, tsp: bool) -> None:
+    def begin_reply(self, temperature: float, tsp: bool, guard: Any = None) -> None:
         pass
 
 
