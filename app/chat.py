@@ -42,9 +42,8 @@ from model.text import StreamDecoder
 Mode = Literal["plain", "simulate", "encrypted"]
 MODES: tuple[Mode, ...] = ("plain", "simulate", "encrypted")
 CHAT_TEMPERATURE = 0.3  # the chat default: SmolLM2-135M rambles at 1.0 (the sampler's research default)
-CHAT_REPETITION_PENALTY = (
-    1.1  # the chat default: the smallest that stopped every loop in bench/bench_quality.py
-)
+# the chat default: the smallest penalty that stopped every loop in bench/bench_quality.py
+CHAT_REPETITION_PENALTY = 1.1
 DEFAULT_PRESET = "default"
 
 
