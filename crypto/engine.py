@@ -28,7 +28,7 @@ import tenseal.sealapi as sealapi
 
 from crypto.keys import PublicContext, RotationPlan, SecretContext, galois_element, normalise_step
 from crypto.params import CKKSParams
-from model.errors import LayoutError, LevelsExhausted, MissingRotationKey
+from model.errors import LayoutError, LevelsExhausted, MissingRotationKey, ParamsError
 
 Ciphertext = Any  # tenseal.sealapi.Ciphertext (untyped extension type)
 Plaintext = Any  # tenseal.sealapi.Plaintext
@@ -49,6 +49,17 @@ class Engine:
         plan: RotationPlan | None = None,
         public_key: Any = None,
     ) -> None:
+        key_parms = seal_context.key_context_data().parms()
+        real = (
+            int(key_parms.poly_modulus_degree()),
+            tuple(int(q.bit_count()) for q in key_parms.coeff_modulus()),
+        )
+        if real != (params.poly_modulus_degree, params.coeff_mod_bit_sizes):
+            raise ParamsError(
+                f"the engine was given N={params.poly_modulus_degree}, primes of "
+                f"{params.coeff_mod_bit_sizes} bits, but its SEAL context has N={real[0]}, primes of "
+                f"{real[1]} bits; take the parameters from the context (crypto.keys.params_of_context)"
+            )
         self.params = params
         self._zero_encryptor = sealapi.Encryptor(seal_context, public_key) if public_key is not None else None
         self.seal_context = seal_context
@@ -92,8 +103,9 @@ class Engine:
     @classmethod
     def for_params(cls, params: CKKSParams) -> Engine:
         """A keyless engine: encodes plaintexts for `params` (a worker warming its weight caches before
-        any key arrives). SEAL derives the primes deterministically from the bit sizes, so these
-        plaintexts are valid under every session's context with the same parameters."""
+        any key arrives). SEAL derives the primes deterministically from the bit sizes, so its parms_id
+        (`plaintext_id`) equals that of every session context `crypto.keys.load_public_context` accepts
+        for the same parameters (it refuses other primes), and the cached plaintexts are shared."""
         n = params.poly_modulus_degree
         parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
         parms.set_poly_modulus_degree(n)
@@ -111,7 +123,16 @@ class Engine:
     # --- levels and scales -------------------------------------------------------------------
 
     def parms_id(self, level: int) -> list[int]:
+        """SEAL's parms_id of `level`: a hash of N and the exact primes left at that level."""
         return self._parms[level]
+
+    def plaintext_id(self, level: int) -> tuple[tuple[int, ...], float]:
+        """What a plaintext encoded at `level` depends on: the level's parms_id and canonical scale.
+
+        Shared plaintext caches key on this, never on `self.params` (a label): a plaintext is valid
+        only under the exact primes it was encoded for, and correct only at the scale it carries.
+        """
+        return (tuple(int(w) for w in self._parms[level]), self._scales[level])
 
     def scale(self, level: int) -> float:
         """Canonical scale of `level`."""

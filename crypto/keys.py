@@ -7,73 +7,35 @@ for the rotation steps of the worker's `RotationPlan`; TenSEAL's high-level API 
 of them (35 MB at N = 8192). `load_public_context` is its inverse on the worker and refuses any
 context that holds a secret key.
 
-Wire format (version 1), all integers big-endian:
+The bytes format, its strict header parser, `RotationPlan` and the Galois-key check live in
+`crypto.keys_wire` (re-exported here: `MAGIC`, `WIRE_VERSION`, `RotationPlan`, `galois_element`,
+`normalise_step`). This module trusts none of the header: `load_public_context` reads the real
+parameters from the TenSEAL context (`params_of_context`: N and the primes from SEAL, the scale from
+the serialised `global_scale`), refuses primes other than `CoeffModulus.Create(N, bit_sizes)` and any
+header that disagrees, and has the Galois keys checked to hold exactly the planned rotations.
 
-    b"HECKKS" | u16 version | u32 header length | JSON header | TenSEAL public context | SEAL GaloisKeys
-
-The JSON header holds the parameter dict, the normalised rotation steps, the conjugation flag and the
-byte lengths of the two blobs.
-
-References: DESIGN.md section 4; STYLE.md rule 6; SEAL `KeyGenerator::create_galois_keys(elts)` with
-Galois element `3**step mod 2N` for a left rotation by `step` and `2N - 1` for conjugation.
+References: DESIGN.md section 4; STYLE.md rule 6; `crypto.keys_wire` for the wire format.
 """
 
 from __future__ import annotations
 
 import json
-import struct
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import math
 from typing import Any
 
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from crypto.params import CKKSParams
-from crypto.seal_io import seal_from_bytes, seal_to_bytes
+from crypto.keys_wire import MAGIC as MAGIC
+from crypto.keys_wire import PREFIX as _PREFIX
+from crypto.keys_wire import WIRE_VERSION as WIRE_VERSION
+from crypto.keys_wire import RotationPlan as RotationPlan
+from crypto.keys_wire import galois_element as galois_element
+from crypto.keys_wire import load_galois_keys, split_public_bytes
+from crypto.keys_wire import normalise_step as normalise_step
+from crypto.params import PRESETS, CKKSParams
+from crypto.seal_io import seal_to_bytes
 from model.errors import ParamsError, SecretKeyError, WireFormatError
-
-MAGIC = b"HECKKS"
-WIRE_VERSION = 1
-_PREFIX = struct.Struct(">6sHI")  # magic, version, header length
-
-
-def normalise_step(step: int, slot_count: int) -> int:
-    """A left-rotation step reduced to [0, slot_count) (a right rotation by k is a left one by S - k)."""
-    return step % slot_count
-
-
-def galois_element(step: int, poly_modulus_degree: int) -> int:
-    """SEAL's Galois element for a left rotation by `step` slots: 3**step mod 2N."""
-    slots = poly_modulus_degree // 2
-    return pow(3, normalise_step(step, slots), 2 * poly_modulus_degree)
-
-
-@dataclass(frozen=True)
-class RotationPlan:
-    """The rotations a worker will perform: Galois keys are generated for exactly these."""
-
-    steps: frozenset[int] = field(default_factory=frozenset)
-    # why: normalised left-rotation steps in [1, slots); each costs one Galois key (~1.4 MB at N=8192).
-    conjugate: bool = False
-    # why: complex conjugation (used by the packed prefix sum) needs its own Galois key.
-
-    @classmethod
-    def of(cls, steps: Iterable[int], slot_count: int, conjugate: bool = False) -> RotationPlan:
-        """Normalise `steps` (drops rotations by 0 mod slots)."""
-        norm = frozenset(s for s in (normalise_step(k, slot_count) for k in steps) if s != 0)
-        return cls(norm, conjugate)
-
-    def union(self, other: RotationPlan) -> RotationPlan:
-        """The plan that allows both plans' rotations."""
-        return RotationPlan(self.steps | other.steps, self.conjugate or other.conjugate)
-
-    def galois_elements(self, poly_modulus_degree: int) -> list[int]:
-        """Galois elements to generate keys for (sorted steps, then conjugation)."""
-        elts = [galois_element(s, poly_modulus_degree) for s in sorted(self.steps)]
-        if self.conjugate:
-            elts.append(2 * poly_modulus_degree - 1)
-        return elts
 
 
 class SecretContext:
@@ -158,43 +120,118 @@ def public_context_bytes(secret: SecretContext, plan: RotationPlan) -> bytes:
     return bytes(_PREFIX.pack(MAGIC, WIRE_VERSION, len(header)) + header + context_blob + galois_blob)
 
 
-def load_public_context(data: bytes) -> PublicContext:
-    """Parse bytes from `public_context_bytes` on the worker.
+def _numbers(p: CKKSParams) -> tuple[int, tuple[int, ...], int]:
+    return (p.poly_modulus_degree, p.coeff_mod_bit_sizes, p.scale_bits)
+
+
+def _custom_name(name: str) -> str:
+    """A non-preset parameter set keeps the sender's name unless it claims a preset's."""
+    return "custom" if name in PRESETS else name
+
+
+def _describe(p: CKKSParams) -> str:
+    bits = ", ".join(str(b) for b in p.coeff_mod_bit_sizes)
+    return f"{p.name!r} (N={p.poly_modulus_degree}, primes of {bits} bits, scale 2^{p.scale_bits})"
+
+
+def params_of_context(ctx: ts.Context, name: str = "custom") -> CKKSParams:
+    """The CKKS parameters a TenSEAL context really has, read from SEAL (never from a label).
+
+    The ring degree and the primes come from the key level's `EncryptionParameters`, the scale from
+    the context's serialised `global_scale`. The primes must be exactly the ones
+    `CoeffModulus.Create(N, bit_sizes)` gives, the primes of every context `create_secret_context`
+    makes, so the parameter set (and every plaintext encoded for it) is fixed by its bit sizes.
+
+    Args:
+        ctx: a TenSEAL context (public or private).
+        name: the name to give a parameter set that is no preset (a preset keeps its own name).
+
+    Returns:
+        The parameter set; equal to the preset (name included) when the numbers are a preset's.
 
     Raises:
-        WireFormatError: wrong magic or version, truncated or inconsistent bytes.
-        SecretKeyError: the context contains a secret key.
-        ParamsError: the parameters are invalid or above the security limit.
+        WireFormatError: the context is not CKKS or has no global scale.
+        ParamsError: the parameters are invalid, above the security limit, the scale is not a power
+            of two, or the primes are not SEAL's standard primes for the bit sizes.
     """
-    if len(data) < _PREFIX.size:
-        raise WireFormatError(f"public context too short ({len(data)} bytes)")
-    magic, version, header_len = _PREFIX.unpack_from(data)
-    if magic != MAGIC:
-        raise WireFormatError("not a CKKS public context (bad magic); send public_context_bytes() output")
-    if version != WIRE_VERSION:
-        raise WireFormatError(f"public context wire version {version}, this worker reads {WIRE_VERSION}")
-    start = _PREFIX.size
+    parms = ctx.seal_context().data.key_context_data().parms()
+    scheme = getattr(parms.scheme(), "name", str(parms.scheme()))
+    if scheme != "CKKS":
+        raise WireFormatError(f"the context is a {scheme} context; the worker computes on CKKS only")
+    n = int(parms.poly_modulus_degree())
+    moduli = parms.coeff_modulus()
+    bits = tuple(int(q.bit_count()) for q in moduli)
+    primes = tuple(int(q.value()) for q in moduli)
     try:
-        header = json.loads(data[start : start + header_len])
-        params = CKKSParams.from_dict(header["params"])
-        n_ctx, n_gal = int(header["context_bytes"]), int(header["galois_bytes"])
-        steps = [int(s) for s in header["steps"]]
-        conjugate = bool(header["conjugate"])
-    except ParamsError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise WireFormatError(f"bad public context header: {exc}") from exc
-    body = start + header_len
-    if len(data) != body + n_ctx + n_gal:
-        raise WireFormatError(f"public context is {len(data)} bytes, header announces {body + n_ctx + n_gal}")
+        scale = float(ctx.global_scale)
+    except ValueError as exc:  # TenSEAL: "no global scale"
+        raise WireFormatError(
+            "the context has no global scale; create the keys with crypto.keys.create_secret_context"
+        ) from exc
+    mantissa, exponent = math.frexp(scale) if math.isfinite(scale) else (0.0, 0)
+    if mantissa != 0.5:
+        raise ParamsError(f"the context's global scale {scale!r} is not a power of two 2^scale_bits")
+    numbers = (n, bits, exponent - 1)
+    preset_match = next((p for p in PRESETS.values() if _numbers(p) == numbers), None)
+    params = preset_match or CKKSParams(n, bits, exponent - 1, name=_custom_name(name))
     try:
-        ctx = ts.context_from(data[body : body + n_ctx])
+        standard = tuple(int(q.value()) for q in sealapi.CoeffModulus.Create(n, list(bits)))
+    except (RuntimeError, ValueError) as exc:  # unreachable for a validated CKKSParams; kept for SEAL
+        raise ParamsError(f"SEAL has no standard primes for N={n}, bit sizes {bits}: {exc}") from exc
+    if primes != standard:
+        raise ParamsError(
+            f"the context's primes {list(primes)} are not SEAL's standard primes {list(standard)} for "
+            f"N={n}, bit sizes {list(bits)}; the worker serves only contexts made by "
+            "crypto.keys.create_secret_context(preset)"
+        )
+    return params
+
+
+def load_public_context(data: bytes, expected: CKKSParams | None = None) -> PublicContext:
+    """Parse bytes from `public_context_bytes` on the worker, trusting nothing the header says.
+
+    The parameters are read from the TenSEAL context itself (`params_of_context`); the header's copy
+    must agree with them in every field, and the Galois keys must be SEAL keys for the same
+    parameters holding exactly one key per planned rotation.
+
+    Args:
+        data: the upload, unchanged.
+        expected: the parameter set the session announced (its preset); None accepts any valid set
+            with SEAL's standard primes.
+
+    Returns:
+        The public context; its `params` are the context's real parameters (a preset's, name included).
+
+    Raises:
+        WireFormatError: wrong magic or version; truncated, inconsistent or malformed bytes; a header
+            that is not strict JSON of the documented types (or disagrees with the context); Galois keys
+            that do not load under the context or miss a planned rotation.
+        SecretKeyError: the context contains a secret key.
+        ParamsError: the parameters are invalid, above the security limit, use non-standard primes,
+            or are not `expected`.
+    """
+    header, context_blob, galois_blob = split_public_bytes(data)
+    try:
+        ctx = ts.context_from(context_blob)
     except Exception as exc:  # TenSEAL raises bare ValueError / RuntimeError on malformed protobufs
         raise WireFormatError(f"cannot parse the TenSEAL context: {exc}") from exc
     if ctx.is_private() or ctx.has_secret_key():
         raise SecretKeyError("the worker refuses a context that contains a secret key")
-    galois = sealapi.GaloisKeys()
-    if n_gal:
-        seal_from_bytes(galois, ctx.seal_context().data, data[body + n_ctx :])
-    plan = RotationPlan.of(steps, params.slot_count, conjugate)
+    if not (ctx.has_public_key() and ctx.has_relin_keys()):
+        raise WireFormatError(
+            "the context has no public or relinearisation key; upload public_context_bytes() output unchanged"
+        )
+    params = params_of_context(ctx, header.params.name)
+    if header.params != params:
+        raise WireFormatError(
+            f"the header says {_describe(header.params)}, the context is {_describe(params)}; "
+            "upload public_context_bytes() output unchanged"
+        )
+    if expected is not None and params != expected:
+        raise ParamsError(
+            f"the session announced preset {_describe(expected)}, the keys are for {_describe(params)}; "
+            f"create the keys with create_secret_context(preset({expected.name!r})) or announce their preset"
+        )
+    plan = header.plan(params.slot_count)
+    galois = load_galois_keys(ctx, galois_blob, plan, params)
     return PublicContext(params, ctx, galois, plan)

@@ -88,9 +88,11 @@ class PlainMatrix:
     def plaintext(self, eng: Engine, key: tuple[Any, ...], level: int, build: Any) -> Plaintext | None:
         """Cached plaintext for `key`, built by `build()` (None if the diagonal block is all zero).
 
-        The cache is keyed by the parameter set too: a plaintext belongs to one modulus chain.
+        The cache is keyed by the engine's real SEAL parameters at `level` (`Engine.plaintext_id`:
+        parms_id and canonical scale), never by `eng.params`, which is a label: a plaintext belongs to
+        one modulus chain and one scale, and a session over other primes must never be served it.
         """
-        full = (eng.params.poly_modulus_degree, eng.params.coeff_mod_bit_sizes, key, level)
+        full = (eng.plaintext_id(level), key, level)
         if full in self._cache:
             return self._cache[full]
         values = build()
@@ -98,7 +100,7 @@ class PlainMatrix:
             self._cache[full] = None  # an all-zero block: remembered, so it is never built again
             return None
         pt = eng.encode(values, level)
-        size = eng.params.poly_modulus_degree * (level + 1) * 8
+        size = int(pt.coeff_count()) * 8  # N * (level + 1) words
         if self.cached_bytes + size <= self.cache_bytes:
             self._cache[full] = pt
             self.cached_bytes += size

@@ -135,3 +135,41 @@ def test_zero_matrix_gives_zero(ckks, rng) -> None:  # type: ignore[no-untyped-d
     eng = ckks.engine(plan.rotation_plan())
     y = matmul(eng, encrypt_vector(ckks.secret, rng.uniform(size=20)), PlainMatrix(np.zeros((20, 10))), plan)
     assert_close(decrypt_vector(ckks.secret, y), np.zeros(10), 1e-7)
+
+
+def test_warm_cache_is_keyed_by_the_contexts_real_parameters(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    """Warmed by a keyless `Engine.for_params`, hit by an honest session over a real public context of
+    the same preset (same parms_id), missed by another chain or scale with the same N (N = 8192: the
+    test preset's 2^24 is too coarse to check the values)."""
+    from crypto.engine import Engine
+    from crypto.matmul import prepare
+    from crypto.params import CKKS_40, CKKSParams
+
+    m, n = 40, 24
+    plan = plan_matmul(m, n, ckks.params.slot_count)
+    x, w = _problem(rng, m, n)
+    mat = PlainMatrix(w)
+    warm = Engine.for_params(ckks.params)
+    warmed = prepare(warm, mat, plan, 1)
+    assert warmed > 0 and warm.counts["encode"] == warmed
+    cached = mat.cached_bytes
+    session = ckks.engine(plan.rotation_plan())  # loaded from public_context_bytes (the wire path)
+    assert session.plaintext_id(1) == warm.plaintext_id(1)
+    before = session.counts["encode"]
+    y = matmul(session, encrypt_vector(ckks.secret, x), mat, plan, level=1)
+    assert session.counts["encode"] == before and mat.cached_bytes == cached  # every plaintext a cache hit
+    assert_close(decrypt_vector(ckks.secret, y), x @ w, 1e-6)
+    for other in (CKKS_40, CKKSParams(8192, ckks.params.coeff_mod_bit_sizes, 40)):  # other primes; scale
+        eng = Engine.for_params(other)
+        assert eng.plaintext_id(1) != warm.plaintext_id(1)
+        assert prepare(eng, mat, plan, 1) == eng.counts["encode"] == warmed  # a miss: encoded anew
+
+
+def test_engine_refuses_params_that_are_not_its_contexts(ckks_small) -> None:  # type: ignore[no-untyped-def]
+    from crypto.engine import Engine
+    from crypto.params import CKKSParams
+    from model.errors import ParamsError
+
+    liar = CKKSParams(8192, ckks_small.params.coeff_mod_bit_sizes, ckks_small.params.scale_bits)
+    with pytest.raises(ParamsError, match="its SEAL context has N=4096"):
+        Engine(liar, ckks_small.secret.seal_context)
