@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", type=Path, required=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=7861)
-    links = commands.add_parser("links", help="print invitation links with fresh random participant ids")
+    links = commands.add_parser(
+        "links", help="print invitation links: the study's invited ids, else --count fresh random ids"
+    )
     links.add_argument("--db", type=Path, required=True)
     links.add_argument("--base-url", default="http://127.0.0.1:7861")
     links.add_argument("--count", type=int, default=10)
@@ -218,9 +220,9 @@ def run(args: argparse.Namespace) -> int:
         launch_study_page(store, args.host, args.port, block=True)
         return 0
     if args.command == "links":
-        _open(args.db)
-        for _ in range(args.count):
-            print(f"{args.base_url.rstrip('/')}/?participant=p-{secrets.token_hex(6)}")
+        invited = _open(args.db).study.invited  # an invitation list: exactly its ids (--count is ignored)
+        for pid in invited or [f"p-{secrets.token_hex(6)}" for _ in range(args.count)]:
+            print(f"{args.base_url.rstrip('/')}/?participant={pid}")
         return 0
     if args.command == "simulate":
         return run_simulate(args)

@@ -9,7 +9,9 @@ dataclasses are frozen and round-trip as dicts (`Study.from_dict(study.to_dict()
      "conditions": [{"id": "a", "mode": "simulate", "tsp": false, "pp": false, "max_new_tokens": 40}, ...],
      "prompts": [{"id": "p1", "text": "What is the capital of France?"}, ...],
      "questions": [{"id": "fluency", "kind": "likert", "text": "How fluent is the reply?", "points": 5,
-                    "low": "not at all", "high": "very"}, {"id": "comments", "kind": "text", ...}]}
+                    "low": "not at all", "high": "very"}, {"id": "comments", "kind": "text", ...}],
+     "invited": ["p-01", "p-02"]}  # optional: only these participant ids may take part; without it, any
+                                    # well-formed id may (and the study's hash is as before the key existed)
 
 Setting ranges mirror `app.chat.ChatSettings`, which `app.study_generate` builds from each condition and
 which checks them again. This module imports neither torch nor Gradio, so it loads fast anywhere.
@@ -21,6 +23,7 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -35,19 +38,19 @@ QUESTION_KINDS = ("likert", "text")
 MAX_NEW_TOKENS_LIMIT = 4096  # model.generate.MAX_NEW_TOKENS_LIMIT
 MAX_AMP_ROUNDS = 12  # model.sampler.MAX_AMP_ROUNDS; ChatSettings re-checks with the sampler's own constant
 MAX_SAMPLES = 100
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: `$` allows a final "\n"
+ID_FORM = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+PARTICIPANT_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch; safe in URLs, file names and CSV
+PARTICIPANT_FORM = "1-64 letters, digits, '_' or '-'"
 RESERVED_QUESTION_IDS = ("preference",)  # the pairwise design's own question
 
 Design = Literal["single", "pairwise"]
 QuestionKind = Literal["likert", "text"]
 
 
-def _check_id(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
-        raise StudyFileError(
-            f"{where} must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit; "
-            f"got {value!r}"
-        )
+def _check_id(value: Any, where: str, pattern: re.Pattern[str] = ID_PATTERN, form: str = ID_FORM) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise StudyFileError(f"{where} must be {form}; got {value!r}")
     return value
 
 
@@ -212,6 +215,7 @@ class Study:
     seed: int = 0  # seeds the sampler seeds and every participant's item order
     instructions: str = ""  # shown above each item (Markdown)
     description: str = ""  # for researchers only (what is compared and why); never shown to raters
+    invited: tuple[str, ...] = ()  # the participant ids allowed to take part; empty = any well-formed id
     format: int = STUDY_FORMAT  # the file layout version
 
     def __post_init__(self) -> None:
@@ -226,6 +230,10 @@ class Study:
         _check_text(self.description, "description", allow_empty=True)
         _check_int(self.samples_per_prompt, "samples_per_prompt", 1, MAX_SAMPLES)
         _check_int(self.seed, "seed", 0, 2**62)
+        if not isinstance(self.invited, tuple):
+            raise StudyFileError(f"invited must be a list of participant ids, got {self.invited!r:.60}")
+        for index, participant_id in enumerate(self.invited):
+            _check_id(participant_id, f"invited[{index}]", PARTICIPANT_PATTERN, PARTICIPANT_FORM)
         for name, items, minimum in (("conditions", self.conditions, 1), ("prompts", self.prompts, 1)):
             if len(items) < minimum:
                 raise StudyFileError(f"{name} must list at least {minimum} entry; add one")
@@ -233,9 +241,10 @@ class Study:
             "conditions": [c.id for c in self.conditions],
             "prompts": [p.id for p in self.prompts],
             "questions": [q.id for q in self.questions],
+            "invited": list(self.invited),
         }
         for name, ids in id_lists.items():
-            duplicates = sorted({i for i in ids if ids.count(i) > 1})
+            duplicates = sorted({i for i, n in Counter(ids).items() if n > 1})
             if duplicates:
                 raise StudyFileError(f"{name}: duplicate id(s) {', '.join(duplicates)}; ids must be unique")
         known = {c.id for c in self.conditions}
@@ -285,6 +294,9 @@ class Study:
         for condition in data["conditions"]:  # no guard: the dict (and the study's hash) stays as before
             if condition["repetition_penalty"] == NO_PENALTY:
                 del condition["repetition_penalty"]
+        data["invited"] = list(self.invited)
+        if not self.invited:  # an open study: the dict (and the hash) stays as before the field existed
+            del data["invited"]
         return data
 
     @classmethod
@@ -308,6 +320,13 @@ class Study:
             if not isinstance(raw, list):
                 raise StudyFileError(f"{key} must be a list, got {type(raw).__name__}")
             values[key] = tuple(_build(item_cls, item, f"{key}[{i}]") for i, item in enumerate(raw))
+        if "invited" in values:  # an explicit [] would invite nobody: refuse it rather than guess
+            if not isinstance(values["invited"], list) or not values["invited"]:
+                raise StudyFileError(
+                    "invited must be a non-empty list of participant ids; remove the key "
+                    "to let anyone with a link take part"
+                )
+            values["invited"] = tuple(values["invited"])
         if "design" in values:
             design = _fields_from(StudyDesign, values["design"], "design")
             if "pairs" in design:

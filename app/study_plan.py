@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from app.study_file import Study
 
 ITEM_ID_HEX = 24  # 96 bits: not guessable, short enough for URLs and logs
-ITEM_ID_PATTERN = re.compile(f"^[0-9a-f]{{{ITEM_ID_HEX}}}$")
+ITEM_ID_PATTERN = re.compile(f"[0-9a-f]{{{ITEM_ID_HEX}}}")  # fullmatch: `$` would allow a final "\n"
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def item_id(secret: bytes, study: Study, participant_id: str, item: ItemKey) -> 
 
 def find_item(secret: bytes, study: Study, participant_id: str, candidate: str) -> int | None:
     """The 0-based position of `candidate` in the participant's sequence, or None if it is not theirs."""
-    if not isinstance(candidate, str) or not ITEM_ID_PATTERN.match(candidate):
+    if not isinstance(candidate, str) or not ITEM_ID_PATTERN.fullmatch(candidate):
         return None
     found = None
     for position, item in enumerate(participant_sequence(study, participant_id)):

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.study_answers import check_participant_id, normalise_answer
+from app.study_answers import check_participant, excerpt, normalise_answer
 from app.study_file import Study, canonical_json, study_hash
 from app.study_plan import ItemKey, TextKey, find_item, item_id, participant_sequence, study_texts
 from model.errors import (
@@ -287,10 +287,10 @@ class StudyStore:
         """Record consent (idempotent) and return how many items this participant has answered.
 
         Raises:
-            ParticipantError: a malformed participant id.
+            ParticipantError: a malformed participant id, or one not on the study's invitation list.
             StudyStoreError: texts are still missing (the study cannot be served yet).
         """
-        check_participant_id(participant_id)
+        check_participant(self.study, participant_id)
         missing = self.missing_texts()
         if missing:
             raise StudyStoreError(
@@ -313,7 +313,7 @@ class StudyStore:
         return int(row[0])
 
     def _check_consented(self, db: sqlite3.Connection, participant_id: str) -> None:
-        check_participant_id(participant_id)
+        check_participant(self.study, participant_id)
         if (
             db.execute("SELECT 1 FROM participants WHERE participant_id = ?", (participant_id,)).fetchone()
             is None
@@ -326,11 +326,11 @@ class StudyStore:
         """The participant's next item as the page shows it (no condition ids), or {"done": True, ...}.
 
         Raises:
-            ParticipantError: a malformed id, or no consent recorded.
+            ParticipantError: a malformed or uninvited id, or no consent recorded.
         """
-        sequence = self.sequence(check_participant_id(participant_id))
         with self._connect() as db:
-            self._check_consented(db, participant_id)
+            self._check_consented(db, participant_id)  # before `sequence`, which caches per id
+            sequence = self.sequence(participant_id)
             answered = int(
                 db.execute(
                     "SELECT COUNT(*) FROM answers WHERE participant_id = ?", (participant_id,)
@@ -371,7 +371,7 @@ class StudyStore:
         position = find_item(self.secret, self.study, participant_id, candidate_item_id)
         if position is None:
             raise TamperedItem(
-                f"item id {str(candidate_item_id)[:40]!r} is not part of participant "
+                f"item id {excerpt(candidate_item_id)} is not part of participant "
                 f"{participant_id!r}'s study; "
                 "reload the page to get your current item"
             )

@@ -17,11 +17,11 @@ where item is `StudyStore.current_item` ({"done": true, ...} at the end).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import gradio as gr
 
+from app.study_answers import parse_answer_json
 from app.study_store import StudyStore
 from model.errors import AnswerError, InvalidAnswer, ParticipantError, StudyError
 
@@ -169,11 +169,7 @@ def _add_api(store: StudyStore) -> None:
     def study_submit(participant_id: str, item_id: str, answer_json: str) -> dict[str, Any]:
         """Commit one answer (idempotent for the same answer) and return the next item."""
         try:
-            answer = json.loads(answer_json)
-        except (TypeError, ValueError) as exc:
-            raise gr.Error(f"answer_json is not valid JSON: {exc}", title="InvalidAnswer") from exc
-        try:
-            result = store.submit(participant_id, item_id, answer)
+            result = store.submit(participant_id, item_id, parse_answer_json(store.study, answer_json))
             return {
                 "answer_id": result.answer_id,
                 "position": result.position + 1,

@@ -197,6 +197,20 @@ def test_validate_init_simulate_export_report(tmp_path: Path, capsys: pytest.Cap
     assert "6 of 6 texts generated, 3 participants, 18 answers" in capsys.readouterr().out
 
 
+def test_links_of_an_invite_only_study_are_its_invited_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = Study.from_dict(_study().to_dict() | {"invited": ["p-01", "p-02"]})
+    _filled(tmp_path / "i.db", study)
+    assert main(["links", "--db", str(tmp_path / "i.db"), "--base-url", "http://h:1/", "--count", "5"]) == 0
+    assert capsys.readouterr().out.split() == ["http://h:1/?participant=p-01", "http://h:1/?participant=p-02"]
+    assert main(["simulate", "--db", str(tmp_path / "i.db"), "--raters", "1"]) == 2  # sim-001 is not invited
+    assert "not on this study's invitation list" in capsys.readouterr().err
+    _filled(tmp_path / "o.db")
+    assert main(["links", "--db", str(tmp_path / "o.db"), "--count", "3"]) == 0  # open: fresh random ids
+    assert len(set(capsys.readouterr().out.split())) == 3
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [

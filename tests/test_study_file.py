@@ -64,6 +64,20 @@ def test_the_hash_changes_with_any_field() -> None:
     assert study_hash(Study.from_dict(data)) != study_hash(Study.from_dict(changed))
 
 
+def test_an_invitation_list_round_trips_and_leaves_open_studies_hashes_alone(tmp_path: Path) -> None:
+    # the demo's hash before `invited` existed: databases made from it must still open (StudyStore.create)
+    assert study_hash(load_study(DEMO)) == "6cda8dadf360bf83c9766d8295190676832c7a482d5a3b1bd7c6f609497a584a"
+    assert "invited" not in Study.from_dict(_pairwise()).to_dict()
+    invited = _pairwise() | {"invited": ["p-01", "p_02"]}
+    study = Study.from_dict(invited)
+    assert study.invited == ("p-01", "p_02") and study.to_dict()["invited"] == ["p-01", "p_02"]
+    assert Study.from_dict(study.to_dict()) == study
+    save_study(study, tmp_path / "s.yaml")
+    assert load_study(tmp_path / "s.yaml") == study
+    assert study_hash(study) != study_hash(Study.from_dict(_pairwise()))
+    assert study_hash(study) != study_hash(Study.from_dict(_pairwise() | {"invited": ["p-01"]}))
+
+
 def _edit(path: str, value: Any) -> dict[str, Any]:
     data = _pairwise()
     target: Any = data
@@ -90,6 +104,14 @@ def _edit(path: str, value: Any) -> dict[str, Any]:
         ("conditions.1.tsp", "yes", StudyFileError, ["tsp", "true or false"]),
         ("conditions.2.id", "a", StudyFileError, ["duplicate", "a"]),
         ("conditions.2.id", "bad id", StudyFileError, ["letters"]),
+        ("conditions.2.id", "c\n", StudyFileError, ["letters"]),  # `$` alone would accept it
+        ("prompts.0.id", "p1\n", StudyFileError, ["prompts[0]", "letters"]),
+        ("invited", ["p-01", "p 02"], StudyFileError, ["invited[1]", "letters"]),
+        ("invited", ["p-01", "p-01\n"], StudyFileError, ["invited[1]", "letters"]),
+        ("invited", ["p-01", "p-01"], StudyFileError, ["invited", "duplicate", "p-01"]),
+        ("invited", [], StudyFileError, ["non-empty", "remove the key"]),
+        ("invited", "p-01", StudyFileError, ["invited", "list"]),
+        ("invited", [7], StudyFileError, ["invited[0]"]),
         ("design.pairs", [["a", "zzz"]], UnknownCondition, ["zzz", "not defined"]),
         ("design.pairs", [["a", "a"]], StudyFileError, ["itself"]),
         ("design.kind", "triple", StudyFileError, ["single", "pairwise"]),

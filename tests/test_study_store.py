@@ -40,8 +40,8 @@ def study_dict(kind: str = "single") -> dict[str, Any]:
     }
 
 
-def make_store(path: Path, kind: str = "single") -> StudyStore:
-    store = StudyStore.create(path, Study.from_dict(study_dict(kind)))
+def make_store(path: Path, kind: str = "single", **extra: Any) -> StudyStore:
+    store = StudyStore.create(path, Study.from_dict(study_dict(kind) | extra))
     for key in study_texts(store.study):
         store.put_text(
             TextRecord(
@@ -68,6 +68,13 @@ def store(tmp_path: Path) -> StudyStore:
 def _rows(path: Path) -> int:
     with sqlite3.connect(path) as db:
         return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 3
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def test_database_uses_wal_and_a_versioned_schema(store: StudyStore) -> None:
@@ -100,6 +107,38 @@ def test_a_study_with_missing_texts_is_not_served(tmp_path: Path) -> None:
     store = StudyStore.create(tmp_path / "s.db", Study.from_dict(study_dict()))
     with pytest.raises(StudyStoreError, match="not generated yet"):
         store.register("p1")
+
+
+def test_an_id_with_a_trailing_newline_is_not_a_second_participant(store: StudyStore) -> None:
+    store.register("abc")
+    for variant in ("abc\n", "abc\r\n", "\nabc"):
+        with pytest.raises(ParticipantError, match="1-64 letters, digits, '_' or '-'"):
+            store.register(variant)
+        with pytest.raises(ParticipantError, match="1-64 letters"):
+            store.current_item(variant)
+    assert store.participants().keys() == {"abc"}
+
+
+def test_only_invited_participants_take_part(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "i.db", invited=["alice", "bob"])
+    assert StudyStore.open(store.path).study.invited == ("alice", "bob")
+    store.register("alice")
+    item = store.current_item("alice")
+    store.submit("alice", item["item_id"], {"fluency": 2})
+    from app.study_plan import item_id
+
+    mallory_item = item_id(store.secret, store.study, "mallory", store.sequence("mallory")[0])
+    for attempt in (
+        lambda: store.register("mallory"),
+        lambda: store.current_item("mallory"),
+        lambda: store.submit("mallory", mallory_item, {"fluency": 2}),
+    ):
+        with pytest.raises(ParticipantError, match="not on this study's invitation list") as info:
+            attempt()
+        assert "ask the researcher" in str(info.value)
+    assert store.participants().keys() == {"alice"} and _rows(store.path) == 1
+    open_store = make_store(tmp_path / "o.db")  # no list: anyone with a well-formed id, as before
+    assert open_store.register("mallory") == 0
 
 
 def test_items_are_blind_and_answers_come_in_order(store: StudyStore) -> None:
@@ -159,10 +198,24 @@ def test_concurrent_double_submits_write_one_row(store: StudyStore) -> None:
         ("alice", "first", {"fluency": True}, InvalidAnswer, ["fluency"]),
         ("alice", "first", {"fluency": 3, "notes": "x" * 5000}, InvalidAnswer, ["at most"]),
         ("alice", "first", [3], InvalidAnswer, ["object"]),
+        ("alice", "first", {"fluency": "²"}, InvalidAnswer, ["fluency", "digits 0-9"]),
+        ("alice", "first", {"fluency": "①"}, InvalidAnswer, ["fluency", "digits 0-9"]),
+        ("alice", "first", {"fluency": "1" * 5000}, InvalidAnswer, ["fluency", "digits 0-9"]),
+        ("alice", "first", {"fluency": 10**5000}, InvalidAnswer, ["fluency", "bit integer"]),
+        ("alice", "first", {"fluency": 3.0}, InvalidAnswer, ["fluency", "not 3.0"]),
+        ("alice", "first", {"fluency": _nested(30_000)}, InvalidAnswer, ["fluency", "a list"]),
+        ("alice", "first", _nested(30_000), InvalidAnswer, ["object"]),
+        ("alice", "first", {"fluency": 3, "notes": "\ud800"}, InvalidAnswer, ["unpaired surrogate"]),
+        ("alice", "first", {"fluency": 3, "notes": "a\x00b"}, InvalidAnswer, ["control characters"]),
+        ("alice", "first\n", {"fluency": 3}, TamperedItem, ["not part of"]),
+        ("alice", "huge", {"fluency": 3}, TamperedItem, ["not part of", "bit integer"]),
+        ("alice", "nested", {"fluency": 3}, TamperedItem, ["not part of", "a list"]),
+        ("alice\n", "first", {"fluency": 3}, ParticipantError, ["participant id", "1-64"]),
         ("bob", "first", {"fluency": 3}, TamperedItem, ["not part of"]),  # alice's item
         ("dave", "dave's", {"fluency": 3}, ParticipantError, ["consent"]),
         ("bad id!", "first", {"fluency": 3}, ParticipantError, ["participant id"]),
     ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else v if isinstance(v, str) else type(v).__name__,
 )
 def test_bad_submissions_are_refused_and_write_nothing(
     store: StudyStore, who: str, which: str, answer: Any, error: type, words: list[str]
@@ -172,8 +225,11 @@ def test_bad_submissions_are_refused_and_write_nothing(
     first = store.current_item("alice")["item_id"]
     from app.study_plan import item_id
 
-    ids = {
+    ids: dict[str, Any] = {
         "first": first,
+        "first\n": first + "\n",
+        "huge": 10**5000,
+        "nested": _nested(30_000),
         "second": item_id(store.secret, store.study, "alice", store.sequence("alice")[1]),
         "tampered": first[:-2] + ("00" if first[-2:] != "00" else "11"),
         "bob's": store.current_item("bob")["item_id"],

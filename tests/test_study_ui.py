@@ -167,3 +167,43 @@ def test_the_page_handlers_consent_rate_and_resume(served: tuple[str, StudyStore
     assert answer.answer == {"fluency": 4, "relevance": 6, "comments": "ok"}
     resumed = Client(url, verbose=False).predict("page-user", True, api_name="/ui_start")  # a new browser
     assert resumed[0].startswith("**Item 2 of 6** · 1 answered") and resumed[1:3] != shown[1:3]
+
+
+@pytest.mark.parametrize(
+    ("answer_json", "words"),
+    [
+        ('{"fluency": "²", "relevance": 3}', ["fluency", "digits 0-9"]),
+        ('{"fluency": "①", "relevance": 3}', ["fluency", "digits 0-9"]),
+        ('{"fluency": 3, "relevance": ' + "7" * 5000 + "}", ["number too long"]),
+        ("[" * 20_000 + "]" * 20_000, ["nested too deeply"]),
+        ('{"fluency": 3, "relevance": 3, "comments": "\\ud800"}', ["unpaired surrogate"]),
+    ],
+    ids=["superscript", "circled", "long-int", "bomb", "surrogate"],
+)
+def test_hostile_answers_over_http_get_typed_refusals(
+    served: tuple[str, StudyStore], answer_json: str, words: list[str]
+) -> None:
+    url, store = served
+    client = Client(url, verbose=False)
+    first = client.predict("hostile", True, api_name="/study_start")
+    before = len(store.answers())
+    message = _error(
+        lambda: client.predict("hostile", first["item_id"], answer_json, api_name="/study_submit")
+    )
+    for word in words:
+        assert word in message, message
+    assert len(store.answers()) == before  # nothing was written
+    assert client.predict("hostile", api_name="/study_item")["item_id"] == first["item_id"]
+
+
+def test_a_bad_answer_through_the_page_handler_is_shown_not_raised(served: tuple[str, StudyStore]) -> None:
+    url, store = served
+    client = Client(url, verbose=False)
+    shown = client.predict("page-hostile", True, api_name="/ui_start")
+    assert shown[0].startswith("**Item 1 of 6**")
+    # inputs: the (hidden) pairwise choice, fluency, relevance, comments (a NUL byte is refused)
+    refused = client.predict(None, 4, 6, "fine\x00text", api_name="/ui_submit")
+    assert refused[-1].startswith("⚠️") and "control characters" in refused[-1]
+    assert not [a for a in store.answers() if a.participant_id == "page-hostile"]
+    accepted = client.predict(None, 4, 6, "fine text", api_name="/ui_submit")
+    assert accepted[0].startswith("**Item 2 of 6**") and accepted[-1] == ""
