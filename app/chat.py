@@ -12,8 +12,9 @@ stops the reply when it decrypts EOS (the worker cannot see it) and the secret k
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -54,21 +55,29 @@ class ChatSettings:
     mode: Mode = "plain"
     temperature: float = CHAT_TEMPERATURE  # 0 = greedy
     max_new_tokens: int = 256
-    seed: int = 0  # seeds the sampler's uniforms r (and nothing else)
+    seed: int | None = None  # seeds the sampler's uniforms r (and nothing else); None: a fresh one per reply
     tsp: bool = True  # simulate/encrypted: TSP vocabulary order (else token-id order)
     pp: bool = True  # simulate/encrypted: the post-processing polynomial
     amp_rounds: int = 3  # simulate/encrypted: rounds of g1^5 in the step function
     repetition_penalty: float = CHAT_REPETITION_PENALTY  # every mode: 1 = off (model.repetition)
+    pad: bool = False  # encrypted: compute every reply to max_new_tokens (the worker cannot see its length)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         check_penalty(self.repetition_penalty)
-        self.generation()  # validates max_new_tokens, temperature, seed
+        if not isinstance(self.pad, bool):
+            raise InputError(f"pad must be true or false, got {self.pad!r}")
+        GenerationSettings(self.max_new_tokens, self.temperature, self.seed or 0)  # validates the three
         self.sampler()  # validates tsp, pp, amp_rounds
 
+    def drawn(self) -> ChatSettings:
+        """These settings with a seed: a fresh random one if none was chosen (the worker would otherwise
+        see every reply use the same uniforms). The footer shows it, so a reply can be repeated."""
+        return self if self.seed is not None else replace(self, seed=secrets.randbelow(2**32))
+
     def generation(self) -> GenerationSettings:
-        return GenerationSettings(self.max_new_tokens, self.temperature, self.seed)
+        return GenerationSettings(self.max_new_tokens, self.temperature, self.drawn().seed or 0)
 
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(
@@ -83,6 +92,8 @@ class ChatSettings:
             flags.append(f"amp {self.amp_rounds}")
         if self.repetition_penalty != NO_PENALTY:
             flags.append(f"repetition penalty {self.repetition_penalty:g}")
+        if self.pad and self.mode == "encrypted":
+            flags.append("padded")
         return f"{self.mode} ({', '.join(flags)})" if flags else self.mode
 
 
@@ -185,12 +196,13 @@ class ChatService:
         """The worker-visible part of the settings (plus the key holder's temperature and penalty)."""
         return ReplyRequest(
             settings.max_new_tokens,
-            settings.seed,
+            settings.drawn().seed or 0,
             settings.tsp,
             settings.pp,
             settings.amp_rounds,
             settings.temperature,
             repetition_penalty=settings.repetition_penalty,
+            pad=settings.pad,
         )
 
     def read_ahead(
@@ -230,6 +242,7 @@ class ChatService:
             InputError: empty or over-long conversation, before any token is generated.
             ChatError: encrypted mode without a session, or the worker failing.
         """
+        settings = settings.drawn()  # (callers that show the seed draw it first)
         if settings.mode == "encrypted":
             if session is None:
                 raise InputError("encrypted mode needs an EncryptedSession (see ChatService.open_encrypted)")

@@ -149,6 +149,8 @@ def encrypted_reply(
     notice = ""
     new_ids, start = list(turn.new_ids), turn.start
     guard = conversation_guard(tokenizer, request.repetition_penalty, [*turn.base.ids, *new_ids])
+    ended: int | None = None  # padding: the reply's length at its EOS; the tokens after it are hidden
+    hidden = 0
 
     def update(finish: Any = None, stage: str = "", done: tuple[int, int] = (0, 0), delta: str = "") -> Any:
         now = time.perf_counter() - began
@@ -169,20 +171,31 @@ def encrypted_reply(
                 for event in stream:
                     if isinstance(event, ProgressEvent):
                         yield update(stage=event.stage, done=(event.done, event.total))
+                    elif isinstance(event, TokenEvent) and ended is not None:
+                        hidden, pad = hidden + 1, request.max_new_tokens - ended
+                        yield update(stage=f"padding: {hidden} of {pad} hidden tokens", done=(hidden, pad))
                     elif isinstance(event, TokenEvent):
                         reply_ids.append(event.token_id)
                         first = first or time.perf_counter() - began
                         wire = _wire(session, event, turn, public)
-                        if event.token_id in loaded.eos_token_ids:
+                        if event.token_id in loaded.eos_token_ids and not request.pad:
                             yield update("eos", delta=decoder.flush())
                             return  # closing the stream (finally) cancels the worker's next token
+                        if event.token_id in loaded.eos_token_ids:
+                            ended = len(reply_ids)  # the worker computes on to the budget
+                            yield update(stage="padding the reply to its budget", delta=decoder.flush())
+                            continue
                         yield update(delta=decoder.push(event.token_id))
                     elif isinstance(event, DoneEvent):
-                        yield update(event.reason, delta=decoder.flush())
+                        yield update(event.reason if ended is None else "eos", delta=decoder.flush())
                         return
-                yield update("cancelled", delta=decoder.flush())  # should_stop: the worker was cancelled
+                # should_stop: the worker was cancelled (while padding, the reply itself was whole)
+                yield update("cancelled" if ended is None else "eos", delta=decoder.flush())
                 return
             except WorkerUnavailable:
+                if ended is not None:  # lost while padding: the reply is whole
+                    yield update("eos", delta=decoder.flush())
+                    return
                 if should_stop is not None and should_stop():
                     raise
                 for left in reconnect(session, RECONNECT_SECONDS, should_stop):
@@ -194,7 +207,8 @@ def encrypted_reply(
             finally:
                 stream.close()
     finally:
-        held = keys.commit()  # whole positions only: a Stop can cut a forward pass half-way
+        # whole positions only (a Stop can cut a forward pass half-way), none of the padding
+        held = keys.commit(None if ended is None else turn.start + len(turn.new_ids) + ended - 1)
         if memory is not None:
             memory.conversation = state = finish_turn(tokenizer, turn, reply_ids, held)
             if state is not None:
@@ -263,5 +277,5 @@ def _wire(session: EncryptedSession, event: TokenEvent, turn: Turn, public: tupl
         public_text=public[1],
         start=turn.start,
         new_positions=len(turn.new_ids),
-        processes=int(event.worker.get("processes", 1)),
+        processes=int(event.worker.get("processes", 1)),  # checked by app.keyholder.worker_telemetry
     )

@@ -1,8 +1,8 @@
 """Command line: the chat page, a worker, and chat in the terminal.
 
     python -m app                        # chat page on http://127.0.0.1:7860 with an in-process worker
-    python -m app ui --worker-url ws://host:8765   # the page, using a remote worker for encrypted mode
-    python -m app worker --port 8765     # a model worker on 127.0.0.1:8765
+    python -m app ui --worker-url 'ws://host:8765/?token=...'   # the page, with a remote worker
+    python -m app worker --port 8765     # a model worker on 127.0.0.1:8765; prints its URL and token
     python -m app chat "What is the capital of France?"
     python -m app chat --mode encrypted "Hi"       # starts an in-process worker unless --worker-url
     python -m app chat                   # interactive: one message per line, Ctrl-D to quit
@@ -26,6 +26,8 @@ from typing import Any
 from app.chat import CHAT_REPETITION_PENALTY, CHAT_TEMPERATURE, MODES, ChatService, ChatSettings
 from app.chat_encrypted import EncryptedSession
 from app.replies import ChatMemory
+from app.worker_admission import with_token
+from app.worker_cli import add_policy_arguments, policy, report_warm_up
 from model.errors import ChatError
 from model.loading import LoadedModel, build_tiny_model, load_default, load_local
 from model.ordering import OrderingProgress
@@ -55,7 +57,9 @@ def _add_reply_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default="plain")
     parser.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE, help="0 = greedy")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's uniforms")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the sampler's uniforms (default: a new one per reply)"
+    )
     parser.add_argument("--no-tsp", dest="tsp", action="store_false", help="token-id order instead of TSP")
     parser.add_argument(
         "--no-pp", dest="pp", action="store_false", help="skip the post-processing polynomial"
@@ -66,6 +70,12 @@ def _add_reply_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=CHAT_REPETITION_PENALTY,
         help=f"hold back tokens the conversation already has (1 = off; default {CHAT_REPETITION_PENALTY})",
+    )
+    parser.add_argument(
+        "--pad-replies",
+        dest="pad",
+        action="store_true",
+        help="encrypted: compute every reply to --max-new-tokens, so the worker cannot see its length",
     )
 
 
@@ -83,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker_arguments(worker)
     worker.add_argument("--host", default="127.0.0.1")
     worker.add_argument("--port", type=int, default=8765)
+    add_policy_arguments(worker)
     chat = commands.add_parser("chat", help="answer in the terminal, streaming tokens")
     _add_model_arguments(chat)
     _add_reply_arguments(chat)
@@ -158,6 +169,7 @@ def _answer(
     memory: ChatMemory | None = None,
 ) -> str:
     text = ""
+    settings = settings.drawn()
     for update in service.reply(messages, settings, session, memory):
         if update.stage:
             note = f"{update.seconds:.0f} s" + (
@@ -176,7 +188,8 @@ def _answer(
             print(
                 f"\n[{settings.label()}: {update.tokens} tokens, {update.tokens_per_second:.2f} tokens/s, "
                 f"first token after {update.first_token_seconds:.1f} s, {update.new_positions} new "
-                f"positions{reused}, {update.finish}]" + (f"\n[{update.notice}]" if update.notice else ""),
+                f"positions{reused}, seed {settings.seed}, {update.finish}]"
+                + (f"\n[{update.notice}]" if update.notice else ""),
                 file=sys.stderr,
             )
     return text
@@ -192,6 +205,7 @@ def run_chat(args: argparse.Namespace) -> int:
         pp=args.pp,
         amp_rounds=args.amp_rounds,
         repetition_penalty=args.repetition_penalty,
+        pad=args.pad,
     )
     if args.prompt is not None and not args.prompt.strip():
         raise ChatError("The message is empty; type some text before sending.")
@@ -250,6 +264,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
     _check_port(args.port)
     _check_processes(args.processes)
+    limits, access = policy(args)
     loaded = load_model(args)
     service = make_service(args, loaded)
     ordering = service.ordering
@@ -260,55 +275,18 @@ def run_worker(args: argparse.Namespace) -> int:
         f"for preset {args.preset!r}",
         file=sys.stderr,
     )
-    threading.Thread(target=_report_warm_up, args=(model,), daemon=True).start()
+    threading.Thread(target=report_warm_up, args=(model,), daemon=True).start()
 
     async def serve_forever() -> None:
-        server = await start(Worker(model), args.host, args.port)
-        print(f"Worker for {loaded.name} on ws://{args.host}:{args.port}", file=sys.stderr)
+        server = await start(Worker(model, limits, access), args.host, args.port)
+        url = with_token(f"ws://{args.host}:{args.port}", access.token)
+        print(f"Worker for {loaded.name} on {url}", file=sys.stderr)
+        hint = f"Connect with --worker-url '{url}' (or {ENV_WORKER_URL}); keep the token secret"
+        print(hint, file=sys.stderr)
         await server.serve_forever()
 
     asyncio.run(serve_forever())
     return 0
-
-
-def _report_warm_up(model: Any) -> None:
-    """A progress bar on stderr while the worker encodes its weight plaintexts, then what it took."""
-    from tqdm import tqdm
-
-    with tqdm(total=1, desc="worker warming up", unit="block", file=sys.stderr) as bar:
-        while not model.pool.wait_ready(0.5):
-            done, total = model.readiness()
-            bar.total, bar.n = total, done
-            bar.refresh()
-        bar.n = bar.total
-    rss = sum(_rss(pid) for pid in [os.getpid(), *_pool_pids(model)])
-    print(
-        f"worker ready after {model.pool.warm_seconds:.0f} s; {rss / 2**30:.1f} GiB resident in all "
-        f"(this process and {model.pool.world} compute processes, which share the weight caches)",
-        file=sys.stderr,
-    )
-
-
-def _pool_pids(model: Any) -> list[int]:
-    import psutil
-
-    process = getattr(model.pool, "process", None)
-    if process is None or process.pid is None:
-        return []
-    try:
-        master = psutil.Process(process.pid)
-        return [master.pid, *(child.pid for child in master.children())]
-    except psutil.Error:
-        return []
-
-
-def _rss(pid: int) -> int:
-    import psutil
-
-    try:
-        return int(psutil.Process(pid).memory_full_info().pss)  # shared pages counted once, in shares
-    except psutil.Error:
-        return 0
 
 
 def _check_processes(processes: int | None) -> None:

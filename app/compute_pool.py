@@ -196,17 +196,18 @@ class ComputePool:
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready_event.wait(timeout)
 
-    def load_keys(self, session: str, data: bytes) -> None:
-        """Load a session's public context into every rank (blocks; a job in progress delays it).
+    def load_keys(self, session: str, data: bytes, params: CKKSParams) -> None:
+        """Load a session's public context, which must be for `params`, into every rank (blocks; a job in
+        progress delays it).
 
         Raises:
-            JobFailed: with the code of the first rank's refusal (a secret key, garbage, bad parameters).
+            JobFailed: with the code of the first rank's refusal (a secret key, garbage, other parameters).
         """
         waiting: queue.Queue[tuple[int, bool, int, str]] = queue.Queue()
         self._keys[session] = waiting
         try:
             for rank in range(self.world):
-                self._send(rank, ("keys", session, data))
+                self._send(rank, ("keys", session, data, params))
             answers = [waiting.get(timeout=KEY_LOAD_SECONDS) for _ in range(self.world)]
         except queue.Empty as exc:
             raise JobFailed(4500, "the worker's compute processes did not load the keys in time") from exc

@@ -7,7 +7,7 @@ TenSEAL holds the GIL, so only processes put several cores on one reply.
 
 Messages (Python tuples over a multiprocessing pipe; nothing here faces the network):
 
-    main -> rank   ("keys", session, bytes)  ("drop", session)  ("job", job, session, RankRequest)
+    main -> rank   ("keys", session, bytes, params)  ("drop", session)  ("job", job, session, RankRequest)
                    ("result", job, seq, payload)  ("stop",)
     rank -> main   ("warm", done, total)  ("ready", rank)  ("keys", session, ok, code, message)
                    ("collective", job, seq, kind, payload)  ("progress", job, stage, done, total)
@@ -140,9 +140,9 @@ class Rank:
         if message[0] == "drop":
             self.sessions.pop(message[1], None)
             return
-        _, session, data = message
+        _, session, data, params = message
         try:
-            public = load_public_context(data)
+            public = load_public_context(data, expected=params)
             self.layout(public.params)
             self.sessions[session] = public
             self.channel.send(("keys", session, True, 0, ""))

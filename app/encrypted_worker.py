@@ -4,8 +4,8 @@
 in both vocabulary orders, the model's name and order, and the public prefixes with their keys and
 values, computed in the clear. It pickles, so the worker can start in another process.
 
-`EncryptedWorker` is the `app.worker.WorkerModel` over a `ComputePool` (app/compute_pool.py): the Galois
-keys the plan needs, the sessions' keys, and `run`, which turns a Generate request into a pool job.
+`EncryptedWorker` is the `app.worker_session.WorkerModel` over a `ComputePool` (app/compute_pool.py): the
+Galois keys the plan needs, the sessions' keys, and `run`, which turns a Generate request into a pool job.
 
 `EmbeddedWorker` runs the websocket server and its pool in a spawned process on 127.0.0.1 (what `make
 run` starts beside the page): the page's process is then only the key holder, and TenSEAL's hold on the
@@ -31,7 +31,7 @@ from app.compute_pool import ComputePool
 from app.keyholder import WorkerUnavailable
 from crypto.keys import RotationPlan
 from crypto.ops import sampler_rotation_plan
-from crypto.params import preset
+from crypto.params import CKKSParams, preset
 from model.conversation import PublicPrefix, public_prefixes
 from model.encrypted import Layout, WorkerWeights, cache_to_bytes
 from model.encrypted_rank import RankRequest
@@ -77,7 +77,7 @@ class WorkerSpec:
 
 
 class EncryptedWorker:
-    """`app.worker.WorkerModel` for the real pipeline: a model on a pool of compute processes."""
+    """`app.worker_session.WorkerModel` for the real pipeline: a model on a pool of compute processes."""
 
     def __init__(self, spec: WorkerSpec, threads: bool = False) -> None:
         self.shape = spec.weights.shape
@@ -119,9 +119,9 @@ class EncryptedWorker:
     def readiness(self) -> tuple[int, int]:
         return self.pool.readiness()
 
-    def load_keys(self, session: str, data: bytes) -> None:
+    def load_keys(self, session: str, data: bytes, params: CKKSParams) -> None:
         self._heal()
-        self.pool.load_keys(session, data)
+        self.pool.load_keys(session, data, params)
         self._epochs[session] = self.epoch
 
     def drop_keys(self, session: str) -> None:
@@ -172,13 +172,15 @@ class EncryptedWorker:
 def _serve(spec: WorkerSpec, conn: Any) -> None:
     """The embedded worker's process: the server on 127.0.0.1, its pool; stop on "stop" or a closed pipe."""
     from app.worker import Worker, start
+    from app.worker_admission import with_token
 
     model = EncryptedWorker(spec)
 
     async def main() -> None:
-        server = await start(Worker(model), "127.0.0.1", 0)
+        worker = Worker(model)  # with a new access token, handed to the page through the pipe
+        server = await start(worker, "127.0.0.1", 0)
         host, port = server.sockets[0].getsockname()[:2]
-        conn.send(("url", f"ws://{host}:{port}", model.pool.world))
+        conn.send(("url", with_token(f"ws://{host}:{port}", worker.access.token), model.pool.world))
         loop = asyncio.get_running_loop()
         stopped = loop.create_future()
 

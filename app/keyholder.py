@@ -20,6 +20,7 @@ and uploads the same public keys again: the conversation lives on this side and 
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -30,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from app import protocol as p
+from app.worker_admission import redact
 from crypto.vector import split_vector_bytes
 from model.encrypted import OracleCall, PieceSpec
 from model.errors import ChatError, ProtocolError, UnknownSession, WorkerMismatch
@@ -48,7 +50,7 @@ class WorkerError(ChatError):
 
     def __init__(self, error: p.Error) -> None:
         self.code = error.code
-        super().__init__(f"worker error {error.code}: {error.message}")
+        super().__init__(f"worker error {error.code}: {printable(error.message)}")
 
 
 class KeyHolderMath(Protocol):
@@ -90,6 +92,7 @@ class ReplyRequest:
     amp_rounds: int = 3
     temperature: float = 1.0  # applied by the key holder in the logits' softmax
     repetition_penalty: float = 1.0  # applied by the key holder before that softmax; never sent
+    pad: bool = False  # compute to max_new_tokens after EOS, so the worker cannot see the reply's length
     first_index: int = 0  # uniforms already used: a reply resumed after a lost worker continues its stream
 
     def sampler(self) -> dict[str, Any]:
@@ -133,6 +136,35 @@ class DoneEvent:
 Event = TokenEvent | ProgressEvent | DoneEvent
 
 
+def printable(text: str, limit: int = p.MAX_ERROR_MESSAGE) -> str:
+    """A worker's string made safe to print: control characters (terminal escapes, newlines) become
+    spaces and the length is capped. The page escapes Markdown on top (app.ui_view.plain)."""
+    clean = "".join(c if c.isprintable() else " " for c in text[:limit])
+    return clean + ("…" if len(text) > limit else "")
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok and value >= 0 else None
+
+
+def worker_telemetry(raw: dict[str, Any]) -> dict[str, Any]:
+    """The worker's per-token report reduced to what this side uses, every name and number checked
+    (a worker is not trusted with what the page shows): seconds by stage, oracle calls by function,
+    counts of bytes, refreshes, rotations and processes. Anything else is dropped."""
+    out: dict[str, Any] = {}
+    for name in ("seconds", "oracle_calls"):
+        table = raw.get(name)
+        if isinstance(table, dict):
+            pairs = [(printable(str(k), 40), _number(v)) for k, v in list(table.items())[:32]]
+            out[name] = {k: (v if name == "seconds" else int(v)) for k, v in pairs if v is not None}
+    for name in ("bytes_to_key_holder", "bytes_from_key_holder", "refreshes", "rotations", "processes"):
+        value = _number(raw.get(name))
+        if value is not None and value < 2**53:
+            out[name] = int(value)
+    return out
+
+
 def _ciphertext_preview(blobs: list[bytes]) -> str:
     """The first 32 bytes of the token's first SEAL ciphertext (past our framing and JSON header)."""
     try:
@@ -167,8 +199,8 @@ class KeyHolderClient:
             )
         except (OSError, TimeoutError, InvalidURI, ConnectionClosed) as exc:
             raise WorkerUnavailable(
-                f"cannot reach the worker at {self.url} ({exc}); start it with `python -m app worker` "
-                "or point --worker-url / HE_CHAT_WORKER_URL at a running one"
+                f"cannot reach the worker at {redact(self.url)} ({exc}); start it with "
+                "`python -m app worker` or point --worker-url / HE_CHAT_WORKER_URL at a running one"
             ) from exc
         self.closed = False
         try:
@@ -201,7 +233,7 @@ class KeyHolderClient:
             differ.append("public prefixes: the Welcome does not carry two cache blobs per prefix")
         if differ:
             raise WorkerMismatch(
-                f"the worker at {self.url} does not match this key holder ({'; '.join(differ)}); "
+                f"the worker at {redact(self.url)} does not match this key holder ({'; '.join(differ)}); "
                 "point --worker-url at a worker started for the same model and order"
             )
 
@@ -220,14 +252,15 @@ class KeyHolderClient:
         try:
             self.conn.send(frame)
         except ConnectionClosed as exc:
-            raise WorkerUnavailable(f"the worker at {self.url} closed the connection ({exc})") from exc
+            where = redact(self.url)
+            raise WorkerUnavailable(f"the worker at {where} closed the connection ({exc})") from exc
         return len(frame)
 
     def _recv(self, timeout: float | None = None) -> tuple[p.Message, int]:
         try:
             frame = self.conn.recv(timeout=timeout)
         except ConnectionClosed as exc:
-            raise WorkerUnavailable(f"the worker at {self.url} went away ({exc}); retry") from exc
+            raise WorkerUnavailable(f"the worker at {redact(self.url)} went away ({exc}); retry") from exc
         if isinstance(frame, str):
             raise ProtocolError("the worker sent a text frame")
         message = p.decode(frame)
@@ -235,7 +268,8 @@ class KeyHolderClient:
             if message.code == UnknownSession.code:  # the worker lost or expired this session: reconnect
                 self.close()
                 raise WorkerUnavailable(
-                    f"the worker at {self.url} no longer knows this session ({message.message})"
+                    f"the worker at {redact(self.url)} no longer knows this session "
+                    f"({printable(message.message)})"
                 )
             raise WorkerError(message)
         return message, len(frame)
@@ -279,7 +313,8 @@ class KeyHolderClient:
         Closing the iterator early, or `should_stop()` turning true, cancels it on the worker.
         """
         if self.closed:
-            raise WorkerUnavailable(f"the connection to the worker at {self.url} is closed; reconnect")
+            where = redact(self.url)
+            raise WorkerUnavailable(f"the connection to the worker at {where} is closed; reconnect")
         self.math.begin_reply(request.temperature, request.tsp, guard)
         request_id = uuid.uuid4().hex
         blobs = self.math.encrypt_prompt(new_ids)
@@ -324,16 +359,17 @@ class KeyHolderClient:
                         p.OracleReply(self.welcome.session, request_id, message.call, answer)
                     )
                 elif isinstance(message, p.Progress):
-                    yield ProgressEvent(message.stage, message.done, message.total)
+                    yield ProgressEvent(printable(message.stage, 120), message.done, message.total)
                 elif isinstance(message, p.Token):
                     now = time.perf_counter()
                     token = self.math.read_token(message.blobs)
                     preview = _ciphertext_preview(message.blobs)
-                    yield TokenEvent(message.index, token, message.telemetry, local, now - last, preview)
+                    telemetry = worker_telemetry(message.telemetry)
+                    yield TokenEvent(message.index, token, telemetry, local, now - last, preview)
                     local, last = Telemetry(), now
                 elif isinstance(message, p.Done):
                     finished = True
-                    yield DoneEvent(message.reason)
+                    yield DoneEvent(printable(message.reason, 40))
                     return
         except WorkerError:
             finished = True  # the worker rejected or aborted the request: nothing left to cancel

@@ -57,8 +57,11 @@ from model.errors import (
 from model.generate import MAX_NEW_TOKENS_LIMIT
 from model.sampler import SamplerConfig
 
-PROTOCOL_VERSION = 2  # 2: continued conversations, public prefixes, share layouts in oracle calls
+PROTOCOL_VERSION = 3  # 3: the reply queue; 2: continued conversations, public prefixes, share layouts
 MAX_HEADER_BYTES = 64 * 1024  # JSON headers are small; anything bigger is garbage or an attack
+MAX_STRING = 4096  # characters in one string field
+MAX_ERROR_MESSAGE = 1000  # an Error's message is cut to this (it may quote the bad value)
+QUEUE_STAGE = "queue"  # Progress(stage="queue", done=position, total=line length): a reply waits its turn
 MAX_BLOBS = 4096  # a 49,152-slot vector at N=8192 is 12 ciphertexts; a prompt a few dozen
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # websockets max_size on both ends; keys are chunked below this
 KEY_CHUNK_BYTES = 8 * 1024 * 1024  # public-key upload chunk
@@ -262,15 +265,15 @@ def _check_field(kind: str, name: str, value: Any, hint: Any) -> None:
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
     elif hint is str:
-        ok = isinstance(value, str) and len(value) <= 4096
+        ok = isinstance(value, str) and len(value) <= MAX_STRING
     elif hint == list[int]:
         ok = isinstance(value, list) and all(_is_int(v) for v in value)
     elif hint == list[list[int]]:
         ok = isinstance(value, list) and all(
-            isinstance(v, list) and len(v) <= 4096 and all(_is_int(i) for i in v) for v in value
+            isinstance(v, list) and len(v) <= MAX_STRING and all(_is_int(i) for i in v) for v in value
         )
     elif hint == list[str]:
-        ok = isinstance(value, list) and all(isinstance(v, str) and len(v) <= 4096 for v in value)
+        ok = isinstance(value, list) and all(isinstance(v, str) and len(v) <= MAX_STRING for v in value)
     elif hint == dict[str, Any]:
         ok = isinstance(value, dict)
     else:  # pragma: no cover - a new field type must be added here
@@ -296,8 +299,10 @@ def decode(frame: bytes | str, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         raise ProtocolError(f"header length {head_len} does not fit the frame of {len(frame)} bytes")
     try:
         header = json.loads(frame[_LENGTH.size : _LENGTH.size + head_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"header is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ProtocolError("header nests too deeply; fields are flat values and lists of lists") from exc
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer past Python's digit limit
+        raise ProtocolError(f"header is not valid UTF-8 JSON: {str(exc):.200}") from exc
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
     if header.get("v") != PROTOCOL_VERSION:
@@ -365,7 +370,10 @@ def error_message(exc: BaseException, request: str = "") -> Error:
         code = CODE_BAD_REQUEST
     else:
         return Error(CODE_INTERNAL, f"internal worker error ({type(exc).__name__}); please retry", request)
-    return Error(code=code, message=str(exc), request=request)
+    message = str(exc)
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[: MAX_ERROR_MESSAGE - 1] + "…"
+    return Error(code=code, message=message, request=request[:MAX_STRING])
 
 
 def check_generate(msg: Generate, window: int, prefixes: dict[str, int]) -> None:
@@ -392,10 +400,11 @@ def check_generate(msg: Generate, window: int, prefixes: dict[str, int]) -> None
             )
         if msg.start < prefixes[msg.prefix]:
             raise InputError(f"start {msg.start} is inside the public prefix of {prefixes[msg.prefix]}")
-    if not 0 <= msg.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+    most = min(MAX_NEW_TOKENS_LIMIT, window)
+    if not 0 <= msg.max_new_tokens <= most:
         raise InputError(
-            f"max_new_tokens must be 0..{MAX_NEW_TOKENS_LIMIT} (0 reads the positions ahead and predicts "
-            f"nothing), got {msg.max_new_tokens}"
+            f"max_new_tokens must be 0..{most}, the context window (0 reads the positions ahead and "
+            f"predicts nothing), got {msg.max_new_tokens}"
         )
     if not 0 <= msg.seed < 2**63 or not 0 <= msg.first_index <= MAX_NEW_TOKENS_LIMIT:
         raise InputError("seed must be 0..2^63-1 and first_index 0..the reply limit")

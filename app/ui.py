@@ -14,6 +14,7 @@ initializer, a time to live and a delete callback that closes the worker connect
 from __future__ import annotations
 
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,8 @@ from app.ui_parts import (
     read_settings,
     stream_reply,
 )
-from app.ui_view import ReplyView, error_message, refused_message, verbatim
+from app.ui_view import ReplyView, error_message, plain, refused_message, verbatim
+from app.worker_admission import redact
 from model.errors import InputError
 from model.generate import MAX_NEW_TOKENS_LIMIT
 
@@ -76,6 +78,7 @@ def make_chat(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-unt
         tsp: bool,
         pp: bool,
         penalty: float,
+        pad: bool,
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         ring = ring if isinstance(ring, Keyring) else Keyring()
@@ -87,11 +90,11 @@ def make_chat(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-unt
         try:
             if not message.strip():
                 raise InputError("the message is empty; type some text before sending")
-            settings = read_settings(mode, temperature, max_new_tokens, seed, tsp, pp, penalty)
+            settings = read_settings(mode, temperature, max_new_tokens, seed, tsp, pp, penalty, pad)
         except InputError as exc:
             shown = [*history, *([refused_message(message)] if message.strip() else [])]
             yield (
-                [*shown, error_message(error_title(exc), str(exc))],
+                [*shown, error_message(error_title(exc), plain(str(exc)))],
                 *ready,
                 ring,
                 worker_panel(ring, service.worker_url),
@@ -138,6 +141,8 @@ def make_compare(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-
         ring = ring if isinstance(ring, Keyring) else Keyring()
         rings.track(getattr(request, "session_hash", None), ring)
         prompt = prompt or ""
+        if seed is None:  # both sides share one seed, drawn here
+            seed = secrets.randbelow(2**32)
         shown: list[list[dict[str, Any]]] = [[_user(prompt)] if prompt.strip() else [], []]
         shown[1] = list(shown[0])
         chats: list[list[dict[str, Any]]] = [list(shown[0]), list(shown[1])]
@@ -148,7 +153,7 @@ def make_compare(service: ChatService, rings: OpenKeyrings):  # type: ignore[no-
                     raise InputError("the prompt is empty; type some text before comparing")
                 sides[i] = read_settings(mode, temperature, max_new_tokens, seed, tsp, pp)
             except InputError as exc:
-                chats[i] = [*shown[i], error_message(error_title(exc), str(exc))]
+                chats[i] = [*shown[i], error_message(error_title(exc), plain(str(exc)))]
         a, b = sides
         if a is not None and b is not None and a.mode == b.mode == "encrypted":
             sides[1] = None
@@ -239,7 +244,7 @@ def _forget_keys(ring: Keyring, service: ChatService) -> tuple[Keyring, str]:
 
 
 def _header(service: ChatService) -> str:
-    worker = f"worker `{service.worker_url}`" if service.worker_url else "no worker configured"
+    worker = f"worker `{redact(service.worker_url)}`" if service.worker_url else "no worker configured"
     return (
         "## 🔐 Private chat under homomorphic encryption\n"
         f"Model **{service.loaded.name}** · CKKS preset `{service.preset}` · {worker}. "
@@ -293,6 +298,12 @@ def build_ui(service: ChatService, readiness: Callable[[], tuple[int, int]] | No
                             with gr.Row():
                                 tsp = gr.Checkbox(value=True, label="TSP vocabulary order", elem_id="tsp")
                                 pp = gr.Checkbox(value=True, label="Post-processing (PP)", elem_id="pp")
+                            pad = gr.Checkbox(
+                                value=False,
+                                label="Hide each reply's length from the worker",
+                                info="Encrypted: the worker computes every reply to max new tokens (slower)",
+                                elem_id="pad",
+                            )
                             temperature = gr.Slider(
                                 0.0, 2.0, value=CHAT_TEMPERATURE, step=0.05, label="Temperature (0 = greedy)"
                             )
@@ -308,7 +319,14 @@ def build_ui(service: ChatService, readiness: Callable[[], tuple[int, int]] | No
                             max_new_tokens = gr.Slider(
                                 1, limit, value=128, step=1, label="Max new tokens", elem_id="max_new_tokens"
                             )
-                            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
+                            seed = gr.Number(
+                                value=None,
+                                precision=0,
+                                minimum=0,
+                                label="Seed (empty: a new one for each reply)",
+                                info="The footer names the seed each reply used",
+                                elem_id="seed",
+                            )
                         with gr.Accordion("What the worker saw", open=True, elem_id="worker_saw"):
                             panel = gr.Markdown(worker_panel(Keyring(), service.worker_url), elem_id="panel")
             with gr.Tab("Compare", id="compare"):
@@ -349,7 +367,7 @@ def build_ui(service: ChatService, readiness: Callable[[], tuple[int, int]] | No
                             pp_b = gr.Checkbox(value=True, label="PP", elem_id="pp_b")
                         chat_b = gr.Chatbot(label="B", height=380, feedback_options=None, elem_id="chat_b")
 
-        settings = [mode, temperature, max_new_tokens, seed, tsp, pp, penalty]
+        settings = [mode, temperature, max_new_tokens, seed, tsp, pp, penalty, pad]
         gr.on(
             [textbox.submit, send.click],
             make_chat(service, rings),

@@ -12,7 +12,8 @@ from typing import Any
 
 from app.replies import WireReport
 from app.ui_parts import KEY_TTL_SECONDS, Keyring
-from app.ui_view import BADGE, seconds_text
+from app.ui_view import BADGE, plain, seconds_text
+from app.worker_admission import redact
 from crypto.params import CKKSParams
 from model.errors import ChatError
 
@@ -44,7 +45,7 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
         lines.append(
             f"**Your keys:** the secret key is held in this browser session's memory on the page server "
             f"(the key holder); {_mb(ring.key_bytes)} of public keys (relinearisation, Galois) were "
-            f"uploaded once to the worker at `{worker_url}`. They are forgotten after "
+            f"uploaded once to the worker at `{redact(worker_url)}`. They are forgotten after "
             f"{KEY_TTL_SECONDS // 60} minutes without a reply, after you close the tab, "
             "or with *Forget my keys*."
         )
@@ -68,12 +69,12 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
         )
     rows.append(f"- **CKKS:** {_describe_params(wire.params, wire.preset)}")
     if wire.worker_seconds:
-        spent = " · ".join(f"{k} {seconds_text(v)}" for k, v in wire.worker_seconds.items())
+        spent = " · ".join(f"{plain(k)} {seconds_text(v)}" for k, v in wire.worker_seconds.items())
         rows.append(f"- **Worker time by stage:** {spent} ({wire.processes} compute processes)")
     rows.append(f"- **The prompt of this reply:** {_positions(wire)}")
     lines.append("**What went over the wire (last encrypted token)**\n\n" + "\n".join(rows))
     calls = [
-        f"- **{fn}** ×{n}: {ORACLE_FUNCTIONS.get(fn, 'an allow-listed function')}"
+        f"- **{plain(fn)}** ×{n}: {ORACLE_FUNCTIONS.get(fn, 'an allow-listed function')}"
         for fn, n in sorted(wire.oracle_calls.items(), key=lambda kv: -kv[1])
     ]
     lines.append(

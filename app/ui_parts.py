@@ -27,7 +27,7 @@ from app.chat import ChatService, ChatSettings
 from app.chat_encrypted import EncryptedSession
 from app.keyholder import WorkerError, WorkerUnavailable
 from app.replies import ChatMemory, WireReport
-from app.ui_view import BADGE, ReplyView
+from app.ui_view import BADGE, ReplyView, plain
 from model.errors import ChatError, InputError, WorkerMismatch
 from model.repetition import NO_PENALTY
 
@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 KEY_TTL_SECONDS = 30 * 60  # keys are forgotten after 30 minutes without a reply (Gradio's State TTL)
 WORKER_BUSY_CODE = 4007  # the worker is generating someone else's reply: the session itself is fine
+TITLES = {
+    WORKER_BUSY_CODE: "The worker is busy with other replies",
+    4010: "The worker's limits stopped this",  # deadlines, byte caps, the session's compute budget
+    4011: "The worker refused this connection",  # its access token, or a web page it does not allow
+}
 
 
 class ReadAhead:
@@ -152,7 +157,14 @@ class OpenKeyrings:
 
 
 def read_settings(
-    mode: Any, temperature: Any, max_new_tokens: Any, seed: Any, tsp: Any, pp: Any, penalty: Any = NO_PENALTY
+    mode: Any,
+    temperature: Any,
+    max_new_tokens: Any,
+    seed: Any,
+    tsp: Any,
+    pp: Any,
+    penalty: Any = NO_PENALTY,
+    pad: Any = False,
 ) -> ChatSettings:
     """Settings from the page's fields. Raises InputError naming the bad field."""
     try:
@@ -160,10 +172,11 @@ def read_settings(
             mode=str(mode),  # type: ignore[arg-type]
             temperature=float(temperature),
             max_new_tokens=_whole(max_new_tokens, "max new tokens"),
-            seed=_whole(seed, "seed"),
+            seed=None if seed is None or seed == "" else _whole(seed, "seed"),  # empty: fresh per reply
             tsp=bool(tsp),
             pp=bool(pp),
             repetition_penalty=float(penalty),
+            pad=bool(pad),
         )
     except (TypeError, ValueError, OverflowError) as exc:
         raise InputError(f"invalid setting: {exc}") from exc
@@ -179,8 +192,7 @@ def error_title(exc: BaseException) -> str:
     if isinstance(exc, WorkerUnavailable):
         return "The worker cannot be reached"
     if isinstance(exc, WorkerError):
-        busy = exc.code == WORKER_BUSY_CODE
-        return "The worker is busy with another reply" if busy else "The worker stopped this reply"
+        return TITLES.get(exc.code, "The worker stopped this reply")
     if isinstance(exc, InputError):
         return "Cannot send this"
     if isinstance(exc, ChatError):
@@ -230,6 +242,7 @@ def stream_reply(
     After an encrypted reply in a chat (`memory`), the next turn's opening markers are read ahead in a
     thread (`ReadAhead`); the next reply waits for it to end.
     """
+    settings = settings.drawn()  # the footer names the seed, so the reply can be repeated
     view = ReplyView(settings)
     ring.last_label = f"{BADGE[settings.mode]} {settings.label()}"
     if settings.mode == "encrypted" and ring.session is None:
@@ -290,7 +303,7 @@ def stream_reply(
             log.exception("unexpected error in a reply")
         view.stopping = False
         view.note = ""
-        view.error = (error_title(exc), _sentence(str(exc) or type(exc).__name__))
+        view.error = (error_title(exc), plain(_sentence(str(exc) or type(exc).__name__)))
     finally:
         if locked:
             ring.lock.release()

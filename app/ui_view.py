@@ -33,6 +33,16 @@ FINISH = {
 LAYER = re.compile(r"layer (\d+)/(\d+)")
 
 
+MARKUP = re.compile(r"([\\`*_{}\[\]()<>#+!|~&])")
+
+
+def plain(text: str) -> str:
+    """Text shown exactly as written in a Markdown message (a worker's error or stage cannot add links,
+    images or HTML to the page): every Markdown and HTML character is escaped, lines become spaces."""
+    escaped = MARKUP.sub(r"\\\1", " ".join(str(text).split()))
+    return escaped.replace("://", ":/\u2060/")  # a word joiner: no bare address becomes a link
+
+
 def seconds_text(s: float) -> str:
     if s < 60:
         return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
@@ -175,7 +185,9 @@ class ReplyView:
         update = self.update
         if self.settings.mode != "encrypted":
             return f"{label} · generating · {k} of at most {n} tokens", []
-        stage = update.stage if update and update.stage else ("waiting for the worker" if k else "starting")
+        stage = "waiting for the worker" if k else "starting"
+        if update and update.stage:
+            stage = plain(update.stage)
         done, total = update.progress if update else (0, 0)
         title = f"{label} · token {min(k + 1, n)} of at most {n} · {stage}"
         lines = [f"Now: token {min(k + 1, n)}, {stage}" + (f" (step {done + 1} of {total})" if total else "")]
@@ -213,7 +225,7 @@ class ReplyView:
         elif self.error:
             parts.append("interrupted")
         elif update and update.finish:
-            parts.append(FINISH.get(str(update.finish), str(update.finish)))
+            parts.append(FINISH.get(str(update.finish), plain(str(update.finish))))
         details = [
             f"Temperature {self.settings.temperature:g} · seed {self.settings.seed} · "
             f"at most {self.settings.max_new_tokens} new tokens · {seconds_text(elapsed)} in all"

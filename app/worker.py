@@ -10,34 +10,35 @@ prefix.
 
 Faults never take the worker down: every bad frame gets an `Error` message with a code in 4000-4999
 (app/protocol.py); protocol violations that leave the connection unusable also close it with that
-code. A session's keys and job die with its connection. One reply is generated at a time (it uses every
-core); a second Generate meanwhile gets WorkerBusy (4007). `WorkerModel` (app/encrypted_worker.py for the
-real pipeline, on a pool of processes) does the computing.
+code. A session's keys and job die with its connection. Who may connect and how much each session may
+take (the access token, origins, deadlines, byte caps, the line of waiting replies, the compute budget)
+is app/worker_admission.py. One reply is generated at a time (it uses every core); the next ones wait
+in line and are told their place. `WorkerModel` (app/worker_session.py: the contract; app/encrypted_worker.py
+for the real pipeline, on a pool of processes) does the computing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from functools import partial
 
 import psutil
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from app import protocol as p
-from crypto.keys import RotationPlan
+from app.worker_admission import ReplyLine, WorkerAccess, WorkerLimits, new_token, ordinal, with_token
+from app.worker_session import Session, WorkerModel, job_context
 from crypto.params import preset
-from model.conversation import PublicPrefix
 from model.encrypted import OracleCall
 from model.errors import (
+    AccessDenied,
     ChatError,
+    InputError,
     JobCancelled,
     LimitExceeded,
     OutOfOrder,
@@ -48,115 +49,50 @@ from model.errors import (
 )
 
 log = logging.getLogger("he_chat.worker")
-FATAL_CODES = {4000, 4001, 4002, 4003}  # the peer does not speak our protocol: close the connection
-
-
-@dataclass
-class JobContext:
-    """What a generation job may touch: the session's id (its keys) and two narrow channels to the key
-    holder."""
-
-    session: str
-    request: p.Generate
-    oracle: Callable[[OracleCall], list[bytes]]  # one oracle round trip; blocks
-    emit: Callable[[p.Message], None]  # Progress / Token messages to the key holder
-    cancelled: threading.Event
-
-    def check(self) -> None:
-        if self.cancelled.is_set():
-            raise JobCancelled()
-
-
-class WorkerModel(Protocol):
-    """The computing part of a worker (the encrypted pipeline, or a test double)."""
-
-    name: str
-    vocab: int
-    ordering: str  # fingerprint of the baked-in vocabulary order
-    context_window: int
-    prefixes: dict[str, tuple[PublicPrefix, list[bytes]]]  # id -> the prefix and its keys and values
-
-    def rotation_plan(self, preset_name: str) -> RotationPlan:
-        """The rotations the plan needs for a parameter preset (raises ParamsError if unsupported)."""
-        ...
-
-    def readiness(self) -> tuple[int, int]:
-        """(done, total) of warming the weight caches."""
-        ...
-
-    def load_keys(self, session: str, data: bytes) -> None:
-        """Load a session's public context (blocks; raises a typed error for a bad context)."""
-        ...
-
-    def drop_keys(self, session: str) -> None: ...
-
-    def run(self, job: JobContext) -> str:
-        """Generate; emit Token messages; return the finish reason ("length" or "context")."""
-        ...
-
-
-@dataclass(frozen=True)
-class WorkerLimits:
-    """Resource limits; a client that exceeds one gets LimitExceeded, the others carry on."""
-
-    max_message_bytes: int = p.MAX_MESSAGE_BYTES  # websockets max_size: one frame
-    max_sessions: int = 16  # concurrent connections with a session
-    max_key_bytes: int = 512 * 1024 * 1024  # public context per session (a full N=16384 key set is ~330 MB)
-    max_total_bytes: int = 20 * 1024**3  # this process's RSS above which new sessions are refused
-    idle_seconds: float = 900.0  # a session with no message for this long is expired and closed
-    oracle_timeout: float = 600.0  # a key holder that does not answer an oracle call in time is dropped
-
-
-@dataclass
-class Session:
-    id: str
-    preset: str
-    connection: ServerConnection
-    last_seen: float = field(default_factory=time.monotonic)
-    key_chunks: list[bytes] = field(default_factory=list)
-    key_total: int = 0
-    keys_loaded: bool = False
-    job: asyncio.Task[None] | None = None
-    request: str = ""
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    reading: bool = False  # the job is a read-ahead (0 tokens): a reply of another session preempts it
-    preempted: str = ""  # the last read-ahead that gave way (its late oracle answers are dropped)
-    calls: dict[int, asyncio.Future[list[bytes]]] = field(default_factory=dict)
-    next_call: int = 0
-
-    @property
-    def key_bytes(self) -> int:
-        return sum(len(c) for c in self.key_chunks)
+FATAL_CODES = {4000, 4001, 4002, 4003, AccessDenied.code}  # not our protocol, or no access: close
 
 
 class Worker:
-    """Sessions, dispatch and the single generation slot."""
+    """Sessions, dispatch, the single generation slot and its line."""
 
-    def __init__(self, model: WorkerModel, limits: WorkerLimits = WorkerLimits()) -> None:
+    def __init__(
+        self, model: WorkerModel, limits: WorkerLimits | None = None, access: WorkerAccess | None = None
+    ) -> None:
         self.model = model
-        self.limits = limits
+        self.limits = limits = limits or WorkerLimits()
+        self.access = access if access is not None else WorkerAccess(new_token())
         self.sessions: dict[str, Session] = {}
+        self.connections = 0
         self.busy: Session | None = None  # the session whose reply is being generated
+        self.line: ReplyLine[Session] = ReplyLine(limits.max_queue)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- connection ---------------------------------------------------------------------------
 
     async def handler(self, connection: ServerConnection) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.connections >= self.limits.max_connections:
+            cap = self.limits.max_connections
+            full = LimitExceeded(f"the worker has {cap} connections open, its limit; retry later")
+            await self._fail(connection, full, close=True)
+            return
+        self.connections += 1
         session: Session | None = None
+        opened = time.monotonic()
         try:
             while True:
+                timeout, expiry = self._deadline(session, opened)
                 try:
-                    frame = await asyncio.wait_for(connection.recv(), timeout=self.limits.idle_seconds)
+                    frame = await asyncio.wait_for(connection.recv(), timeout=timeout)
                 except TimeoutError:
-                    expired = UnknownSession(
-                        f"session expired after {self.limits.idle_seconds:.0f} s without a message; reconnect"
-                    )
-                    await self._fail(connection, expired, close=True)
+                    await self._fail(connection, expiry, close=True)
                     return
                 try:
-                    message = p.decode(frame, self.limits.max_message_bytes)
+                    limit = self.limits.max_message_bytes if session else self.limits.max_hello_bytes
+                    message = p.decode(frame, limit)
                     session = await self.dispatch(connection, session, message)
+                    if session is not None:
+                        session.last_seen = time.monotonic()  # idle time counts from the last valid message
                 except (ChatError, ValueError) as exc:
                     await self._fail(connection, exc)
                     if isinstance(exc, ProtocolError) and exc.code in FATAL_CODES:
@@ -167,20 +103,47 @@ class Worker:
             log.exception("session crashed")
             await self._fail(connection, exc)
         finally:
+            self.connections -= 1
             if session is not None:
                 await self.drop(session)
+
+    def _deadline(self, session: Session | None, opened: float) -> tuple[float | None, ProtocolError]:
+        """Seconds until this connection must have sent its next message, and the error if it does not."""
+        now, limits = time.monotonic(), self.limits
+        if session is None:
+            late = LimitExceeded(f"no Hello within {limits.hello_seconds:g} s of connecting; send it first")
+            return max(opened + limits.hello_seconds - now, 0.0), late
+        if session.request:  # a reply runs or waits: the oracle deadline watches the key holder
+            return None, UnknownSession("")
+        idle_for = f"{limits.idle_seconds:.0f} s"
+        expired = UnknownSession(f"session expired after {idle_for} without a valid message; reconnect")
+        idle = session.last_seen + limits.idle_seconds - now
+        if session.keys_loaded:
+            return max(idle, 0.0), expired
+        upload = session.welcomed + limits.key_upload_seconds - now
+        if upload < idle:
+            late = LimitExceeded(
+                f"the keys were not uploaded within {limits.key_upload_seconds:.0f} s of the Hello; "
+                "reconnect and send every KeyChunk without pausing"
+            )
+            return max(upload, 0.0), late
+        return max(idle, 0.0), expired
 
     async def _fail(self, connection: ServerConnection, exc: Exception, close: bool = False) -> None:
         error = p.error_message(exc)
         try:
             await connection.send(p.encode(error))
             if close or error.code in FATAL_CODES:
-                await connection.close(error.code, error.message[:120])
+                reason = error.message.encode()[:120].decode(errors="ignore")  # a close reason is 123 bytes
+                await connection.close(error.code, reason)
         except ConnectionClosed:
             pass
 
     async def drop(self, session: Session) -> None:
-        """Free everything a session holds (keys, job, pending oracle calls)."""
+        """Free everything a session holds (keys, its place in line, job, pending oracle calls)."""
+        if self.line.leave(session) is not None:
+            session.request = ""
+            self._tell_places()
         self._stop(session)
         session.calls.clear()
         if session.job is not None:
@@ -200,28 +163,28 @@ class Worker:
         self, conn: ServerConnection, session: Session | None, msg: p.Message
     ) -> Session | None:
         if isinstance(msg, p.Hello):
+            request = conn.request
+            assert request is not None  # the handler runs after the handshake
+            # AccessDenied (4011, fatal: closed) for a Hello without the token or from a web page
+            self.access.check(request.path, request.headers.get("Origin"))
             return await self._hello(conn, session, msg)
         if session is None:
             raise OutOfOrder(f"{msg.type} before hello; start every connection with a Hello message")
         if getattr(msg, "session", session.id) != session.id:
-            raise UnknownSession(f"unknown session {getattr(msg, 'session', '')!r}; use the id from Welcome")
-        session.last_seen = time.monotonic()
+            named = getattr(msg, "session", "")
+            raise UnknownSession(f"unknown session {named!r:.80}; use the id from Welcome")
         if isinstance(msg, p.KeyChunk):
             await self._key_chunk(conn, session, msg)
         elif isinstance(msg, p.Generate):
             self._generate(conn, session, msg)
         elif isinstance(msg, p.OracleReply):
-            future = session.calls.pop(msg.call, None) if msg.request == session.request else None
-            if future is None and msg.request and msg.request == session.preempted:
-                return session  # an answer to a read-ahead that gave way to another reply: not needed
-            if future is None:
-                raise OutOfOrder(
-                    f"oracle reply for call {msg.call} of request {msg.request!r}, which is not open"
-                )
-            if not future.done():
-                future.set_result(msg.blobs)
+            self._oracle_reply(session, msg)
         elif isinstance(msg, p.Cancel):
-            if msg.request == session.request:
+            if msg.request == session.request and self.line.leave(session) is not None:
+                session.request = ""  # it was waiting in line: it ends without having run
+                await conn.send(p.encode(p.Done(msg.request, "cancelled")))
+                self._tell_places()
+            elif msg.request == session.request:
                 self._stop(session)
         else:
             raise OutOfOrder(f"{msg.type} is a worker-to-client message; the worker does not accept it")
@@ -244,6 +207,7 @@ class Worker:
         plan = self.model.rotation_plan(msg.preset)
         session = Session(id=uuid.uuid4().hex, preset=msg.preset, connection=conn)
         self.sessions[session.id] = session
+        conn.protocol.max_message_size = self.limits.max_message_bytes  # past Hello: ciphertext frames
         done, total = self.model.readiness()
         prefixes = list(self.model.prefixes.items())
         welcome = p.Welcome(
@@ -279,16 +243,25 @@ class Worker:
             )
         if session.key_total and msg.total != session.key_total:
             raise OutOfOrder("key chunk total changed during the upload")
-        session.key_total = msg.total
-        session.key_chunks.append(b"".join(msg.blobs))
-        if session.key_bytes > self.limits.max_key_bytes:
+        chunk = b"".join(msg.blobs)
+        if session.key_bytes + len(chunk) > self.limits.max_key_bytes:
             session.key_chunks.clear()
             raise LimitExceeded(f"public context exceeds {self.limits.max_key_bytes:,} bytes")
+        pending = sum(other.key_bytes for other in self.sessions.values())
+        if pending + len(chunk) > self.limits.max_pending_key_bytes:
+            session.key_chunks.clear()
+            raise LimitExceeded(
+                f"the worker is receiving {pending / 2**20:.0f} MB of other sessions' keys; reconnect and "
+                "upload again in a minute"
+            )
+        session.key_total = msg.total
+        session.key_chunks.append(chunk)
         if len(session.key_chunks) < msg.total:
             return
         data = b"".join(session.key_chunks)
         session.key_chunks.clear()
-        await asyncio.to_thread(self.model.load_keys, session.id, data)  # SecretKeyError, WireFormatError
+        params = preset(session.preset)  # the keys must be for the preset the Hello announced
+        await asyncio.to_thread(self.model.load_keys, session.id, data, params)  # a typed error if not
         session.keys_loaded = True
         await conn.send(p.encode(p.KeysAccepted(session.id, len(data))))
 
@@ -297,25 +270,78 @@ class Worker:
             raise OutOfOrder("generate before the keys were uploaded; send the KeyChunk messages first")
         prefixes = {pid: len(prefix.ids) for pid, (prefix, _) in self.model.prefixes.items()}
         p.check_generate(msg, self.model.context_window, prefixes)
-        previous = None
-        if self.busy is not None:
-            running = self.busy
-            if running is session or not running.reading or msg.max_new_tokens == 0:
-                raise WorkerBusy("the worker is generating another reply; retry when it is done")
+        if session.request:
+            raise OutOfOrder(
+                f"this session's request {session.request!r} is still running or waiting; wait for its Done "
+                "or Cancel it"
+            )
+        budget = self.limits.session_compute_seconds
+        if session.compute_seconds >= budget:
+            raise LimitExceeded(f"this session has used its {budget:.0f} s of replies; open a new session")
+        running = self.busy
+        if running is None:
+            self._start(conn, session, msg, None)
+        elif running.reading and msg.max_new_tokens > 0:
             running.preempted = running.request  # a read-ahead only saves its chat time later
             self._stop(running)
-            previous = running.job
+            self._start(conn, session, msg, running.job)
+        elif msg.max_new_tokens == 0:
+            raise WorkerBusy("the worker is generating another reply; the read-ahead is not needed now")
+        elif self.line.full:
+            waiting = len(self.line)
+            raise WorkerBusy(f"{waiting} replies are waiting for the worker already; retry in a few minutes")
+        else:
+            session.request = msg.request
+            self.line.join(session, msg)
+            self._tell_places()
+
+    def _start(
+        self, conn: ServerConnection, session: Session, msg: p.Generate, after: asyncio.Task[None] | None
+    ) -> None:
         self.busy = session
         session.request = msg.request
         session.reading = msg.max_new_tokens == 0
         session.cancelled = threading.Event()
-        session.job = asyncio.create_task(self._run(conn, session, msg, previous))
+        session.job = asyncio.create_task(self._run(conn, session, msg, after))
+
+    def _next(self) -> None:
+        """The slot is free: start the first reply in line."""
+        waiting = self.line.next()
+        if waiting is not None:
+            self._start(waiting.session.connection, waiting.session, waiting.request, None)
+            self._tell_places()
+
+    def _tell_places(self) -> None:
+        """Every waiting reply hears its place in line."""
+        for waiting, place in self.line.places():
+            stage = f"{p.QUEUE_STAGE}: you are {ordinal(place)} in line for the worker"
+            message = p.Progress(waiting.request.request, stage, place, len(self.line))
+            asyncio.ensure_future(self._send_quietly(waiting.session.connection, message))
+
+    def _oracle_reply(self, session: Session, msg: p.OracleReply) -> None:
+        due = session.calls.pop(msg.call, None) if msg.request == session.request else None
+        if due is None and msg.request and msg.request == session.preempted:
+            return  # an answer to a read-ahead that gave way to another reply: not needed
+        if due is None:
+            named = f"call {msg.call} of request {msg.request!r:.80}"
+            raise OutOfOrder(f"oracle reply for {named}, which is not open")
+        future, count = due
+        if future.done():
+            return
+        if len(msg.blobs) != count:
+            wrong = InputError(
+                f"the oracle reply to call {msg.call} carries {len(msg.blobs)} ciphertexts; the call asked "
+                f"for {count}, so the reply is stopped"
+            )
+            future.set_exception(wrong)
+            raise wrong
+        future.set_result(msg.blobs)
 
     @staticmethod
     def _stop(session: Session) -> None:
         """End the session's job at its next check; an oracle call it waits on is abandoned."""
         session.cancelled.set()
-        for future in session.calls.values():
+        for future, _ in session.calls.values():
             future.cancel()
 
     async def _run(
@@ -329,24 +355,8 @@ class Worker:
             await self._send_quietly(conn, p.Progress(msg.request, stage, 0, 1))
             await asyncio.wait([after])
 
-        def emit(message: p.Message) -> None:
-            asyncio.run_coroutine_threadsafe(conn.send(p.encode(message)), loop).result()
-
-        def oracle(call: OracleCall) -> list[bytes]:
-            if session.cancelled.is_set():
-                raise JobCancelled()
-            future = asyncio.run_coroutine_threadsafe(self._ask(conn, session, call), loop)
-            try:
-                return future.result(timeout=self.limits.oracle_timeout)
-            except (concurrent.futures.CancelledError, ConnectionClosed) as exc:
-                raise JobCancelled() from exc  # Cancel, or the key holder vanished
-            except TimeoutError as exc:
-                future.cancel()
-                limit = self.limits.oracle_timeout
-                message = f"the key holder did not answer a {call.fn} call within {limit:.0f} s"
-                raise LimitExceeded(message) from exc
-
-        job = JobContext(session.id, msg, oracle, emit, session.cancelled)
+        started = time.monotonic()
+        job = job_context(session, msg, loop, self.limits, partial(self._ask, conn, session), started)
         try:
             reason = await asyncio.to_thread(self.model.run, job)
             await conn.send(p.encode(p.Done(msg.request, reason)))
@@ -357,10 +367,14 @@ class Worker:
                 log.exception("generation failed")
             await self._send_quietly(conn, p.error_message(exc, msg.request))
         finally:
+            session.compute_seconds += time.monotonic() - started
             session.request = ""
             session.job = None
             if self.busy is session:
                 self.busy = None
+                self._next()
+        if session.unresponsive:  # it lost its slot; it does not keep its session either
+            await conn.close(LimitExceeded.code, "the key holder stopped answering")
 
     async def _ask(self, conn: ServerConnection, session: Session, call: OracleCall) -> list[bytes]:
         number = session.next_call
@@ -368,7 +382,7 @@ class Worker:
         if session.cancelled.is_set():  # a Cancel handled after oracle() checked, before this call existed
             raise JobCancelled()
         future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        session.calls[number] = future
+        session.calls[number] = (future, len(call.blobs) if call.fn == "refresh" else len(call.pieces))
         parts = [list(part) for part in call.parts]
         pieces = [spec.as_list() for spec in call.pieces]
         request = p.OracleRequest(session.request, number, call.fn, call.layer, parts, pieces, call.blobs)
@@ -389,7 +403,8 @@ async def start(worker: Worker, host: str = "127.0.0.1", port: int = 0) -> Serve
         worker.handler,
         host,
         port,
-        max_size=worker.limits.max_message_bytes,
+        max_size=worker.limits.max_hello_bytes,  # raised for the connection once it has said Hello
+        max_queue=2,  # frames buffered per connection (each up to max_message_bytes)
         compression=None,  # ciphertexts do not compress
         ping_interval=20,
         ping_timeout=60,
@@ -401,15 +416,20 @@ class BackgroundWorker:
     """A worker serving from its own event-loop thread (the app's in-process worker, and tests)."""
 
     def __init__(
-        self, model: WorkerModel, host: str = "127.0.0.1", port: int = 0, limits: WorkerLimits | None = None
+        self,
+        model: WorkerModel,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: WorkerLimits | None = None,
+        access: WorkerAccess | None = None,
     ):
-        self.worker = Worker(model, limits or WorkerLimits())
+        self.worker = Worker(model, limits or WorkerLimits(), access)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="he-chat-worker", daemon=True)
         self.thread.start()
         self.server = asyncio.run_coroutine_threadsafe(start(self.worker, host, port), self.loop).result(60)
         bound_host, bound_port = self.server.sockets[0].getsockname()[:2]
-        self.url = f"ws://{bound_host}:{bound_port}"
+        self.url = with_token(f"ws://{bound_host}:{bound_port}", self.worker.access.token)  # what clients use
 
     def stop(self) -> None:
         """Stop serving, and stop the model's compute processes if it has any."""

@@ -35,7 +35,7 @@ def converse(service: ChatService, mode: str, turns: list[str], tokens: int, ses
     memory, history, texts = ChatMemory(), [], []
     for message in turns:
         messages = [*history, {"role": "user", "content": message}]
-        settings = ChatSettings(mode=mode, max_new_tokens=tokens)  # type: ignore[arg-type]
+        settings = ChatSettings(mode=mode, max_new_tokens=tokens, seed=0)  # type: ignore[arg-type]
         text = ""
         for update in service.reply(messages, settings, session if mode == "encrypted" else None, memory):
             text = update.text

@@ -131,7 +131,7 @@ def chat(
     ahead: tuple[int, float] = (0, 0.0)
     for message in turns:
         messages = [*history, {"role": "user", "content": message}]
-        settings = ChatSettings(mode=mode, max_new_tokens=tokens)  # type: ignore[arg-type]
+        settings = ChatSettings(mode=mode, max_new_tokens=tokens, seed=0)  # type: ignore[arg-type]
         times: list[float] = []
         last = None
         for update in service.reply(messages, settings, session, memory):
@@ -156,7 +156,7 @@ def chat(
         print(f"  {mode} turn {len(out)}: {json.dumps(out[-1])}", flush=True)
         if read_ahead and len(out) < len(turns):
             began = time.perf_counter()
-            settings = ChatSettings(mode=mode, max_new_tokens=tokens)  # type: ignore[arg-type]
+            settings = ChatSettings(mode=mode, max_new_tokens=tokens, seed=0)  # type: ignore[arg-type]
             read = service.read_ahead(messages, last.text, settings, session, memory)
             ahead = (read, time.perf_counter() - began)
             print(f"  read ahead: {read} positions in {ahead[1]:.1f} s", flush=True)

@@ -55,7 +55,7 @@ def stop_once(
     def should_stop() -> bool:
         return pressed is not None and time.perf_counter() >= pressed
 
-    settings = ChatSettings(mode="encrypted", max_new_tokens=64)
+    settings = ChatSettings(mode="encrypted", max_new_tokens=64, seed=0)
     last = None
     for update in service.reply(
         [{"role": "user", "content": QUESTION}], settings, session, memory, should_stop
@@ -96,7 +96,7 @@ def main() -> None:
         ]
         done = [f for f in figures if f == f]  # nan: the reply ended before its Stop point
         print(f"Stop to end of reply: median {statistics.median(done):.2f} s, worst {max(done):.2f} s")
-        follow = ChatSettings(mode="encrypted", max_new_tokens=2)
+        follow = ChatSettings(mode="encrypted", max_new_tokens=2, seed=0)
         last = None
         for update in service.reply(
             [*messages, {"role": "user", "content": "And of Spain?"}], follow, session, memory

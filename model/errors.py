@@ -32,7 +32,8 @@ wire error or a close code.
     │   ├── UnknownSession          4004 (also an expired one)
     │   ├── WorkerBusy              4007 (a second generation while one runs)
     │   ├── OutOfOrder              4008
-    │   └── LimitExceeded           4010 (session memory or count limits)
+    │   ├── LimitExceeded           4010 (session memory or count limits, deadlines, compute budget)
+    │   └── AccessDenied            4011 (no or wrong access token, or a web page that is not allowed)
     └── StudyError                  user studies (app/study_*.py)
         ├── StudyFileError          a study definition that does not validate
         │   └── UnknownCondition    a design names a condition the file does not define
@@ -212,6 +213,10 @@ class WorkerBusy(ProtocolError):
 
 class LimitExceeded(ProtocolError):
     code = 4010
+
+
+class AccessDenied(ProtocolError):
+    code = 4011
 
 
 # --- study (app/study_*.py: user studies with human raters) ---------------------------------------

@@ -7,19 +7,27 @@ the key holder of `ChatService.open_encrypted`, over loopback websockets.
 
 from __future__ import annotations
 
+import json
+import struct
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from websockets.sync.client import connect
 
+from app import protocol as p
 from app.chat import ChatService, ChatSettings
 from app.chat_encrypted import LOST_NOTICE
 from app.encrypted_worker import EncryptedWorker, WorkerSpec
 from app.keyholder import Expected, KeyHolderClient
 from app.replies import ChatMemory, ReplyUpdate
 from app.worker import BackgroundWorker
+from crypto.keys import RotationPlan, create_secret_context, public_context_bytes
+from crypto.params import preset
 from model.errors import WorkerMismatch
 from model.loading import LoadedModel
 
@@ -87,11 +95,11 @@ def test_encrypted_turns_continue_and_say_what_simulate_says(
     tokens are simulate's either way."""
     service, worker = served
     session = service.open_encrypted()
-    settings = ChatSettings(mode="encrypted", max_new_tokens=3)
+    settings = ChatSettings(mode="encrypted", max_new_tokens=3, seed=0)
     encrypted = converse(service, settings, TURNS, session)
     ahead: list[int] = []
     read = converse(service, settings, TURNS, session, ahead)
-    simulated = converse(service, ChatSettings(mode="simulate", max_new_tokens=3), TURNS)
+    simulated = converse(service, ChatSettings(mode="simulate", max_new_tokens=3, seed=0), TURNS)
     assert [u.text for u in encrypted] == [u.text for u in read] == [u.text for u in simulated]
     first, second = encrypted
     assert first.start > 0 and not first.continued  # began from the public prefix
@@ -107,12 +115,54 @@ def test_encrypted_turns_continue_and_say_what_simulate_says(
     session.close()
 
 
+class EndsAt(LoadedModel):
+    """The tiny model with one more end-of-reply token (its random weights seldom pick EOS itself)."""
+
+    def __init__(self, loaded: LoadedModel, token: int) -> None:
+        super().__init__(loaded.model, loaded.tokenizer, loaded.name, loaded.source)
+        self.token = token
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return frozenset({self.token})
+
+
+def test_a_padded_reply_hides_its_length_and_the_chat_goes_on(
+    served: tuple[ChatService, BackgroundWorker],
+) -> None:
+    service, _ = served
+    messages = [{"role": "user", "content": TURNS[0]}]
+    probe = ChatMemory()
+    list(service.reply(messages, ChatSettings(mode="simulate", max_new_tokens=4, seed=3), None, probe))
+    assert probe.conversation is not None
+    second = probe.conversation.ids[-2]  # the reply's tokens 1..3 were fed back; the 4th was not
+    early = replace(service, loaded=EndsAt(service.loaded, second))
+    session = early.open_encrypted()
+    runs = {}
+    for pad in (False, True):
+        memory = ChatMemory()
+        settings = ChatSettings(mode="encrypted", max_new_tokens=5, seed=3, pad=pad)
+        runs[pad] = (list(early.reply(messages, settings, session, memory)), memory)
+    (unpadded, _), (padded, memory) = runs[False], runs[True]
+    assert unpadded[-1].finish == padded[-1].finish == "eos" and padded[-1].text == unpadded[-1].text
+    assert padded[-1].tokens == unpadded[-1].tokens == 2
+    hidden = [u.stage for u in padded if u.stage.startswith("padding:")]
+    assert hidden == [f"padding: {k} of 3 hidden tokens" for k in (1, 2, 3)]  # the worker went on to 5
+    assert not any(u.stage.startswith("padding") for u in unpadded)
+    assert memory.conversation is not None and memory.conversation.ids == probe.conversation.ids[:-2]
+    follow = [*messages, {"role": "assistant", "content": padded[-1].text}, {"role": "user", "content": "Ok"}]
+    assert list(
+        early.reply(follow, ChatSettings(mode="encrypted", max_new_tokens=1, seed=3), session, memory)
+    )[-1].continued  # the padding left nothing in the key holder's cache
+    session.close()
+
+
 def test_a_stopped_read_ahead_leaves_the_state_as_it_was(
     served: tuple[ChatService, BackgroundWorker],
 ) -> None:
     service, _ = served
     session = service.open_encrypted()
-    settings = ChatSettings(mode="encrypted", max_new_tokens=2)
+    settings = ChatSettings(mode="encrypted", max_new_tokens=2, seed=0)
     memory = ChatMemory()
     messages = [{"role": "user", "content": TURNS[0]}]
     first = list(service.reply(messages, settings, session, memory))[-1]
@@ -131,7 +181,7 @@ def test_stop_ends_an_encrypted_prompt_at_once_and_keeps_the_state(
     service, worker = served
     session = service.open_encrypted()
     memory = ChatMemory()
-    settings = ChatSettings(mode="encrypted", max_new_tokens=2)
+    settings = ChatSettings(mode="encrypted", max_new_tokens=2, seed=0)
     first = list(service.reply([{"role": "user", "content": TURNS[0]}], settings, session, memory))[-1]
     held = session.keys.positions
     messages = [
@@ -167,18 +217,53 @@ def test_a_worker_for_another_order_is_refused(
         KeyHolderClient(str(service.worker_url), keys, Expected(ordering="another order"))
 
 
+def test_keys_of_another_preset_under_the_default_name_are_refused_and_poison_nothing(
+    served: tuple[ChatService, BackgroundWorker],
+) -> None:
+    """The cache-poisoning attack on the real pipeline: real keys of `n8192-s40` (same N, other primes),
+    sent as they are and with their header relabelled `default`, under a Hello for `default`."""
+    service, worker = served
+    settings = ChatSettings(mode="encrypted", max_new_tokens=2, seed=0)
+    before = converse(service, settings, TURNS[:1], service.open_encrypted())
+    other = create_secret_context(preset("n8192-s40"))
+    plan = worker.worker.model.rotation_plan("default")
+    data = public_context_bytes(
+        other, RotationPlan.of(plan.steps, preset("default").slot_count, plan.conjugate)
+    )
+    head = struct.unpack_from(">6sHI", data)[2]
+    header = json.loads(data[12 : 12 + head])
+    header["params"] = preset("default").to_dict()
+    relabelled = json.dumps(header, sort_keys=True).encode()
+    forged = data[:8] + struct.pack(">I", len(relabelled)) + relabelled + data[12 + head :]
+    for upload in (data, forged):
+        with connect(str(service.worker_url), max_size=None, compression=None) as conn:
+            conn.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "default")))
+            welcome = p.decode(conn.recv(timeout=30))
+            assert isinstance(welcome, p.Welcome)
+            size = welcome.key_chunk_bytes
+            chunks = [upload[i : i + size] for i in range(0, len(upload), size)]
+            for index, chunk in enumerate(chunks):
+                conn.send(p.encode(p.KeyChunk(welcome.session, index, len(chunks), [chunk])))
+            refusal = p.decode(conn.recv(timeout=120))
+            assert isinstance(refusal, p.Error) and refusal.code in (4006, 4009), refusal
+    after = converse(service, settings, TURNS[:1], service.open_encrypted())
+    assert [u.text for u in after] == [u.text for u in before]  # honest sessions are untouched
+
+
 def test_a_restarted_worker_is_reached_again_and_the_chat_goes_on(tiny: LoadedModel) -> None:
     service = ChatService.create(tiny)
     spec = WorkerSpec.from_loaded(tiny, service.ordering.perm, service.ordering.order_id, 1)
     worker = BackgroundWorker(EncryptedWorker(spec, threads=True))
-    port = int(worker.url.rsplit(":", 1)[1])
+    port, access = urlsplit(worker.url).port, worker.worker.access
     service.worker_url = worker.url
     session = service.open_encrypted()
     memory = ChatMemory()
-    settings = ChatSettings(mode="encrypted", max_new_tokens=2)
+    settings = ChatSettings(mode="encrypted", max_new_tokens=2, seed=0)
     first = list(service.reply([{"role": "user", "content": TURNS[0]}], settings, session, memory))[-1]
     worker.stop()  # the worker restarts between two turns: same address, no memory of the session
-    worker = BackgroundWorker(EncryptedWorker(spec, threads=True), port=port)
+    worker = BackgroundWorker(
+        EncryptedWorker(spec, threads=True), port=port or 0, access=access
+    )  # same token
     try:
         messages = [
             {"role": "user", "content": TURNS[0]},
@@ -204,8 +289,10 @@ def test_the_default_model_says_the_same_encrypted_and_simulated_over_two_turns(
     worker = start_local_worker(service)
     try:
         session = service.open_encrypted()
-        encrypted = converse(service, ChatSettings(mode="encrypted", max_new_tokens=12), TURNS, session)
-        simulated = converse(service, ChatSettings(mode="simulate", max_new_tokens=12), TURNS)
+        encrypted = converse(
+            service, ChatSettings(mode="encrypted", max_new_tokens=12, seed=0), TURNS, session
+        )
+        simulated = converse(service, ChatSettings(mode="simulate", max_new_tokens=12, seed=0), TURNS)
         assert [u.text for u in encrypted] == [u.text for u in simulated]
         assert all(u.tokens == 12 or u.finish == "eos" for u in encrypted)
         assert encrypted[1].continued and encrypted[0].wire is not None and encrypted[0].wire.public_positions

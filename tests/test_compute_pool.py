@@ -20,7 +20,7 @@ import pytest
 from app import protocol as p
 from app.encrypted_worker import EncryptedWorker, WorkerSpec
 from app.keyholder import ReplyRequest
-from app.worker import JobContext
+from app.worker_session import JobContext
 from crypto.params import CKKS_DEFAULT
 from model.errors import JobCancelled, JobFailed
 from model.generate import GenerationSettings, build_prompt, generate
@@ -48,7 +48,7 @@ def _job(
 ) -> tuple[KeyHolderSide, JobContext, list[int]]:
     keys = KeyHolderSide("default", worker.shape, tiny.input_embeddings(), np.arange(worker.vocab))
     plan = worker.rotation_plan("default")
-    worker.load_keys(session, keys.public_context(sorted(plan.steps), plan.conjugate))
+    worker.load_keys(session, keys.public_context(sorted(plan.steps), plan.conjugate), CKKS_DEFAULT)
     keys.begin_reply(1.0, True)
     prompt = build_prompt(tiny, [{"role": "user", "content": "Hi there"}])[-4:]
     sampler = ReplyRequest(n, 5, temperature=1.0).sampler()
@@ -90,11 +90,11 @@ def test_a_cancel_reaches_every_rank_at_once(tiny: LoadedModel, pool_worker: Enc
 
 def test_keys_the_ranks_refuse_come_back_as_typed_errors(pool_worker: EncryptedWorker) -> None:
     with pytest.raises(JobFailed) as garbage:
-        pool_worker.load_keys("bad", b"HECKKS garbage")
+        pool_worker.load_keys("bad", b"HECKKS garbage", CKKS_DEFAULT)
     assert garbage.value.code == p.CODE_BAD_CIPHERTEXT
     data = private_context_bytes(CKKS_DEFAULT)
     with pytest.raises(JobFailed) as secret:
-        pool_worker.load_keys("secret", data)
+        pool_worker.load_keys("secret", data, CKKS_DEFAULT)
     assert secret.value.code == p.CODE_SECRET_KEY
 
 

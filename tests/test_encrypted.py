@@ -19,8 +19,9 @@ import torch
 from app import protocol as p
 from app.encrypted_worker import EncryptedWorker, WorkerSpec
 from app.keyholder import ReplyRequest
-from app.worker import JobContext
+from app.worker_session import JobContext
 from crypto.keys import load_public_context
+from crypto.params import preset
 from model.encrypted import OracleCall, PieceSpec
 from model.errors import InputError
 from model.forward import LlamaShape
@@ -66,7 +67,7 @@ def key_holder(tiny: LoadedModel, worker: EncryptedWorker, session: str) -> KeyH
         PRESET, worker.shape, tiny.input_embeddings(), tiny_perm(tiny.model.config.vocab_size)
     )
     plan = worker.rotation_plan(PRESET)
-    worker.load_keys(session, keys.public_context(sorted(plan.steps), plan.conjugate))
+    worker.load_keys(session, keys.public_context(sorted(plan.steps), plan.conjugate), preset(PRESET))
     return keys
 
 

@@ -92,6 +92,7 @@ def test_texts_carry_their_provenance(tmp_path: Path, service: ChatService) -> N
         "pp": False,
         "amp_rounds": 2,
         "repetition_penalty": 1.0,  # a study samples without the chat's guard unless it asks
+        "pad": False,  # (padding hides an encrypted reply's length; it changes no text)
     }
     assert sim.provenance["order_id"] == service.ordering.order_id
     assert texts["plain/hi/1"].provenance["order_id"] == "none"  # plain mode samples exactly, no order

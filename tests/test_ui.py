@@ -148,7 +148,7 @@ def test_unreachable_worker_is_reported_in_the_chat(page_url: str) -> None:
     chat, *_, panel = _chat(client, "Hi", "encrypted", 2).result()
     titles = _titles(chat)
     assert titles[-1] == "⚠️ The worker cannot be reached"
-    assert CLOSED_PORT_URL in _text(chat[-1])
+    assert "127.0.0.1:9" in _text(chat[-1])  # (escaped for the page: the address is no link)
     assert "Not sent" in titles[-2] and chat[-2]["role"] == "user"  # no token came: the message was not sent
     assert "none yet" in panel  # no keys kept after the failure
     plain = _chat(client, "Hello", tokens=2).result()[0]
@@ -234,6 +234,32 @@ def test_a_continued_turn_says_what_it_sent() -> None:
     )
 
 
+def test_a_reply_waiting_in_line_shows_its_place_and_worker_text_is_escaped() -> None:
+    view = ReplyView(ChatSettings(mode="encrypted", max_new_tokens=4))
+    view.push(_update("", 0, 1.0, first=0.0, stage="queue: you are 2nd in line for the worker"))
+    assert "you are 2nd in line" in view.messages()[-1]["metadata"]["title"]
+    view.push(_update("", 0, 2.0, first=0.0, stage="![x](http://evil.example/x.png)"))
+    title = view.messages()[-1]["metadata"]["title"]
+    assert "![" not in title and "\\!\\[x\\]" in title
+
+
+def test_each_reply_draws_a_fresh_seed_unless_one_is_given(tiny: LoadedModel) -> None:
+    assert len({ChatSettings().drawn().seed for _ in range(8)}) == 8
+    assert ChatSettings(seed=7).drawn().seed == 7
+    assert read_settings("plain", 0.3, 4, None, True, True).seed is None
+    assert read_settings("plain", 0.3, 4, "", True, True).seed is None
+    service = ChatService.create(tiny)
+    footers = []
+    for _ in range(2):
+        settings = read_settings("plain", 1.0, 2, None, True, True)
+        views = list(
+            stream_reply(service, Keyring(), [{"role": "user", "content": "Hi"}], settings, threading.Event())
+        )
+        footers.append(views[-1].messages()[-1]["content"])
+    seeds = [footer.split(" · seed ")[1].split(" ")[0] for footer in footers]
+    assert seeds[0].isdigit() and seeds[0] != seeds[1]  # named in the footer, so a reply can be repeated
+
+
 def test_settings_errors_name_the_field() -> None:
     with pytest.raises(InputError, match="max new tokens must be a whole number"):
         read_settings("plain", 0.3, 2.5, 0, True, True)
@@ -264,7 +290,7 @@ def test_a_worker_lost_for_good_keeps_the_text_the_keys_and_the_chat_state() -> 
     ring = Keyring()
     session = _FakeSession()
     ring.session = session  # type: ignore[assignment]
-    settings = ChatSettings(mode="encrypted", max_new_tokens=5)
+    settings = ChatSettings(mode="encrypted", max_new_tokens=5, seed=0)
     views = list(stream_reply(_FakeService(), ring, [], settings, threading.Event()))  # type: ignore[arg-type]
     final = views[-1].messages()
     assert _text(final[0]) == " Paris"
@@ -299,7 +325,7 @@ class _ReadingService:
 def test_the_next_reply_waits_for_the_read_ahead_and_stop_cancels_it() -> None:
     ring, service = Keyring(), _ReadingService()
     ring.session = _FakeSession()  # type: ignore[assignment]
-    settings = ChatSettings(mode="encrypted", max_new_tokens=5)
+    settings = ChatSettings(mode="encrypted", max_new_tokens=5, seed=0)
     first = list(stream_reply(service, ring, [], settings, threading.Event(), ring.memory))  # type: ignore[arg-type]
     assert first[-1].error is None and service.reading.wait(5) and service.read_for == [" Paris."]
     assert ring.lock.locked()  # the read-ahead holds the session until it ends

@@ -23,7 +23,9 @@ from websockets.sync.client import connect
 
 from app import protocol as p
 from app.keyholder import DoneEvent, KeyHolderClient, ProgressEvent, ReplyRequest, TokenEvent, WorkerError
-from app.worker import BackgroundWorker, JobContext, WorkerLimits
+from app.worker import BackgroundWorker, WorkerLimits
+from app.worker_admission import WorkerAccess
+from app.worker_session import JobContext
 from crypto import arith
 from crypto.engine import Engine
 from crypto.keys import (
@@ -33,7 +35,7 @@ from crypto.keys import (
     load_public_context,
     public_context_bytes,
 )
-from crypto.params import CKKS_TEST, preset
+from crypto.params import CKKS_TEST, CKKSParams, preset
 from crypto.vector import decrypt_vector, encrypt_vector, vector_from_bytes, vector_to_bytes
 from model.conversation import PublicPrefix
 from model.encrypted import OracleCall
@@ -62,8 +64,8 @@ class CounterModel:
     def readiness(self) -> tuple[int, int]:
         return (1, 1)
 
-    def load_keys(self, session: str, data: bytes) -> None:
-        self.keys[session] = load_public_context(data)
+    def load_keys(self, session: str, data: bytes, params: CKKSParams) -> None:
+        self.keys[session] = load_public_context(data, expected=params)
 
     def drop_keys(self, session: str) -> None:
         self.keys.pop(session, None)
@@ -120,8 +122,8 @@ class CounterMath:
 class LoopbackWorker(BackgroundWorker):
     """The app's background worker on 127.0.0.1:<free port>, plus a wait for freed sessions."""
 
-    def __init__(self, model: Any, limits: WorkerLimits) -> None:
-        super().__init__(model, "127.0.0.1", 0, limits)
+    def __init__(self, model: Any, limits: WorkerLimits, access: WorkerAccess | None = None) -> None:
+        super().__init__(model, "127.0.0.1", 0, limits, access)
 
     def wait_idle(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -158,7 +160,7 @@ def test_a_reply_is_computed_on_ciphertexts_and_streamed(served: LoopbackWorker)
 
 def test_closing_the_stream_cancels_promptly(served: LoopbackWorker) -> None:
     client = KeyHolderClient(served.url, CounterMath())
-    stream = client.generate([1], 0, "", ReplyRequest(max_new_tokens=1000, seed=0))
+    stream = client.generate([1], 0, "", ReplyRequest(max_new_tokens=500, seed=0))
     assert isinstance(next(e for e in stream if isinstance(e, TokenEvent)), TokenEvent)
     start = time.perf_counter()
     stream.close()
@@ -269,17 +271,35 @@ def test_a_ciphertext_from_another_context_is_refused(served: LoopbackWorker) ->
     client.close()
 
 
-def test_a_second_client_is_told_the_worker_is_busy(served: LoopbackWorker) -> None:
-    first = KeyHolderClient(served.url, CounterMath())
-    second = KeyHolderClient(served.url, CounterMath())
-    stream = first.generate([1], 0, "", ReplyRequest(max_new_tokens=40, seed=0))
+def test_replies_wait_in_line_and_are_told_their_place(served: LoopbackWorker) -> None:
+    first, second, third = (KeyHolderClient(served.url, CounterMath()) for _ in range(3))
+    stream = first.generate([1], 0, "", ReplyRequest(max_new_tokens=30, seed=0))
     next(e for e in stream if isinstance(e, TokenEvent))
-    with pytest.raises(WorkerError, match="worker error 4007"):
-        reply(second, [1], 1)
-    assert list(stream)[-1] == DoneEvent("length")
-    assert [e.token_id for e in reply(second, [1], 1) if isinstance(e, TokenEvent)] == [2]
-    first.close()
-    second.close()
+    waiting: dict[str, list[Any]] = {"second": [], "third": []}
+
+    def wait_in_line(name: str, client: KeyHolderClient, prompt: int) -> None:
+        waiting[name] = reply(client, [prompt], 2)
+
+    threads = [threading.Thread(target=wait_in_line, args=("second", second, 5))]
+    threads[0].start()
+    while not served.worker.line:
+        time.sleep(0.01)
+    threads.append(threading.Thread(target=wait_in_line, args=("third", third, 7)))
+    threads[1].start()
+    assert list(stream)[-1] == DoneEvent("length")  # the running reply is not disturbed
+    for thread in threads:
+        thread.join(30)
+    places = {
+        name: [e.stage for e in events if isinstance(e, ProgressEvent) and e.stage.startswith(p.QUEUE_STAGE)]
+        for name, events in waiting.items()
+    }
+    assert places["second"][0] == "queue: you are 1st in line for the worker"
+    assert places["third"][0].startswith("queue: you are 2nd") and "1st" in places["third"][-1]
+    assert [e.token_id for e in waiting["second"] if isinstance(e, TokenEvent)] == [6, 7]
+    assert [e.token_id for e in waiting["third"] if isinstance(e, TokenEvent)] == [8, 9]
+    for client in (first, second, third):
+        client.close()
+    served.wait_idle()
 
 
 def test_session_and_memory_limits_refuse_new_sessions_only() -> None:
@@ -315,9 +335,9 @@ def test_vanishing_clients_free_their_sessions_and_leak_nothing(served: Loopback
     def vanish() -> None:
         math = CounterMath()
         client = KeyHolderClient(served.url, math)
-        sampler = ReplyRequest(1000, 0).sampler()
+        sampler = ReplyRequest(500, 0).sampler()
         generate = p.Generate(
-            client.welcome.session, "r", 0, "", 1, 1000, 0, 0, sampler, math.encrypt_prompt([1])
+            client.welcome.session, "r", 0, "", 1, 500, 0, 0, sampler, math.encrypt_prompt([1])
         )
         client.conn.send(p.encode(generate))
         client.conn.recv(timeout=10)  # the worker is mid-generation (an oracle request or progress)
@@ -423,7 +443,7 @@ def test_the_key_holder_refuses_a_worker_that_serves_something_else(served: Loop
 def test_stop_while_the_worker_computes_cancels_within_a_poll(served: LoopbackWorker) -> None:
     client = KeyHolderClient(served.url, CounterMath())
     stop = threading.Event()
-    stream = client.generate([1], 0, "", ReplyRequest(max_new_tokens=1000, seed=0), stop.is_set)
+    stream = client.generate([1], 0, "", ReplyRequest(max_new_tokens=500, seed=0), stop.is_set)
     next(e for e in stream if isinstance(e, TokenEvent))
     stop.set()
     start = time.perf_counter()
