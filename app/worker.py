@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app import protocol as p
 from app.worker_admission import ReplyLine, WorkerAccess, WorkerLimits, new_token, ordinal, with_token
-from app.worker_session import Session, WorkerModel, job_context
+from app.worker_session import Session, WorkerModel, budget_spent, job_context
 from crypto.params import preset
 from model.encrypted import OracleCall
 from model.errors import (
@@ -275,9 +275,8 @@ class Worker:
                 f"this session's request {session.request!r} is still running or waiting; wait for its Done "
                 "or Cancel it"
             )
-        budget = self.limits.session_compute_seconds
-        if session.compute_seconds >= budget:
-            raise LimitExceeded(f"this session has used its {budget:.0f} s of replies; open a new session")
+        if session.compute_seconds >= self.limits.session_compute_seconds:
+            raise budget_spent(self.limits)
         running = self.busy
         if running is None:
             self._start(conn, session, msg, None)

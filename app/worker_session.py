@@ -99,6 +99,12 @@ class Session:
         return sum(len(c) for c in self.key_chunks)
 
 
+def budget_spent(limits: WorkerLimits) -> LimitExceeded:
+    """The refusal of a session that has used its compute budget."""
+    total = limits.session_compute_seconds
+    return LimitExceeded(f"this session has used its {total:.0f} s of replies; open a new session")
+
+
 def job_context(
     session: Session,
     msg: p.Generate,
@@ -114,8 +120,7 @@ def job_context(
 
     def spend() -> None:
         if time.monotonic() - started > budget:
-            total = limits.session_compute_seconds
-            raise LimitExceeded(f"this session has used its {total:.0f} s of replies; open a new session")
+            raise budget_spent(limits)
 
     def emit(message: p.Message) -> None:
         spend()

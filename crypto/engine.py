@@ -87,6 +87,9 @@ class Engine:
         for lvl in range(self.top_level, 0, -1):
             s = self._scales[lvl]
             self._scales[lvl - 1] = (s * s) / float(self._primes[lvl])
+        self._ids = [
+            (tuple(int(w) for w in pid), scale) for pid, scale in zip(self._parms, self._scales, strict=True)
+        ]
 
     @classmethod
     def for_worker(cls, public: PublicContext) -> Engine:
@@ -132,7 +135,7 @@ class Engine:
         Shared plaintext caches key on this, never on `self.params` (a label): a plaintext is valid
         only under the exact primes it was encoded for, and correct only at the scale it carries.
         """
-        return (tuple(int(w) for w in self._parms[level]), self._scales[level])
+        return self._ids[level]  # built once: every cached plaintext lookup asks for it
 
     def scale(self, level: int) -> float:
         """Canonical scale of `level`."""
