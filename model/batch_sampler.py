@@ -34,6 +34,7 @@ import torch
 
 from model.evaluation import RowwiseNumpyOps, cosine_distance
 from model.sampler import (
+    NoisyOps,
     Precision,
     SamplerConfig,
     compose,
@@ -43,7 +44,7 @@ from model.sampler import (
     step_polynomials,
 )
 from model.simulate import MIXTURE_TOLERANCE, MIXTURE_WEIGHT_FLOOR, SPARSE_SHARE, check_perm
-from model.vector_ops import Cubic, FloatArray
+from model.vector_ops import FloatArray
 
 IntArray = npt.NDArray[np.int64]
 MIN_DENSE_ROWS = 2  # so a row's mixture never depends on how many others share the product
@@ -99,8 +100,9 @@ def exact_draws(c: FloatArray, rs: FloatArray) -> IntArray:
     return np.asarray(j, dtype=np.int64)
 
 
-class RowwiseNoisyOps(RowwiseNumpyOps):
-    """`RowwiseNumpyOps` plus the Gaussian noise model of `model.sampler.NoisyOps`, one generator per row."""
+class RowwiseNoisyOps(NoisyOps, RowwiseNumpyOps):
+    """`NoisyOps` on `RowwiseNumpyOps` (noise after the prefix sum, every cubic and product), one generator
+    per row: its overrides call on to the row-wise operations, only the draws are made here."""
 
     def __init__(self, sigma: float, rngs: Sequence[np.random.Generator]) -> None:
         self.sigma = sigma
@@ -109,15 +111,6 @@ class RowwiseNoisyOps(RowwiseNumpyOps):
     def _noisy(self, a: FloatArray) -> FloatArray:  # the draws of NoisyOps, row by row
         noise = np.stack([rng.normal(0.0, self.sigma, size=a.shape[1]) for rng in self.rngs])
         return np.asarray(a + noise, dtype=np.float64)
-
-    def prefix_sum(self, a: FloatArray) -> FloatArray:
-        return self._noisy(super().prefix_sum(a))
-
-    def cubic(self, a: FloatArray, coeffs: Cubic) -> FloatArray:
-        return self._noisy(super().cubic(a, coeffs))
-
-    def mul(self, a: FloatArray, b: FloatArray) -> FloatArray:
-        return self._noisy(super().mul(a, b))
 
 
 def step_values_deduplicated(
