@@ -192,6 +192,8 @@ class CollapseCriteria:
     min_loop_repeats: int = 3  # ... and repeat at least 3 times: two repeats happen in lists and code
     nll_window: int = 64  # tokens per sliding window of the implausibility check
     nll_threshold: float = 6.0  # nats/token; ppl ~400; plain T=1 text averages ~2-3 nats (calibrated below)
+    repeat_unit: int = 4  # the paper's criterion, translated: a unit of 1..4 tokens ...
+    repeat_times: int = 8  # ... repeated 8 times in a row anywhere ("meaningless repeated tokens")
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,14 @@ class CollapseScore:
     max_window_nll: float  # largest sliding-window mean NLL under the plain model (nats/token)
     mean_nll: float  # mean NLL of the whole generation under the plain model
     distinct_2: float  # distinct bigrams / bigrams
+    implausible_from: int = -1  # first position of a window over the NLL threshold (-1: none)
+    repeat_from: int = -1  # first position of a repeat run (the paper's criterion; -1: none)
+
+    def onset(self, criteria: CollapseCriteria, length: int) -> int:
+        """The first position where the detector sees collapse (-1 when it does not)."""
+        starts = [self.implausible_from] if self.implausible(criteria) else []
+        starts += [length - self.loop_tokens] if self.repetition(criteria) else []
+        return min(starts, default=-1)
 
     def repetition(self, criteria: CollapseCriteria) -> bool:
         return self.loop_tokens > 0
@@ -233,22 +243,43 @@ def token_nll(loaded: LoadedModel, prompt_ids: Sequence[int], tokens: Sequence[i
     return np.asarray(-picked.double().numpy(), dtype=np.float64)
 
 
+def repeat_run_start(tokens: Sequence[int], max_unit: int, times: int) -> int:
+    """Where a unit of 1..max_unit tokens first repeats `times` times in a row (-1 when it never does).
+
+    The paper scores corruption with GPT-4 ("meaningless repeated tokens"); this is the part of that
+    judgement a token-level rule can make: "the the the ..." or ". . . ." anywhere, not only at the end.
+    """
+    first = -1
+    for unit in range(1, max_unit + 1):
+        matched = 0  # tokens equal to the one `unit` before, in a row
+        for i in range(unit, len(tokens)):
+            matched = matched + 1 if tokens[i] == tokens[i - unit] else 0
+            if matched >= (times - 1) * unit:
+                start = i - matched - unit + 1
+                first = start if first < 0 else min(first, start)
+                break
+    return first
+
+
 def score_generation(tokens: Sequence[int], nll: FloatArray, criteria: CollapseCriteria) -> CollapseScore:
     """Apply the collapse detector to one generation and its per-token NLL."""
     length, period = periodic_suffix(tokens, criteria.max_period)
     loop = length >= criteria.min_loop_tokens and length >= criteria.min_loop_repeats * period
     window = min(criteria.nll_window, len(nll))
+    worst, implausible_from = 0.0, -1
     if window > 0:
-        sums = np.convolve(nll, np.ones(window), mode="valid")  # sliding sums
-        worst = float(sums.max() / window)
-    else:
-        worst = 0.0
+        means = np.convolve(nll, np.ones(window), mode="valid") / window  # sliding means
+        worst = float(means.max())
+        over = np.flatnonzero(means > criteria.nll_threshold)
+        implausible_from = int(over[0]) if over.size else -1
     return CollapseScore(
         loop_tokens=length if loop else 0,
         loop_period=period if loop else 0,
         max_window_nll=worst,
         mean_nll=float(nll.mean()) if len(nll) else 0.0,
         distinct_2=distinct_n(tokens, 2),
+        implausible_from=implausible_from,
+        repeat_from=repeat_run_start(tokens, criteria.repeat_unit, criteria.repeat_times),
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.evaluate_report import CELLS
 from model.evaluation import (
     NO_DRAW,
     CollapseCriteria,
@@ -146,7 +147,10 @@ def test_cli_writes_tables_plots_and_settings(
     monkeypatch.setattr(evaluate_cli, "RESULTS", tmp_path)
     monkeypatch.setattr(evaluate_cli, "load_model", lambda args: tiny)
     perm = np.random.default_rng(0).permutation(tiny.input_embeddings().shape[0])
-    monkeypatch.setattr(evaluate_cli, "tsp_order", lambda loaded: (perm, "test permutation"))
+    from app import evaluate_collapse, evaluate_single_step
+
+    for module in (evaluate_collapse, evaluate_single_step):
+        monkeypatch.setattr(module, "tsp_order", lambda loaded: (perm, "test permutation"))
     args = [
         "single-step",
         "--tiny",
@@ -161,7 +165,7 @@ def test_cli_writes_tables_plots_and_settings(
     ]
     assert evaluate_cli.main(args) == 0
     summary = list(csv.DictReader((tmp_path / "ss" / "summary.csv").open()))
-    assert [(row["TSP"], row["PP"]) for row in summary] == list(evaluate_cli.CELLS)
+    assert [(row["TSP"], row["PP"]) for row in summary] == list(CELLS)
     assert (tmp_path / "ss" / "single_step.png").stat().st_size > 1000
     assert json.loads((tmp_path / "ss" / "settings.json").read_text())["draws"] == 64
     args = ["collapse", "--tiny", "--n", "1", "--length", "8", "--conditions", "plain,both", "--name", "col"]

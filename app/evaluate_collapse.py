@@ -1,0 +1,354 @@
+"""The collapse study (issue 16) and its sweep over noise and amp rounds, as run by `app/evaluate_cli.py`.
+
+Each `run_*` function reads parsed command-line arguments, runs the study on a loaded model and writes its
+files into one folder (`app/evaluate_report.py` makes the tables and plots).
+
+The collapse study runs on the batched generation of `model.batch_decode`: up to 64 generations of one
+condition at once, each with its own prompt and seed, producing what each would produce on its own. Indices
+run in chunks of the batch size through every condition in turn (a stopped run still holds every condition
+about equally often), and every generation is appended to generations.jsonl as soon as it is scored, so the
+same command started again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from app.evaluate_report import (
+    markdown_table,
+    plot_bars,
+    plot_onsets,
+    plot_sweep,
+    summarise_collapse,
+    write_csv,
+    write_settings,
+)
+from model.batch_decode import MAX_BATCH, BatchRequest, BatchResult, generate_batch
+from model.batch_sampler import NOTHING, BatchExact, BatchSelector, BatchSimulate
+from model.errors import InputError
+from model.evaluation import CollapseCriteria, score_generation, token_nll
+from model.generate import ExactSelector, Selector, build_prompt
+from model.loading import LoadedModel
+from model.ordering import ordering_for_model
+from model.sampler import SamplerConfig
+from model.simulate import SimulateSelector, identity_perm
+
+PROMPTS = (
+    "Tell me a long story about a lighthouse keeper.",
+    "Explain how photosynthesis works, step by step.",
+    "Write a detailed travel guide for a weekend in Paris.",
+    "What are the pros and cons of working from home? Discuss in depth.",
+    "Describe the history of the printing press.",
+)
+CONDITIONS = ("plain", "neither", "pp", "tsp", "both")
+AMBIGUOUS = 1e-3  # a draw is ambiguous when some weight is off by more than this (DESIGN.md's table)
+# The encrypted mode's measured error of c - r at the default preset (README, `python bench/bench_crypto.py`:
+# max abs error 4.8-5.6e-10 over 49,152 slots); as a per-entry sigma that is max / 4.3 (the expected maximum
+# of 49,152 normal draws is about 4.3 sigma).
+ENCRYPTED_C_MINUS_R_MAX = 5.6e-10
+ENCRYPTED_SIGMA = ENCRYPTED_C_MINUS_R_MAX / 4.3
+RESUMABLE = ("sampler", "conditions", "length", "prompts", "seed", "criteria", "tsp_order")
+
+
+def tsp_order(loaded: LoadedModel) -> tuple[np.ndarray, str]:
+    """The model's TSP order (shipped or computed by `model.ordering`) and a line naming it."""
+    ordering = ordering_for_model(loaded)
+    return np.asarray(ordering.perm, dtype=np.int64), f"model.ordering (method {ordering.config.method})"
+
+
+# --- collapse -----------------------------------------------------------------------------------
+
+
+def study_selector(
+    condition: str, loaded: LoadedModel, tsp_perm: np.ndarray | None, base: SamplerConfig, batched: bool
+) -> BatchSelector | Selector:
+    """The selector of one condition: plain sampling, or simulate mode with TSP and PP on or off."""
+    embeddings = loaded.input_embeddings()
+    if condition == "plain":
+        return (
+            BatchExact(embeddings, base.temperature)
+            if batched
+            else ExactSelector(embeddings, base.temperature)
+        )
+    tsp, pp = condition in ("tsp", "both"), condition in ("pp", "both")
+    config = SamplerConfig(**{**base.to_dict(), "tsp": tsp, "pp": pp})
+    perm = tsp_perm if tsp and tsp_perm is not None else identity_perm(embeddings.shape[0])
+    return BatchSimulate(embeddings, perm, config) if batched else SimulateSelector(embeddings, perm, config)
+
+
+def generation_row(
+    condition: str,
+    index: int,
+    request: BatchRequest,
+    result: BatchResult,
+    nll: np.ndarray,
+    criteria: CollapseCriteria,
+    prompt: int,
+) -> dict[str, Any]:
+    score = score_generation(result.tokens, nll, criteria)
+    drawn = [c for c, e in zip(result.cosine, result.exact, strict=True) if e != NOTHING]
+    return {
+        "condition": condition,
+        "index": index,
+        "prompt": prompt,
+        "seed": request.seed,
+        "steps": len(result.tokens),
+        "collapsed": int(score.collapsed(criteria)),
+        "loop": int(score.repetition(criteria)),
+        "implausible": int(score.implausible(criteria)),
+        "paper_repeat": int(score.repeat_from >= 0),
+        "onset": score.onset(criteria, len(result.tokens)),
+        "paper_onset": score.repeat_from,
+        "loop_tokens": score.loop_tokens,
+        "loop_period": score.loop_period,
+        "max_window_nll": f"{score.max_window_nll:.3f}",
+        "mean_nll": f"{score.mean_nll:.3f}",
+        "distinct_2": f"{score.distinct_2:.3f}",
+        "ambiguous_steps": sum(e > AMBIGUOUS for e in result.max_error),
+        "nothing_drawn_steps": result.nothing_drawn,
+        "display_differs_steps": result.display_differs,
+        "mean_cosine": f"{np.mean(drawn):.4g}" if drawn else "",
+    }
+
+
+def _resume(folder: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The generations a stopped run of the same settings already holds (none for a new folder)."""
+    saved, texts = folder / "settings.json", folder / "generations.jsonl"
+    if not texts.is_file():
+        return []
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        differ = [
+            key for key in RESUMABLE if json.dumps(before.get(key)) != json.dumps(settings[key], default=str)
+        ]
+        if differ:
+            raise InputError(
+                f"{folder} holds a run with other settings ({', '.join(differ)} differ); "
+                "give another --name, or delete the folder to start again"
+            )
+    lines = texts.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line may be cut short by a run killed mid-write
+            if number < len(lines):
+                raise InputError(f"{texts} line {number} is not JSON; delete that line to resume") from None
+    if lines and len(rows) < len(lines):
+        texts.write_text("".join(line + "\n" for line in lines[:-1]))  # drop the cut line before appending
+    return rows
+
+
+def run_collapse(args: argparse.Namespace, loaded: LoadedModel, folder: Path) -> list[dict[str, Any]]:
+    """Generate (or finish) `args.n` texts per condition and write the tables; returns the per-text rows."""
+    base = SamplerConfig(
+        amp_rounds=args.amp_rounds,
+        softmax_precision=args.precision,
+        temperature=args.temperature,
+        noise_sigma=args.noise_sigma,
+    )
+    conditions = args.conditions.split(",")
+    unknown = set(conditions) - set(CONDITIONS)
+    if unknown:
+        raise InputError(f"--conditions: unknown {sorted(unknown)}; choose from {','.join(CONDITIONS)}")
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise InputError(f"--batch must be 1 to {MAX_BATCH}, got {args.batch}")
+    tsp_perm, tsp_source = tsp_order(loaded) if {"tsp", "both"} & set(conditions) else (None, "unused")
+    criteria = CollapseCriteria()
+    prompts = args.prompt or list(PROMPTS)
+    settings = {
+        "sampler": base.to_dict(),
+        "conditions": conditions,
+        "n": args.n,
+        "length": args.length,
+        "prompts": prompts,
+        "seed": args.seed,
+        "criteria": asdict(criteria),
+        "tsp_order": tsp_source,
+        "batch": args.batch,
+        "eos": "banned",
+    }
+    rows = [r for r in _resume(folder, settings) if r["condition"] in conditions and r["index"] < args.n]
+    done = {(r["condition"], int(r["index"])) for r in rows}
+    write_settings(folder, loaded, settings)  # before generating, so a stopped run can be resumed
+    encoded = [
+        tuple(build_prompt(loaded, [{"role": "user", "content": p}], reserve=args.length)) for p in prompts
+    ]
+    todo = len(conditions) * args.n - len(done)
+    bar = tqdm(total=todo * args.length, desc="collapse study", unit="tok", smoothing=0.05)
+    if done:
+        bar.write(
+            f"resuming {folder}: {len(done)} of {len(conditions) * args.n} generations already done",
+            file=sys.stderr,
+        )
+    selectors: dict[str, BatchSelector] = {}
+    started = time.perf_counter()
+    with (folder / "generations.jsonl").open("a") as texts:
+        for first in range(0, args.n, args.batch):
+            for condition in conditions:
+                indices = [
+                    i for i in range(first, min(first + args.batch, args.n)) if (condition, i) not in done
+                ]
+                if not indices:
+                    continue
+                bar.set_postfix_str(f"{condition}, texts {indices[0]}-{indices[-1]}")
+                selector = selectors.setdefault(
+                    condition, study_selector(condition, loaded, tsp_perm, base, True)
+                )  # type: ignore[arg-type]
+                # the same seed (so the same r stream) for every condition: a paired design
+                requests = [
+                    BatchRequest(encoded[i % len(encoded)], args.seed + i, args.length) for i in indices
+                ]
+                results = generate_batch(loaded, requests, selector, ban_eos=True, on_progress=bar.update)
+                for index, request, result in zip(indices, requests, results, strict=True):
+                    nll = token_nll(loaded, request.prompt_ids, result.tokens)
+                    row = generation_row(
+                        condition, index, request, result, nll, criteria, index % len(encoded)
+                    )
+                    texts.write(
+                        json.dumps(
+                            {**row, "text": loaded.tokenizer.decode(result.tokens), "tokens": result.tokens}
+                        )
+                        + "\n"
+                    )
+                    texts.flush()
+                    rows.append(row)
+    bar.close()
+    seconds = time.perf_counter() - started
+    write_collapse_tables(
+        folder,
+        rows,
+        conditions,
+        args.length,
+        loaded.name,
+        criteria,
+        note=(
+            f"{args.n} generations per condition of exactly {args.length} tokens (EOS banned everywhere), "
+            f"{len(prompts)} prompts in rotation, seeds {args.seed}..{args.seed + args.n - 1} shared across "
+            f"conditions; softmax {base.softmax_precision}, T = {base.temperature}, "
+            f"amp_rounds = {base.amp_rounds}, "
+            f"noise sigma = {base.noise_sigma:g}; TSP order: {tsp_source}. "
+            f"Generated in batches of {args.batch}; this run's wall time {seconds:.0f} s."
+        ),
+    )
+    write_settings(folder, loaded, {**settings, "seconds_this_run": round(seconds)})
+    return rows
+
+
+def write_collapse_tables(
+    folder: Path,
+    rows: list[dict[str, Any]],
+    conditions: list[str],
+    length: int,
+    model_name: str,
+    criteria: CollapseCriteria,
+    note: str,
+) -> None:
+    summary = summarise_collapse(rows, conditions, np.random.default_rng(0))
+    if not summary:
+        return
+    write_csv(
+        folder / "generations.csv",
+        [{k: v for k, v in r.items() if k not in ("text", "tokens")} for r in rows],
+    )
+    write_csv(folder / "summary.csv", summary)
+    detector = (
+        f"Collapsed = ends in a loop (period <= {criteria.max_period}, >= {criteria.min_loop_tokens} tokens, "
+        f">= {criteria.min_loop_repeats} repeats) or some {criteria.nll_window}-token window has mean NLL "
+        f"under the plain model > {criteria.nll_threshold} nats. Repeat run (the paper's criterion, "
+        f"translated) = a unit of 1-{criteria.repeat_unit} tokens repeated {criteria.repeat_times} times "
+        "in a row anywhere. Shares with 95% Wilson intervals; means with 95% bootstrap intervals."
+    )
+    title = f"Collapse study, {model_name}"
+    (folder / "summary.md").write_text(f"# {title}\n\n{note} {detector}\n\n" + markdown_table(summary))
+    panels = (
+        ("collapsed % [95% CI]", "collapsed (%)"),
+        ("repeat run (paper) % [95% CI]", "repeat run (%)"),
+        ("mean NLL nats [95% CI]", "mean NLL under the plain model"),
+    )
+    plot_bars(summary, [row["condition"] for row in summary], panels, folder / "collapse.png", title)
+    plot_onsets(rows, conditions, length, folder / "collapse_by_position.png", title)
+
+
+def run_summarise(args: argparse.Namespace, folder: Path) -> None:
+    """Rebuild the collapse tables from the generations.jsonl of one or more runs (also stopped ones)."""
+    rows: list[dict[str, Any]] = []
+    settings: list[dict[str, Any]] = []
+    for run in args.runs:
+        source = Path(run)
+        if not (source / "generations.jsonl").is_file() or not (source / "settings.json").is_file():
+            raise InputError(
+                f"{source} holds no collapse run (generations.jsonl + settings.json); check the path"
+            )
+        rows += [json.loads(line) for line in (source / "generations.jsonl").read_text().splitlines() if line]
+        settings.append(json.loads((source / "settings.json").read_text()))
+    comparable = {
+        json.dumps({k: s[k] for k in ("length", "prompts", "seed")}, sort_keys=True) for s in settings
+    }
+    samplers = {json.dumps({**s["sampler"], "tsp": None, "pp": None}, sort_keys=True) for s in settings}
+    if len(comparable) > 1 or len(samplers) > 1:
+        raise InputError(
+            "the runs differ in length, prompts, seed or sampler settings; summarise them separately"
+        )
+    unique: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:  # a generation present in two runs (same condition and seed) counts once
+        unique.setdefault((row["condition"], int(row["index"])), row)
+    rows = list(unique.values())
+    conditions = [c for c in CONDITIONS if any(row["condition"] == c for row in rows)]
+    write_collapse_tables(
+        folder,
+        rows,
+        conditions,
+        settings[0]["length"],
+        settings[0]["model"]["name"],
+        CollapseCriteria(**settings[0]["criteria"]),
+        note=f"Merged from {', '.join(args.runs)}.",
+    )
+    (folder / "settings.json").write_text(json.dumps({"merged": args.runs, "runs": settings}, indent=2))
+
+
+# --- sweep --------------------------------------------------------------------------------------
+
+
+def run_sweep(args: argparse.Namespace, loaded: LoadedModel, folder: Path) -> None:
+    """A collapse study per (noise sigma, amp rounds), each in its own resumable sub-folder, and one table."""
+    table: list[dict[str, Any]] = []
+    for amp in args.amp:
+        for sigma in args.noise:
+            sub = folder / f"noise-{sigma:g}-amp-{amp}"
+            sub.mkdir(parents=True, exist_ok=True)
+            point = argparse.Namespace(**{**vars(args), "noise_sigma": sigma, "amp_rounds": amp})
+            rows = run_collapse(point, loaded, sub)
+            for row in summarise_collapse(rows, args.conditions.split(","), np.random.default_rng(0)):
+                table.append(
+                    {
+                        "noise_sigma": f"{sigma:g}",
+                        "amp_rounds": amp,
+                        "condition": row["condition"],
+                        "n": row["n"],
+                        "collapsed %": row["collapsed % [95% CI]"],
+                        "repeat run (paper) %": row["repeat run (paper) % [95% CI]"],
+                        "display != exact % of steps": row["display != exact % of steps"],
+                        "mean cosine distance": row["mean cosine distance"],
+                    }
+                )
+    write_csv(folder / "sweep.csv", table)
+    note = (
+        f"{args.n} generations of {args.length} tokens per condition and point. The encrypted mode's "
+        f"measured error of c - r at the default preset is {ENCRYPTED_C_MINUS_R_MAX:g} at most over 49,152 "
+        f"slots (`python bench/bench_crypto.py`), about sigma = {ENCRYPTED_SIGMA:.2g} per entry: the dashed "
+        "line.\n\n"
+    )
+    (folder / "sweep.md").write_text(
+        f"# Noise and amp-rounds sweep, {loaded.name}\n\n" + note + markdown_table(table)
+    )
+    plot_sweep(table, ENCRYPTED_SIGMA, folder / "sweep.png", f"Where the method matters, {loaded.name}")
