@@ -184,7 +184,7 @@ def run_collapse(args: argparse.Namespace, loaded: LoadedModel, folder: Path) ->
         tuple(build_prompt(loaded, [{"role": "user", "content": p}], reserve=args.length)) for p in prompts
     ]
     todo = len(conditions) * args.n - len(done)
-    bar = tqdm(total=todo * args.length, desc="collapse study", unit="tok", smoothing=0.05)
+    bar = tqdm(total=todo * args.length, desc="collapse study", unit="tok", smoothing=0.05, mininterval=1.0)
     if done:
         bar.write(
             f"resuming {folder}: {len(done)} of {len(conditions) * args.n} generations already done",
