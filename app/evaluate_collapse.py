@@ -68,21 +68,40 @@ def tsp_order(loaded: LoadedModel) -> tuple[np.ndarray, str]:
 # --- collapse -----------------------------------------------------------------------------------
 
 
+def condition_sampler(condition: str, base: SamplerConfig) -> SamplerConfig:
+    """The sampler settings of a simulate condition: `base` with TSP and PP on or off."""
+    tsp, pp = condition in ("tsp", "both"), condition in ("pp", "both")
+    return SamplerConfig(**{**base.to_dict(), "tsp": tsp, "pp": pp})
+
+
+def condition_perm(condition: str, loaded: LoadedModel, tsp_perm: np.ndarray | None) -> np.ndarray:
+    """The sampling order of a condition: the TSP order for tsp and both, token-id order otherwise."""
+    if condition in ("tsp", "both") and tsp_perm is not None:
+        return tsp_perm
+    return identity_perm(loaded.input_embeddings().shape[0])
+
+
 def study_selector(
-    condition: str, loaded: LoadedModel, tsp_perm: np.ndarray | None, base: SamplerConfig, batched: bool
-) -> BatchSelector | Selector:
-    """The selector of one condition: plain sampling, or simulate mode with TSP and PP on or off."""
+    condition: str, loaded: LoadedModel, tsp_perm: np.ndarray | None, base: SamplerConfig
+) -> BatchSelector:
+    """The batched selector of one condition: plain sampling, or simulate mode with TSP and PP on or off."""
     embeddings = loaded.input_embeddings()
     if condition == "plain":
-        return (
-            BatchExact(embeddings, base.temperature)
-            if batched
-            else ExactSelector(embeddings, base.temperature)
-        )
-    tsp, pp = condition in ("tsp", "both"), condition in ("pp", "both")
-    config = SamplerConfig(**{**base.to_dict(), "tsp": tsp, "pp": pp})
-    perm = tsp_perm if tsp and tsp_perm is not None else identity_perm(embeddings.shape[0])
-    return BatchSimulate(embeddings, perm, config) if batched else SimulateSelector(embeddings, perm, config)
+        return BatchExact(embeddings, base.temperature)
+    return BatchSimulate(
+        embeddings, condition_perm(condition, loaded, tsp_perm), condition_sampler(condition, base)
+    )
+
+
+def unbatched_selector(
+    condition: str, loaded: LoadedModel, tsp_perm: np.ndarray | None, base: SamplerConfig
+) -> Selector:
+    """The one-sequence selector of a condition (the landed collapse path, for the benchmark and tests)."""
+    embeddings = loaded.input_embeddings()
+    if condition == "plain":
+        return ExactSelector(embeddings, base.temperature)
+    perm = condition_perm(condition, loaded, tsp_perm)
+    return SimulateSelector(embeddings, perm, condition_sampler(condition, base))
 
 
 def generation_row(
@@ -201,9 +220,9 @@ def run_collapse(args: argparse.Namespace, loaded: LoadedModel, folder: Path) ->
                 if not indices:
                     continue
                 bar.set_postfix_str(f"{condition}, texts {indices[0]}-{indices[-1]}")
-                selector = selectors.setdefault(
-                    condition, study_selector(condition, loaded, tsp_perm, base, True)
-                )  # type: ignore[arg-type]
+                if condition not in selectors:
+                    selectors[condition] = study_selector(condition, loaded, tsp_perm, base)
+                selector = selectors[condition]
                 # the same seed (so the same r stream) for every condition: a paired design
                 requests = [
                     BatchRequest(encoded[i % len(encoded)], args.seed + i, args.length) for i in indices

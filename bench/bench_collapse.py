@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from app.evaluate_collapse import PROMPTS, study_selector  # noqa: E402
+from app.evaluate_collapse import PROMPTS, study_selector, unbatched_selector  # noqa: E402
 from model.batch_decode import BatchRequest, generate_batch  # noqa: E402
 from model.evaluation import generate_fixed_length  # noqa: E402
 from model.generate import build_prompt  # noqa: E402
@@ -61,13 +61,13 @@ def main() -> None:
     for cell in args.cells.split(","):
         start = time.perf_counter()
         for request in requests[: args.landed]:
-            single = study_selector(cell, loaded, perm, base, batched=False)
+            single = unbatched_selector(cell, loaded, perm, base)
             generate_fixed_length(loaded, list(request.prompt_ids), single, args.length, request.seed)
         landed = args.landed * args.length / (time.perf_counter() - start)
         print(f"| {cell} | landed | 1 | {landed:.1f} | 1.0 |", flush=True)
         for batch in batches:
             start = time.perf_counter()
-            generate_batch(loaded, requests[:batch], study_selector(cell, loaded, perm, base, batched=True))
+            generate_batch(loaded, requests[:batch], study_selector(cell, loaded, perm, base))
             rate = batch * args.length / (time.perf_counter() - start)
             verdict = (
                 f" ({'meets' if rate / landed >= TARGET else 'misses'} {TARGET:g}x)" if batch == 32 else ""

@@ -14,7 +14,6 @@ from model.evaluation import CollapseCriteria, generate_fixed_length, repeat_run
 from model.generate import build_prompt
 from model.loading import LoadedModel
 from model.sampler import SamplerConfig
-from model.simulate import SimulateSelector
 
 
 def test_the_paper_criterion_finds_the_first_run_of_a_repeated_unit_anywhere() -> None:
@@ -75,8 +74,8 @@ def test_a_study_row_is_the_unbatched_generation_of_its_seed(cli: Path, tiny: Lo
     assert evaluate_cli.main(["collapse", "--tiny", "--n", "2", "--length", "9", "--conditions", "pp",
                               "--seed", "5", "--name", "pp"]) == 0  # fmt: skip
     prompt = build_prompt(tiny, [{"role": "user", "content": evaluate_collapse.PROMPTS[1]}], reserve=9)
-    alone = generate_fixed_length(tiny, prompt, SimulateSelector(tiny.input_embeddings(),
-                                  np.arange(tiny.input_embeddings().shape[0]), SamplerConfig(tsp=False)), 9, 6)  # fmt: skip
+    selector = evaluate_collapse.unbatched_selector("pp", tiny, None, SamplerConfig())
+    alone = generate_fixed_length(tiny, prompt, selector, 9, 6)  # index 1 of seed 5: r stream seed 6
     assert texts(cli / "pp")[1]["tokens"] == alone
 
 
