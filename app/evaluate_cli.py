@@ -4,14 +4,15 @@
     python -m app.evaluate_cli single-step --precision fp32 --amp-rounds 2 --name ss-fp32-a2
     python -m app.evaluate_cli collapse                        # the paper's protocol: 5 x 100 x 1,500 tokens
     python -m app.evaluate_cli collapse --n 8 --length 256 --name collapse-small
-    python -m app.evaluate_cli sweep --n 32 --length 512       # noise 0..1e-5 x amp rounds 2, 3 x 4 cells
+    python -m app.evaluate_cli sweep --n 32 --length 512       # noise on c - r 0..1e-5 x amp rounds 2, 3
     python -m app.evaluate_cli summarise results/a results/b   # tables of finished or stopped runs
 
 Each command writes into results/<name>/: per-item CSV, summary CSV and Markdown, PNG plots and
 settings.json (the sampler settings, the model, the ordering and the command line). A bar with an ETA shows
-on stderr. `collapse` and `sweep` append every finished generation to generations.jsonl: the same command
-started again continues where it stopped. Errors print one line naming the problem and the fix, and exit
-with status 2.
+on stderr. `collapse` and `sweep` generate in batches (--batch) in one process per core (--workers), and
+append every finished generation to generations.jsonl: the same command started again continues where it
+stopped, and the texts do not depend on --batch or --workers. Errors print one line naming the problem and
+the fix, and exit with status 2.
 
 The collapse protocol is the paper's (arXiv 2510.12343, section 5): plaintext simulation of the sampler,
 softmax rounded to fp16, temperature 1, no top-k or top-p, EOS suppressed so every text has the full length,
@@ -21,27 +22,31 @@ the same uniforms for every condition (paired), plus plain sampling as the detec
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from app.evaluate_collapse import CONDITIONS, run_collapse, run_summarise, run_sweep
+from app.evaluate_collapse import run_collapse, run_summarise, run_sweep, tsp_order
+from app.evaluate_jobs import CONDITIONS, ModelSource, StudyPool
 from app.evaluate_single_step import run_single_step
 from model.batch_decode import MAX_BATCH
 from model.errors import ChatError
-from model.loading import LoadedModel, build_tiny_model, load_default, load_local
+from model.loading import LoadedModel, load_default
 from model.sampler import PRECISIONS
 
 RESULTS = Path("results")
 
 
-def load_model(args: argparse.Namespace) -> LoadedModel:
-    if args.tiny:
-        return build_tiny_model()
-    if args.model_path is not None:
-        return load_local(args.model_path)
+def model_source(args: argparse.Namespace) -> ModelSource:
+    return ModelSource(tiny=args.tiny, path=args.model_path)
+
+
+def load_model(source: ModelSource) -> LoadedModel:
+    if source.tiny or source.path is not None:
+        return source.load()
     return load_default(on_progress=lambda line: print(line, file=sys.stderr))
 
 
@@ -59,6 +64,19 @@ def positive(name: str, most: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def non_negative(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be between 0 and 1, got {text}")
+        return value
+
+    return parse
+
+
 def number_list(name: str, kind: Callable[[str], float | int]) -> Callable[[str], list[float | int]]:
     def parse(text: str) -> list[float | int]:
         try:
@@ -70,6 +88,15 @@ def number_list(name: str, kind: Callable[[str], float | int]) -> Callable[[str]
         return values
 
     return parse
+
+
+def condition_list(text: str) -> str:
+    conditions = text.split(",")
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown or len(set(conditions)) < len(conditions):
+        problem = f"unknown {', '.join(unknown)}" if unknown else "a condition listed twice"
+        raise argparse.ArgumentTypeError(f"--conditions: {problem}; choose from {','.join(CONDITIONS)}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--temperature", type=float, default=1.0)
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--prompt", action="append", help="a prompt (repeatable); default: built-in prompts")
-        sub.add_argument("--threads", type=positive("--threads"), default=2, help="torch threads")
+        if name == "single-step":
+            sub.add_argument("--threads", type=positive("--threads"), default=2, help="torch threads")
         if name != "sweep":
             sub.add_argument(
                 "--amp-rounds", type=positive("--amp-rounds"), default=3, help="rounds of g1^5 (paper: 3)"
@@ -125,7 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="tokens per generation",
         )
         sub.add_argument(
-            "--conditions", default=cells, help=f"comma-separated subset of {','.join(CONDITIONS)}"
+            "--conditions",
+            type=condition_list,
+            default=cells,
+            help=f"comma-separated subset of {','.join(CONDITIONS)}",
+        )
+        sub.add_argument(
+            "--workers",
+            type=positive("--workers", 64),
+            default=os.cpu_count() or 1,
+            help="processes, one thread each (default: one per core; results do not depend on it)",
         )
         sub.add_argument(
             "--batch",
@@ -134,13 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"generations per forward pass, 1-{MAX_BATCH} (results do not depend on it)",
         )
         if name == "collapse":
-            sub.add_argument("--noise-sigma", type=float, default=0.0, help="CKKS noise model (0 = off)")
+            sub.add_argument(
+                "--noise-sigma",
+                type=non_negative("--noise-sigma"),
+                default=0.0,
+                help="std of Gaussian noise on c - r (the encrypted prefix sum's error; 0 = off)",
+            )
         else:
             sub.add_argument(
                 "--noise",
                 type=number_list("--noise", float),
                 default=[0.0, 1e-7, 1e-6, 1e-5],
-                help="noise sigmas, comma-separated",
+                help="stds of Gaussian noise on c - r, comma-separated",
             )
             sub.add_argument(
                 "--amp", type=number_list("--amp", int), default=[2, 3], help="amp rounds, comma-separated"
@@ -156,16 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
+    folder = RESULTS / args.name
     try:
-        folder = RESULTS / args.name
         folder.mkdir(parents=True, exist_ok=True)
         if args.command == "summarise":
             run_summarise(args, folder)
+        elif args.command == "single-step":
+            torch.set_num_threads(args.threads)
+            run_single_step(args, load_model(model_source(args)), folder)
         else:
-            loaded = load_model(args)
-            run = {"single-step": run_single_step, "collapse": run_collapse, "sweep": run_sweep}[args.command]
-            run(args, loaded, folder)
+            torch.set_num_threads(1)  # as in every worker: the texts do not depend on --workers
+            source = model_source(args)
+            loaded = load_model(source)
+            perm, described = (
+                tsp_order(loaded) if {"tsp", "both"} & set(args.conditions.split(",")) else (None, "unused")
+            )
+            with StudyPool(loaded, source, perm, args.workers) as pool:
+                if args.command == "collapse":
+                    run_collapse(args, loaded, folder, pool, described)
+                else:
+                    run_sweep(args, loaded, folder, pool, described)
     except ChatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from app.evaluate_jobs import CONDITIONS, GenerationJob, StudyPool
 from app.evaluate_report import (
     markdown_table,
     plot_bars,
@@ -32,15 +33,13 @@ from app.evaluate_report import (
     write_csv,
     write_settings,
 )
-from model.batch_decode import MAX_BATCH, BatchRequest, BatchResult, generate_batch
-from model.batch_sampler import NOTHING, BatchExact, BatchSelector, BatchSimulate
+from model.batch_decode import BatchRequest
 from model.errors import InputError
-from model.evaluation import CollapseCriteria, score_generation, token_nll
-from model.generate import ExactSelector, Selector, build_prompt
+from model.evaluation import CollapseCriteria
+from model.generate import build_prompt
 from model.loading import LoadedModel
 from model.ordering import ordering_for_model
 from model.sampler import SamplerConfig
-from model.simulate import SimulateSelector, identity_perm
 
 PROMPTS = (
     "Tell me a long story about a lighthouse keeper.",
@@ -49,8 +48,6 @@ PROMPTS = (
     "What are the pros and cons of working from home? Discuss in depth.",
     "Describe the history of the printing press.",
 )
-CONDITIONS = ("plain", "neither", "pp", "tsp", "both")
-AMBIGUOUS = 1e-3  # a draw is ambiguous when some weight is off by more than this (DESIGN.md's table)
 # The encrypted mode's measured error of c - r at the default preset (README, `python bench/bench_crypto.py`:
 # max abs error 4.8-5.6e-10 over 49,152 slots); as a per-entry sigma that is max / 4.3 (the expected maximum
 # of 49,152 normal draws is about 4.3 sigma).
@@ -65,78 +62,15 @@ def tsp_order(loaded: LoadedModel) -> tuple[np.ndarray, str]:
     return np.asarray(ordering.perm, dtype=np.int64), f"model.ordering (method {ordering.config.method})"
 
 
-# --- collapse -----------------------------------------------------------------------------------
-
-
-def condition_sampler(condition: str, base: SamplerConfig) -> SamplerConfig:
-    """The sampler settings of a simulate condition: `base` with TSP and PP on or off."""
-    tsp, pp = condition in ("tsp", "both"), condition in ("pp", "both")
-    return SamplerConfig(**{**base.to_dict(), "tsp": tsp, "pp": pp})
-
-
-def condition_perm(condition: str, loaded: LoadedModel, tsp_perm: np.ndarray | None) -> np.ndarray:
-    """The sampling order of a condition: the TSP order for tsp and both, token-id order otherwise."""
-    if condition in ("tsp", "both") and tsp_perm is not None:
-        return tsp_perm
-    return identity_perm(loaded.input_embeddings().shape[0])
-
-
-def study_selector(
-    condition: str, loaded: LoadedModel, tsp_perm: np.ndarray | None, base: SamplerConfig
-) -> BatchSelector:
-    """The batched selector of one condition: plain sampling, or simulate mode with TSP and PP on or off."""
-    embeddings = loaded.input_embeddings()
-    if condition == "plain":
-        return BatchExact(embeddings, base.temperature)
-    return BatchSimulate(
-        embeddings, condition_perm(condition, loaded, tsp_perm), condition_sampler(condition, base)
+def chunks(indices: list[int], batch: int) -> list[list[int]]:
+    """`indices` in as few chunks of at most `batch` as possible, of nearly equal size (100 by 32: 4 x 25)."""
+    count = -(-len(indices) // batch)
+    return (
+        [part.tolist() for part in np.array_split(np.array(indices, dtype=np.int64), count)] if count else []
     )
 
 
-def unbatched_selector(
-    condition: str, loaded: LoadedModel, tsp_perm: np.ndarray | None, base: SamplerConfig
-) -> Selector:
-    """The one-sequence selector of a condition (the landed collapse path, for the benchmark and tests)."""
-    embeddings = loaded.input_embeddings()
-    if condition == "plain":
-        return ExactSelector(embeddings, base.temperature)
-    perm = condition_perm(condition, loaded, tsp_perm)
-    return SimulateSelector(embeddings, perm, condition_sampler(condition, base))
-
-
-def generation_row(
-    condition: str,
-    index: int,
-    request: BatchRequest,
-    result: BatchResult,
-    nll: np.ndarray,
-    criteria: CollapseCriteria,
-    prompt: int,
-) -> dict[str, Any]:
-    score = score_generation(result.tokens, nll, criteria)
-    drawn = [c for c, e in zip(result.cosine, result.exact, strict=True) if e != NOTHING]
-    return {
-        "condition": condition,
-        "index": index,
-        "prompt": prompt,
-        "seed": request.seed,
-        "steps": len(result.tokens),
-        "collapsed": int(score.collapsed(criteria)),
-        "loop": int(score.repetition(criteria)),
-        "implausible": int(score.implausible(criteria)),
-        "paper_repeat": int(score.repeat_from >= 0),
-        "onset": score.onset(criteria, len(result.tokens)),
-        "paper_onset": score.repeat_from,
-        "loop_tokens": score.loop_tokens,
-        "loop_period": score.loop_period,
-        "max_window_nll": f"{score.max_window_nll:.3f}",
-        "mean_nll": f"{score.mean_nll:.3f}",
-        "distinct_2": f"{score.distinct_2:.3f}",
-        "ambiguous_steps": sum(e > AMBIGUOUS for e in result.max_error),
-        "nothing_drawn_steps": result.nothing_drawn,
-        "display_differs_steps": result.display_differs,
-        "mean_cosine": f"{np.mean(drawn):.4g}" if drawn else "",
-    }
+# --- collapse -----------------------------------------------------------------------------------
 
 
 def _resume(folder: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -167,21 +101,17 @@ def _resume(folder: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_collapse(args: argparse.Namespace, loaded: LoadedModel, folder: Path) -> list[dict[str, Any]]:
+def run_collapse(
+    args: argparse.Namespace, loaded: LoadedModel, folder: Path, pool: StudyPool, tsp_source: str
+) -> list[dict[str, Any]]:
     """Generate (or finish) `args.n` texts per condition and write the tables; returns the per-text rows."""
     base = SamplerConfig(
         amp_rounds=args.amp_rounds,
         softmax_precision=args.precision,
         temperature=args.temperature,
-        noise_sigma=args.noise_sigma,
+        prefix_noise_sigma=args.noise_sigma,
     )
     conditions = args.conditions.split(",")
-    unknown = set(conditions) - set(CONDITIONS)
-    if unknown:
-        raise InputError(f"--conditions: unknown {sorted(unknown)}; choose from {','.join(CONDITIONS)}")
-    if not 1 <= args.batch <= MAX_BATCH:
-        raise InputError(f"--batch must be 1 to {MAX_BATCH}, got {args.batch}")
-    tsp_perm, tsp_source = tsp_order(loaded) if {"tsp", "both"} & set(conditions) else (None, "unused")
     criteria = CollapseCriteria()
     prompts = args.prompt or list(PROMPTS)
     settings = {
@@ -194,6 +124,7 @@ def run_collapse(args: argparse.Namespace, loaded: LoadedModel, folder: Path) ->
         "criteria": asdict(criteria),
         "tsp_order": tsp_source,
         "batch": args.batch,
+        "workers": args.workers,
         "eos": "banned",
     }
     rows = [r for r in _resume(folder, settings) if r["condition"] in conditions and r["index"] < args.n]
@@ -202,45 +133,29 @@ def run_collapse(args: argparse.Namespace, loaded: LoadedModel, folder: Path) ->
     encoded = [
         tuple(build_prompt(loaded, [{"role": "user", "content": p}], reserve=args.length)) for p in prompts
     ]
-    todo = len(conditions) * args.n - len(done)
-    bar = tqdm(total=todo * args.length, desc="collapse study", unit="tok", smoothing=0.05, mininterval=1.0)
+    jobs = []
+    for condition in conditions:  # the same seed (so the same r stream) in every condition: paired
+        todo = [i for i in range(args.n) if (condition, i) not in done]
+        for part in chunks(todo, args.batch):
+            requests = [BatchRequest(encoded[i % len(encoded)], args.seed + i, args.length) for i in part]
+            numbers = tuple(i % len(encoded) for i in part)
+            jobs.append(GenerationJob(condition, base, criteria, tuple(part), numbers, tuple(requests)))
+    jobs.sort(key=lambda job: job.indices[0])  # every condition about equally far along if stopped
+    todo_count = sum(len(job.indices) for job in jobs)
+    bar = tqdm(total=todo_count * args.length, desc=folder.name, unit="tok", smoothing=0.05, mininterval=1.0)
     if done:
         bar.write(
             f"resuming {folder}: {len(done)} of {len(conditions) * args.n} generations already done",
             file=sys.stderr,
         )
-    selectors: dict[str, BatchSelector] = {}
     started = time.perf_counter()
     with (folder / "generations.jsonl").open("a") as texts:
-        for first in range(0, args.n, args.batch):
-            for condition in conditions:
-                indices = [
-                    i for i in range(first, min(first + args.batch, args.n)) if (condition, i) not in done
-                ]
-                if not indices:
-                    continue
-                bar.set_postfix_str(f"{condition}, texts {indices[0]}-{indices[-1]}")
-                if condition not in selectors:
-                    selectors[condition] = study_selector(condition, loaded, tsp_perm, base)
-                selector = selectors[condition]
-                # the same seed (so the same r stream) for every condition: a paired design
-                requests = [
-                    BatchRequest(encoded[i % len(encoded)], args.seed + i, args.length) for i in indices
-                ]
-                results = generate_batch(loaded, requests, selector, ban_eos=True, on_progress=bar.update)
-                for index, request, result in zip(indices, requests, results, strict=True):
-                    nll = token_nll(loaded, request.prompt_ids, result.tokens)
-                    row = generation_row(
-                        condition, index, request, result, nll, criteria, index % len(encoded)
-                    )
-                    texts.write(
-                        json.dumps(
-                            {**row, "text": loaded.tokenizer.decode(result.tokens), "tokens": result.tokens}
-                        )
-                        + "\n"
-                    )
-                    texts.flush()
-                    rows.append(row)
+        for finished in pool.run(jobs, bar.update):
+            for row in finished:
+                texts.write(json.dumps(row) + "\n")
+                rows.append({k: v for k, v in row.items() if k not in ("text", "tokens")})
+            texts.flush()
+            bar.set_postfix_str(f"{len(rows)} of {len(conditions) * args.n} texts")
     bar.close()
     seconds = time.perf_counter() - started
     write_collapse_tables(
@@ -255,8 +170,9 @@ def run_collapse(args: argparse.Namespace, loaded: LoadedModel, folder: Path) ->
             f"{len(prompts)} prompts in rotation, seeds {args.seed}..{args.seed + args.n - 1} shared across "
             f"conditions; softmax {base.softmax_precision}, T = {base.temperature}, "
             f"amp_rounds = {base.amp_rounds}, "
-            f"noise sigma = {base.noise_sigma:g}; TSP order: {tsp_source}. "
-            f"Generated in batches of {args.batch}; this run's wall time {seconds:.0f} s."
+            f"noise on c - r sigma = {base.prefix_noise_sigma:g}; TSP order: {tsp_source}. "
+            f"Generated in batches of at most {args.batch} on {args.workers} worker process(es); "
+            f"this run's wall time {seconds:.0f} s."
         ),
     )
     write_settings(folder, loaded, {**settings, "seconds_this_run": round(seconds)})
@@ -338,15 +254,17 @@ def run_summarise(args: argparse.Namespace, folder: Path) -> None:
 # --- sweep --------------------------------------------------------------------------------------
 
 
-def run_sweep(args: argparse.Namespace, loaded: LoadedModel, folder: Path) -> None:
-    """A collapse study per (noise sigma, amp rounds), each in its own resumable sub-folder, and one table."""
+def run_sweep(
+    args: argparse.Namespace, loaded: LoadedModel, folder: Path, pool: StudyPool, tsp_source: str
+) -> None:
+    """A collapse study per (noise on c - r, amp rounds), each in its own resumable sub-folder; one table."""
     table: list[dict[str, Any]] = []
     for amp in args.amp:
         for sigma in args.noise:
             sub = folder / f"noise-{sigma:g}-amp-{amp}"
             sub.mkdir(parents=True, exist_ok=True)
             point = argparse.Namespace(**{**vars(args), "noise_sigma": sigma, "amp_rounds": amp})
-            rows = run_collapse(point, loaded, sub)
+            rows = run_collapse(point, loaded, sub, pool, tsp_source)
             for row in summarise_collapse(rows, args.conditions.split(","), np.random.default_rng(0)):
                 table.append(
                     {

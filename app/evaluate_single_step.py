@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from app.evaluate_collapse import AMBIGUOUS, PROMPTS, tsp_order
+from app.evaluate_collapse import PROMPTS, tsp_order
+from app.evaluate_jobs import AMBIGUOUS
 from app.evaluate_report import (
     CELLS,
     markdown_table,

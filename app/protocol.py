@@ -409,5 +409,7 @@ def check_generate(msg: Generate, window: int, prefixes: dict[str, int]) -> None
     if not 0 <= msg.seed < 2**63 or not 0 <= msg.first_index <= MAX_NEW_TOKENS_LIMIT:
         raise InputError("seed must be 0..2^63-1 and first_index 0..the reply limit")
     config = SamplerConfig.from_dict(dict(msg.sampler))  # InputError names a bad field
-    if config.noise_sigma or config.input_noise_sigma:
-        raise InputError("noise_sigma and input_noise_sigma are simulation settings; send 0")
+    if config.noise_sigma or config.input_noise_sigma or config.prefix_noise_sigma:
+        raise InputError(
+            "noise_sigma, input_noise_sigma and prefix_noise_sigma are simulation settings; send 0"
+        )

@@ -6,9 +6,16 @@ selector's embedding for its row) and its own stop rule (its length, or EOS when
 sequence that stops leaves the batch, so the others go on at the smaller size.
 
 The prompts are prefilled one by one, exactly as `model.generate.DecodeSession.prefill` does, and their
-caches are stacked left-padded (zeros behind an attention mask), so the first step's logits are the
-unbatched ones; later steps differ from B unbatched runs only by the rounding of a batched matrix product
-(about 1e-6 on a logit), which changes a token only when r falls that close to a boundary.
+caches are stacked left-padded, so the first step's logits are the unbatched ones. A step's attention reads
+each row's own positions (no padding, no mask; `per_row_attention`); the projections are batched.
+
+A generation does not depend on the batch it runs in (its companions, their number, its row): with one
+intra-op thread, MKL rounds each row of a product of at least MIN_ROWS rows the same way wherever it sits,
+and SDPA rounds each row of an unpadded batch as it rounds that row alone (both measured bit for bit; with
+two threads neither holds). `generate_batch` therefore runs on one thread; a study gets its parallelism
+from processes. Against B unbatched runs (`model.generate`, a one-row product) a later step differs by the
+rounding of the product (about 1e-6 on a logit), which changes a token only when r falls that close to a
+boundary.
 
 The KV cache grows in place inside buffers allocated for the whole run (`PreallocatedLayer`): transformers'
 `DynamicCache` concatenates on every step, which at B = 32 and 1,500 tokens copies about a gigabyte per step.
@@ -19,7 +26,8 @@ References: DESIGN.md section 3; transformers' batched generation (left padding,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -27,7 +35,7 @@ import numpy as np
 import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface
 
 from model.batch_sampler import NOTHING, BatchSelection, BatchSelector
 from model.errors import InputError
@@ -36,9 +44,9 @@ from model.loading import LoadedModel
 from model.vector_ops import FloatArray
 
 MAX_BATCH = 64
-MIN_ROWS = 4  # below 4 rows MKL's matrix product rounds differently; from 4 on each row is batch-invariant
-ALWAYS_MASKED = 1  # every row gets at least one padded column, so a batch step always carries its mask
+MIN_ROWS = 4  # MKL rounds products of 1-3 rows their own way; from 4 rows on a row's result is its own
 PER_ROW = "he_chat_per_row_sdpa"  # the attention implementation of a batch step (see `per_row_attention`)
+ROW_GROUPS = "he_chat_row_groups"  # the model-call keyword that carries a step's row groups to the attention
 NOISE_STREAM = 1  # a request's noise generator is default_rng((seed, NOISE_STREAM)), apart from its r stream
 
 
@@ -87,6 +95,9 @@ class BatchResult:
         return sum(p != e for p, e in zip(self.position, self.exact, strict=True))
 
 
+RowGroups = list[tuple[int, slice]]  # (first cache column a group of rows reads, those rows)
+
+
 def per_row_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -95,30 +106,42 @@ def per_row_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Attention of a batch step, one row at a time over that row's own positions, without a mask.
+    """Attention of a batch step: each group of rows over its own cache columns, without padding or mask.
 
-    Each call is then exactly the one an unbatched decode step makes (batch 1, no padding, no mask), so a
-    row's attention does not depend on its companions: torch's fused CPU kernel, given the whole padded batch
-    and its mask, rounds a row differently depending on the other rows' data (measured: 2e-9 per layer,
-    enough to move a token at a near tie). The projections stay batched (MKL rounds each row of a product
-    the same way from MIN_ROWS rows on). Calls without a mask (the per-row prefill) go to transformers' SDPA.
+    A row then gets exactly what an unbatched decode step computes, whatever its companions: torch's fused
+    CPU kernel, given a padded batch and its mask, rounds a row differently depending on the other rows'
+    data (measured: 2e-9 per layer, enough to move a token at a near tie). Rows with the same prompt length
+    share a call (`row_groups`); other calls (the per-row prefill) go to transformers' SDPA.
     """
-    if attention_mask is None or query.shape[2] != 1:
+    groups: RowGroups | None = kwargs.pop(ROW_GROUPS, None)
+    if groups is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    visible = attention_mask[:, 0, -1]  # (B, L) for the one query position: bool, or 0 / -inf additive
-    visible = visible if visible.dtype == torch.bool else visible == 0
-    starts = visible.to(torch.int8).argmax(dim=1).tolist()  # left padding: the first visible column
-    rows = [
+    parts = [
         sdpa_attention_forward(
-            module, query[b : b + 1], key[b : b + 1, :, s:], value[b : b + 1, :, s:], None, **kwargs
+            module, query[rows], key[rows, :, start:], value[rows, :, start:], None, **kwargs
         )[0]
-        for b, s in enumerate(starts)
-    ]
-    return torch.cat(rows), None
+        for start, rows in groups
+    ]  # each (rows, 1, heads, dim)
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), None
+
+
+def row_groups(starts: Sequence[int]) -> RowGroups:
+    """Runs of equal first columns as slices (rows come sorted by prompt length, longest first)."""
+    groups: RowGroups = []
+    for row, start in enumerate(starts):
+        if groups and groups[-1][0] == start:
+            groups[-1] = (start, slice(groups[-1][1].start, row + 1))
+        else:
+            groups.append((start, slice(row, row + 1)))
+    return groups
+
+
+def _no_mask(*args: object, **kwargs: object) -> None:
+    return None  # a batch step's attention reads its row groups, never a mask
 
 
 AttentionInterface.register(PER_ROW, per_row_attention)
-AttentionMaskInterface.register(PER_ROW, sdpa_mask)  # the mask SDPA gets: tells each row's first position
+AttentionMaskInterface.register(PER_ROW, _no_mask)
 
 
 class PreallocatedLayer:
@@ -177,11 +200,17 @@ class BatchCache(DynamicCache):
 
 
 class BatchDecode:
-    """The model side of a batch: per-row prefill, then one forward of all live rows per step."""
+    """The model side of a batch: per-row prefill, then one forward of all live rows per step.
+
+    Rows must come sorted by prompt length, longest first, so rows of equal length are neighbours.
+    """
 
     def __init__(self, loaded: LoadedModel, prompts: Sequence[Sequence[int]], steps: int) -> None:
+        lengths = [len(p) for p in prompts]
+        if lengths != sorted(lengths, reverse=True):
+            raise InputError("BatchDecode takes its prompts longest first; sort them")
         self.loaded = loaded
-        width = max(len(p) for p in prompts) + ALWAYS_MASKED
+        width = lengths[0]
         caches, logits = [], []
         for prompt in prompts:
             session = DecodeSession(loaded)
@@ -194,45 +223,51 @@ class BatchDecode:
             values = torch.cat([_left_pad(c.layers[index].values, width) for c in caches])  # type: ignore[union-attr,arg-type]
             layers.append(PreallocatedLayer(keys, values, width + steps))
         self.cache = BatchCache(layers)
-        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
-        self.mask = torch.zeros((len(prompts), width + steps), dtype=torch.long)
-        for row, length in enumerate(lengths.tolist()):
-            self.mask[row, width - length : width] = 1
-        self.width = width  # filled columns of the mask
-        self.positions = lengths  # (B,) the next position of each row
+        self.starts = [width - length for length in lengths]  # each row's first cache column
+        self.positions = torch.tensor(lengths, dtype=torch.long)  # (B,) the next position of each row
 
     @torch.inference_mode()
     def step(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Feed one input embedding per live row, (B, d); return the next logits (B, V)."""
-        self.mask[:, self.width] = 1
-        self.width += 1
         model = self.loaded.model
         before = model.config._attn_implementation
         model.set_attn_implementation(PER_ROW)
         try:
             out = model(
                 inputs_embeds=embeddings.to(torch.float32).unsqueeze(1),
-                attention_mask=self.mask[:, : self.width],
                 position_ids=self.positions.unsqueeze(1),
                 cache=self.cache,
                 use_cache=True,
+                **{ROW_GROUPS: row_groups(self.starts)},
             )
         finally:
             model.set_attn_implementation(before)
         self.positions = self.positions + 1
         return cast(torch.Tensor, out.logits[:, -1].float())
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Go on with these rows only (indices into the current batch)."""
-        self.cache.select(rows)
-        self.mask = self.mask[rows]
-        self.positions = self.positions[rows]
+    def keep(self, rows: Sequence[int]) -> None:
+        """Go on with these rows only (increasing indices into the current batch)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        self.cache.select(index)
+        self.starts = [self.starts[row] for row in rows]
+        self.positions = self.positions[index]
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
     """(1, heads, T, dim) -> (1, heads, width, dim) with zeros in front."""
     pad = width - tensor.shape[2]
     return torch.nn.functional.pad(tensor, (0, 0, pad, 0)) if pad else tensor
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block (what makes a batch row's rounding its own)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def generate_batch(
@@ -245,8 +280,8 @@ def generate_batch(
     """Generate every request in one batch; each stops at its length (or at EOS when `ban_eos` is off).
 
     EOS logits are set to -inf when `ban_eos`, as in `model.evaluation.generate_fixed_length`. A batch never
-    runs with fewer than MIN_ROWS rows (finished or copied rows fill it and are not recorded), so what a
-    sequence produces does not depend on the batch it ran in.
+    runs with fewer than MIN_ROWS rows (finished or copied rows fill it and are not recorded), and it runs on
+    one intra-op thread, so what a sequence produces does not depend on the batch it ran in.
 
     Args:
         on_progress: called after every step with the number of tokens that step produced.
@@ -263,43 +298,43 @@ def generate_batch(
                 f"{loaded.name}'s context window ({loaded.context_window}); lower --length"
             )
     rows = list(requests) + [requests[0]] * (MIN_ROWS - len(requests))  # filler copies, never recorded
-    steps = max(r.length for r in requests)
-    model = BatchDecode(loaded, [r.prompt_ids for r in rows], steps)
-    streams = [np.random.default_rng(r.seed) for r in rows]
-    noise = [np.random.default_rng(r.noise_seed) for r in rows]
-    eos = sorted(loaded.eos_token_ids)
-    results = [BatchResult() for _ in rows]
-    done = [index >= len(requests) for index in range(len(rows))]
-    live = list(range(len(rows)))  # which request each row of the current batch is
-    logits = model.first_logits
-    for _ in range(steps):
-        values: FloatArray = logits.detach().numpy().astype(np.float64)
-        if ban_eos and eos:
-            values[:, eos] = -math.inf
-        rs = np.array([streams[i].random() for i in live])
-        choice = selector.select(values, rs, [noise[i] for i in live])
-        produced = 0
-        for row, index in enumerate(live):
-            if done[index]:
-                continue
-            result = results[index]
-            result.record(choice, row)
-            produced += 1
-            if not ban_eos and result.tokens[-1] in loaded.eos_token_ids:
-                result.finish, done[index] = "eos", True
-            elif len(result.tokens) == rows[index].length:
-                result.finish, done[index] = "length", True
-        if on_progress is not None:
-            on_progress(produced)
-        if all(done):
-            break
-        going = [row for row, index in enumerate(live) if not done[index]]
-        going += [row for row, index in enumerate(live) if done[index]][: max(0, MIN_ROWS - len(going))]
-        embeddings = choice.embeddings
-        if len(going) < len(live):
-            keep = torch.tensor(sorted(going), dtype=torch.long)
-            model.keep(keep)
-            embeddings = embeddings[keep]
-            live = [live[row] for row in keep.tolist()]
-        logits = model.step(embeddings)
+    live = sorted(range(len(rows)), key=lambda i: -len(rows[i].prompt_ids))  # the request of each row
+    with one_thread():
+        model = BatchDecode(loaded, [rows[i].prompt_ids for i in live], max(r.length for r in requests))
+        streams = [np.random.default_rng(r.seed) for r in rows]
+        noise = [np.random.default_rng(r.noise_seed) for r in rows]
+        eos = sorted(loaded.eos_token_ids)
+        results = [BatchResult() for _ in rows]
+        done = [index >= len(requests) for index in range(len(rows))]
+        logits = model.first_logits
+        while True:
+            values: FloatArray = logits.detach().numpy().astype(np.float64)
+            if ban_eos and eos:
+                values[:, eos] = -math.inf
+            rs = np.array([streams[i].random() for i in live])
+            choice = selector.select(values, rs, [noise[i] for i in live])
+            produced = 0
+            for row, index in enumerate(live):
+                if done[index]:
+                    continue
+                result = results[index]
+                result.record(choice, row)
+                produced += 1
+                if not ban_eos and result.tokens[-1] in loaded.eos_token_ids:
+                    result.finish, done[index] = "eos", True
+                elif len(result.tokens) == rows[index].length:
+                    result.finish, done[index] = "length", True
+            if on_progress is not None:
+                on_progress(produced)
+            if all(done):
+                break
+            going = [row for row, index in enumerate(live) if not done[index]]
+            going += [row for row, index in enumerate(live) if done[index]][: max(0, MIN_ROWS - len(going))]
+            embeddings = choice.embeddings
+            if len(going) < len(live):
+                going.sort()
+                model.keep(going)
+                embeddings = embeddings[torch.tensor(going, dtype=torch.long)]
+                live = [live[row] for row in going]
+            logits = model.step(embeddings)
     return results[: len(requests)]

@@ -15,9 +15,9 @@ Why it is faster than B unbatched calls:
   table each. This dense product is what made the unbatched collapse command 5x slower per token than
   simulate decode (which has PP on, so its mixtures are sparse).
 
-With `noise_sigma > 0` each row draws the noise of `model.sampler.NoisyOps` from its own generator (given
-with the step), so a row gets the same draws as an unbatched selector built on that generator; S then runs
-on every entry.
+With `noise_sigma > 0` (or `prefix_noise_sigma > 0`) each row draws the noise of `model.sampler.NoisyOps`
+(`PrefixNoisyOps`) from its own generator (given with the step), so a row gets the same draws as an
+unbatched selector built on that generator; S then runs on every entry.
 
 References: DESIGN.md sections 2 and 3; arXiv 2510.12343.
 """
@@ -47,7 +47,10 @@ from model.simulate import MIXTURE_TOLERANCE, MIXTURE_WEIGHT_FLOOR, check_perm
 from model.vector_ops import FloatArray
 
 IntArray = npt.NDArray[np.int64]
-MIN_DENSE_ROWS = 2  # so a row's mixture never depends on how many others share the product
+# OpenBLAS's float64 product rounds a row by where it falls in the kernel's blocks unless the row count is a
+# multiple of 4 (measured: 1-3, 5, 7, 13, 25 and 33 rows differ from the same rows in a 64-row product;
+# padded with zero rows to a multiple of 4, none do), so a row's mixture does not depend on its companions.
+DENSE_ROW_MULTIPLE = 4
 # A row joins the shared product when it keeps more than this share of its weights. One more row costs the
 # product about 1 ms, gathering 1-25% of the table for a sparse sum 5-15 ms (the unbatched `mixture`, which
 # has no product to share, gathers up to 25%). The rule reads only the row's own weights: batch-invariant.
@@ -146,11 +149,10 @@ def rowwise_mixture(weights: FloatArray, table: FloatArray, row_norm_max: float)
     for b in np.flatnonzero(~dense):
         index = np.flatnonzero(keep[b])
         out[b] = weights[b, index] @ table[index]
-    if dense.any():  # numpy's float64 product of one row (gemv) rounds unlike two or more (gemm): pad to 2
-        rows = (
-            weights[dense] if dense.sum() >= MIN_DENSE_ROWS else np.vstack([weights[dense], weights[dense]])
-        )
-        out[dense] = (rows @ table)[: int(dense.sum())]
+    if dense.any():
+        rows = weights[dense]
+        padding = np.zeros((-rows.shape[0] % DENSE_ROW_MULTIPLE, rows.shape[1]))
+        out[dense] = (np.vstack([rows, padding]) @ table)[: rows.shape[0]]
     return out
 
 
@@ -190,6 +192,10 @@ class BatchSimulate:
         ops = RowwiseNoisyOps(config.noise_sigma, noise) if config.noise_sigma > 0 else RowwiseNumpyOps()
         if config.noise_sigma > 0:  # every entry gets its own noise: nothing to share
             s = compose(ops, ops.prefix_sum(q) - rs[:, None], step_polynomials(config.amp_rounds))
+        elif config.prefix_noise_sigma > 0:  # PrefixNoisyOps' draws, row by row; S on every entry
+            sigma = config.prefix_noise_sigma
+            c = clean_c + sigma * np.stack([rng.standard_normal(size=q.shape[1]) for rng in noise])
+            s = compose(ops, ops.sub(c, rs[:, None]), step_polynomials(config.amp_rounds))
         else:
             c = clean_c if config.input_noise_sigma == 0 else ops.prefix_sum(q)
             s = step_values_deduplicated(ops, c, rs, config.amp_rounds)

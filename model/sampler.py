@@ -8,7 +8,8 @@ backend). It contains no numpy call; every operation goes through `ops`.
 
 `exact_one_hot` is the twin with a true step function (inverse-transform sampling), used by tests
 and the evaluation as the target `e_k`. `NoisyOps` wraps `NumpyOps` with the Gaussian CKKS-noise
-model of DESIGN.md's noise-budget table.
+model of DESIGN.md's noise-budget table (noise on c - r and after every polynomial); `PrefixNoisyOps`
+puts the noise on c - r alone, where the encrypted sampler's error is.
 
 References: DESIGN.md section 2; Rho et al., arXiv 2510.12343 (2025), Fig. 10 and their released
 sampling code (whose cyclic roll for `s_{-1}` we deliberately do not copy).
@@ -58,6 +59,8 @@ class SamplerConfig:
     renormalize: bool = False  # divide the rounded p by its sum; False reproduces the paper, where an
     # r above sum(p) < 1 (fp16 underflow) selects nothing
     noise_sigma: float = 0.0  # std of Gaussian noise on c - r and after every cubic and product (CKKS model)
+    prefix_noise_sigma: float = 0.0  # std of Gaussian noise on c - r alone: the encrypted prefix sum's
+    # error, which dominates (each polynomial's own CKKS rounding is ~1e-13 at scale 2^49)
     input_noise_sigma: float = 0.0  # std of Gaussian noise on each p_j before the prefix sum
     noise_seed: int = 0  # seeds the noise when the caller gives no generator
 
@@ -79,6 +82,11 @@ class SamplerConfig:
         _check_number("temperature", self.temperature, 0.0, 5.0, "0 is greedy, 1 the model's distribution")
         _check_number("noise_sigma", self.noise_sigma, 0.0, 1.0, "0 disables the noise model")
         _check_number("input_noise_sigma", self.input_noise_sigma, 0.0, 1.0, "0 disables the noise model")
+        _check_number("prefix_noise_sigma", self.prefix_noise_sigma, 0.0, 1.0, "0 disables the noise model")
+        if self.noise_sigma > 0 and self.prefix_noise_sigma > 0:
+            raise InputError(
+                "noise_sigma (every step) and prefix_noise_sigma (c - r alone) are two noise models; set one"
+            )
         if isinstance(self.noise_seed, bool) or not isinstance(self.noise_seed, int) or self.noise_seed < 0:
             raise InputError(f"noise_seed must be a whole number >= 0, got {self.noise_seed!r}")
 
@@ -219,6 +227,22 @@ def round_to_fp16(x: FloatArray) -> FloatArray:
     _, exponent = np.frexp(x)
     quantum = np.ldexp(1.0, np.maximum(exponent, FP16_MIN_EXPONENT) - FP16_MANTISSA_BITS)
     return np.asarray(np.rint(x / quantum) * quantum, dtype=np.float64)
+
+
+class PrefixNoisyOps(NumpyOps):
+    """`NumpyOps` plus Gaussian noise of std `sigma` on the prefix sum alone, so on `c - r`.
+
+    The noise of the encrypted sampler at the default preset: its prefix sum's error (DESIGN.md section 2);
+    the polynomials contract their own, much smaller, rounding error.
+    """
+
+    def __init__(self, sigma: float, rng: np.random.Generator) -> None:
+        self.sigma = sigma
+        self.rng = rng
+
+    def prefix_sum(self, a: FloatArray) -> FloatArray:
+        c = super().prefix_sum(a)
+        return c + self.sigma * self.rng.standard_normal(size=c.shape)
 
 
 class NoisyOps(NumpyOps):

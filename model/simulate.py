@@ -31,6 +31,7 @@ from model.generate import Selection
 from model.sampler import (
     NoisyOps,
     Precision,
+    PrefixNoisyOps,
     SamplerConfig,
     approx_one_hot,
     exact_one_hot,
@@ -158,7 +159,7 @@ class SimulateSelector:
         self.table = np.ascontiguousarray(table[self.perm])  # (V, d) W_pi: pi baked into the rows
         self.row_norm_max = float(np.linalg.norm(self.table, axis=1).max())
         rng = noise_rng if noise_rng is not None else np.random.default_rng(config.noise_seed)
-        ops = NoisyOps(config.noise_sigma, rng) if config.noise_sigma > 0 else NumpyOps()
+        ops = noise_ops(config, rng)
         steps: list[SelectionStep] = [
             Probabilities(config.temperature, config.softmax_precision, config.renormalize),
             Reorder(self.perm),
@@ -203,6 +204,15 @@ class SimulateSelector:
             return torch.from_numpy(self.mixture(weights).astype(np.float32))  # (d,) the model's dtype
 
         return Selection(token_id=int(self.perm[position]), embed=embed, payload=weights)
+
+
+def noise_ops(config: SamplerConfig, rng: np.random.Generator) -> NumpyOps:
+    """The backend of the configured noise model: every step, c - r alone, or none."""
+    if config.noise_sigma > 0:
+        return NoisyOps(config.noise_sigma, rng)
+    if config.prefix_noise_sigma > 0:
+        return PrefixNoisyOps(config.prefix_noise_sigma, rng)
+    return NumpyOps()
 
 
 def mixture(weights: FloatArray, table: FloatArray, row_norm_max: float) -> FloatArray:

@@ -44,6 +44,7 @@ def test_exact_draws_are_inverse_transform_with_nothing_above_the_sum() -> None:
         SamplerConfig(tsp=False, pp=False),
         SamplerConfig(tsp=True, pp=True, softmax_precision="fp32", amp_rounds=2),
         SamplerConfig(tsp=False, pp=True, noise_sigma=1e-6),
+        SamplerConfig(tsp=True, pp=False, prefix_noise_sigma=1e-5),
         SamplerConfig(tsp=False, pp=False, input_noise_sigma=1e-7),
     ],
 )
@@ -84,7 +85,7 @@ def test_batch_exact_draws_what_plain_mode_draws(tiny: LoadedModel) -> None:
 
 
 def test_the_first_step_of_a_padded_batch_is_the_unbatched_prefill(tiny: LoadedModel) -> None:
-    rows = prompts(tiny)
+    rows = sorted(prompts(tiny), key=len, reverse=True)
     batch = BatchDecode(tiny, rows, steps=4)
     for b, prompt in enumerate(rows):
         assert torch.equal(batch.first_logits[b], DecodeSession(tiny).prefill(prompt))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import evaluate_cli, evaluate_collapse
+from app import evaluate_cli, evaluate_collapse, evaluate_jobs
 from model.evaluation import CollapseCriteria, generate_fixed_length, repeat_run_start, score_generation
 from model.generate import build_prompt
 from model.loading import LoadedModel
@@ -34,7 +34,7 @@ def cli(tiny: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     monkeypatch.setattr(evaluate_cli, "RESULTS", tmp_path)
     monkeypatch.setattr(evaluate_cli, "load_model", lambda args: tiny)
     perm = np.random.default_rng(0).permutation(tiny.input_embeddings().shape[0])
-    monkeypatch.setattr(evaluate_collapse, "tsp_order", lambda loaded: (perm, "test permutation"))
+    monkeypatch.setattr(evaluate_cli, "tsp_order", lambda loaded: (perm, "test permutation"))
     return tmp_path
 
 
@@ -45,7 +45,8 @@ def texts(folder: Path) -> list[dict[str, object]]:
 def test_a_stopped_study_continues_where_it_stopped_and_refuses_other_settings(
     cli: Path, tiny: LoadedModel, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    command = ["collapse", "--tiny", "--length", "10", "--conditions", "plain,neither,both", "--batch", "2"]
+    command = ["collapse", "--tiny", "--length", "10", "--conditions", "plain,neither,both", "--batch", "2",
+               "--workers", "1"]  # fmt: skip
     assert evaluate_cli.main([*command, "--n", "3", "--name", "whole"]) == 0
     assert evaluate_cli.main([*command, "--n", "2", "--name", "part"]) == 0
     first = texts(cli / "part")
@@ -72,11 +73,23 @@ def test_a_stopped_study_continues_where_it_stopped_and_refuses_other_settings(
 
 def test_a_study_row_is_the_unbatched_generation_of_its_seed(cli: Path, tiny: LoadedModel) -> None:
     assert evaluate_cli.main(["collapse", "--tiny", "--n", "2", "--length", "9", "--conditions", "pp",
-                              "--seed", "5", "--name", "pp"]) == 0  # fmt: skip
+                              "--seed", "5", "--name", "pp", "--workers", "1"]) == 0  # fmt: skip
     prompt = build_prompt(tiny, [{"role": "user", "content": evaluate_collapse.PROMPTS[1]}], reserve=9)
-    selector = evaluate_collapse.unbatched_selector("pp", tiny, None, SamplerConfig())
+    selector = evaluate_jobs.unbatched_selector("pp", tiny, None, SamplerConfig())
     alone = generate_fixed_length(tiny, prompt, selector, 9, 6)  # index 1 of seed 5: r stream seed 6
     assert texts(cli / "pp")[1]["tokens"] == alone
+
+
+def test_worker_processes_write_the_texts_one_process_writes(cli: Path) -> None:
+    """Two spawned workers (each loading the tiny model itself) and one in-process runner: the same rows,
+    with batches of 3 against batches of 2, and noise on c - r drawn per text."""
+    command = ["collapse", "--tiny", "--n", "5", "--length", "8", "--conditions", "plain,tsp,both",
+               "--noise-sigma", "1e-4"]  # fmt: skip
+    assert evaluate_cli.main([*command, "--workers", "2", "--batch", "3", "--name", "two"]) == 0
+    assert evaluate_cli.main([*command, "--workers", "1", "--batch", "2", "--name", "one"]) == 0
+    key = lambda row: (row["condition"], row["index"])  # noqa: E731
+    assert sorted(texts(cli / "two"), key=key) == sorted(texts(cli / "one"), key=key)
+    assert len(texts(cli / "two")) == 15
 
 
 def test_the_sweep_writes_one_row_per_point_and_cell(cli: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,6 +106,8 @@ def test_the_sweep_writes_one_row_per_point_and_cell(cli: Path, capsys: pytest.C
         "2",
         "--name",
         "sw",
+        "--workers",
+        "1",
     ]
     assert evaluate_cli.main(command) == 0
     table = list(csv.DictReader((cli / "sw" / "sweep.csv").open()))

@@ -13,10 +13,13 @@ from model.sampler import (
     F_SHARPEN,
     G1,
     NoisyOps,
+    PrefixNoisyOps,
     SamplerConfig,
     approx_one_hot,
+    compose,
     exact_one_hot,
     exact_position,
+    one_hot_from_steps,
     post_process,
     probabilities,
     round_to_fp16,
@@ -188,6 +191,15 @@ def test_noise_sigma_zero_is_the_noiseless_path_and_positive_sigma_changes_value
     assert np.array_equal(noisy, again)  # seeded
 
 
+def test_prefix_noise_lands_on_c_minus_r_alone(rng: np.random.Generator) -> None:
+    q = rng.dirichlet(np.full(500, 0.2))
+    noisy = approx_one_hot(PrefixNoisyOps(1e-5, np.random.default_rng(5)), q, 0.37, 3, pp=True)
+    c = np.cumsum(q) + 1e-5 * np.random.default_rng(5).standard_normal(500)  # the same draws, on c only
+    by_hand = post_process(OPS, one_hot_from_steps(OPS, compose(OPS, c + -0.37, step_polynomials(3))))
+    assert np.array_equal(noisy, by_hand)
+    assert not np.array_equal(noisy, approx_one_hot(OPS, q, 0.37, 3, pp=True))
+
+
 def test_post_process_is_the_sharpening_cubic() -> None:
     x = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
     assert_close(post_process(OPS, x), 3 * x**2 - 2 * x**3, atol=1e-15)
@@ -204,6 +216,8 @@ def test_post_process_is_the_sharpening_cubic() -> None:
         ({"temperature": float("inf")}, "temperature"),
         ({"noise_sigma": -1e-7}, "noise_sigma"),
         ({"input_noise_sigma": float("nan")}, "input_noise_sigma"),
+        ({"prefix_noise_sigma": 2.0}, "prefix_noise_sigma"),
+        ({"prefix_noise_sigma": 1e-7, "noise_sigma": 1e-7}, "two noise models"),
         ({"pp": 1}, "pp"),
         ({"noise_seed": -3}, "noise_seed"),
     ],
