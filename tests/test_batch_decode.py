@@ -122,6 +122,22 @@ def test_each_sequence_of_a_batch_is_what_it_generates_on_its_own(tiny: LoadedMo
         assert len(result.max_error) == len(result.tokens) and result.display_differs <= len(result.tokens)
 
 
+def test_a_sequence_does_not_depend_on_its_batch_bit_for_bit(tiny: LoadedModel) -> None:
+    """The same request among 4 companions and among 6 others (other prompts, other rows): every recorded
+    number equal, not only the tokens. Without PP the mixtures are dense and share a padded product."""
+    config = SamplerConfig(tsp=False, pp=False)
+    embeddings = tiny.input_embeddings()
+    selector = BatchSimulate(embeddings, identity_perm(embeddings.shape[0]), config)
+    rows = prompts(tiny)
+    target = BatchRequest(rows[1], seed=7, length=10)
+    small = [BatchRequest(rows[0], 1, 10), target, BatchRequest(rows[2], 2, 10), BatchRequest(rows[0], 3, 4)]
+    large = [BatchRequest(rows[i % 3], 20 + i, 6 + i) for i in range(6)]
+    large.insert(5, target)
+    first = generate_batch(tiny, small, selector)[1]
+    second = generate_batch(tiny, large, selector)[5]
+    assert first == second and len(first.tokens) == 10
+
+
 def test_eos_banned_or_not_and_bad_batches(tiny: LoadedModel) -> None:
     embeddings = tiny.input_embeddings()
     eos = next(iter(tiny.eos_token_ids))
@@ -141,6 +157,8 @@ def test_eos_banned_or_not_and_bad_batches(tiny: LoadedModel) -> None:
     assert [r.tokens for r in stopped] == [[eos], [eos]] and stopped[0].finish == "eos"
     with pytest.raises(InputError, match="1 to 64"):
         generate_batch(tiny, [request] * 65, AlwaysEos())
+    with pytest.raises(InputError, match="longest first"):
+        BatchDecode(tiny, sorted(prompts(tiny), key=len), steps=2)
     with pytest.raises(InputError, match="context window"):
         generate_batch(tiny, [BatchRequest(request.prompt_ids, 1, tiny.context_window)], AlwaysEos())
 
