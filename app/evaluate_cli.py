@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--batch",
             type=positive("--batch", MAX_BATCH),
-            default=32,
+            default=50,
             help=f"generations per forward pass, 1-{MAX_BATCH} (results do not depend on it)",
         )
         if name == "collapse":

@@ -53,6 +53,7 @@ PROMPTS = (
 # of 49,152 normal draws is about 4.3 sigma).
 ENCRYPTED_C_MINUS_R_MAX = 5.6e-10
 ENCRYPTED_SIGMA = ENCRYPTED_C_MINUS_R_MAX / 4.3
+COST_ORDER = ("neither", "tsp", "pp", "both", "plain")
 RESUMABLE = ("sampler", "conditions", "length", "prompts", "seed", "criteria", "tsp_order")
 
 
@@ -140,7 +141,9 @@ def run_collapse(
             requests = [BatchRequest(encoded[i % len(encoded)], args.seed + i, args.length) for i in part]
             numbers = tuple(i % len(encoded) for i in part)
             jobs.append(GenerationJob(condition, base, criteria, tuple(part), numbers, tuple(requests)))
-    jobs.sort(key=lambda job: job.indices[0])  # every condition about equally far along if stopped
+    # Every condition about equally far along if stopped; within a round the dearest first, so the
+    # workers finish together (no-PP mixtures are dense products, plain sampling is the cheapest).
+    jobs.sort(key=lambda job: (job.indices[0], COST_ORDER.index(job.condition)))
     todo_count = sum(len(job.indices) for job in jobs)
     bar = tqdm(total=todo_count * args.length, desc=folder.name, unit="tok", smoothing=0.05, mininterval=1.0)
     if done:

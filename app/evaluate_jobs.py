@@ -159,24 +159,35 @@ class JobRunner:
 
 _runner: JobRunner | None = None  # a worker process's own runner (set by _start_worker)
 _ticks: Any = None  # the queue a worker process reports its tokens on
+_stop: Any = None  # set by the parent to end the jobs in progress at their next step
 
 
-def _start_worker(source: ModelSource, tsp_perm: IntArray | None, ticks: Any) -> None:
-    global _runner, _ticks
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+class JobStopped(Exception):
+    """A job ended early because the parent is stopping the study."""
+
+
+def _start_worker(source: ModelSource, tsp_perm: IntArray | None, ticks: Any, stop: Any) -> None:
+    global _runner, _ticks, _stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it sets `stop`
     torch.set_num_threads(1)  # one process per core; the batches run on one thread anyway
-    _runner, _ticks = JobRunner(source.load(), tsp_perm), ticks
+    _runner, _ticks, _stop = JobRunner(source.load(), tsp_perm), ticks, stop
+
+
+def _report(tokens: int) -> None:
+    if _stop.is_set():
+        raise JobStopped("the study is stopping")
+    _ticks.put(tokens)
 
 
 def _run_in_worker(job: GenerationJob) -> list[dict[str, Any]]:
     assert _runner is not None, "a study worker runs jobs only after _start_worker"
-    return _runner.run(job, _ticks.put)
+    return _runner.run(job, _report)
 
 
 class StudyPool:
     """Runs generation jobs in `workers` spawned processes (or in this process when `workers` is 1).
 
-    Use as a context manager; leaving it stops the processes, also on an error or Ctrl-C.
+    Use as a context manager; leaving it stops the processes, on an error or Ctrl-C within a step.
     """
 
     def __init__(
@@ -190,12 +201,13 @@ class StudyPool:
             )
         self.context = multiprocessing.get_context("spawn")
         self.ticks: Any = self.context.Queue() if workers > 1 else None
+        self.stop: Any = self.context.Event() if workers > 1 else None
         self.executor = (
             ProcessPoolExecutor(
                 workers,
                 mp_context=self.context,
                 initializer=_start_worker,
-                initargs=(source, tsp_perm, self.ticks),
+                initargs=(source, tsp_perm, self.ticks, self.stop),
             )
             if workers > 1
             else None
@@ -204,15 +216,19 @@ class StudyPool:
     def __enter__(self) -> StudyPool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self.close(stop_now=kind is not None)
 
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            for child in multiprocessing.active_children():  # a job in progress would run to its end
-                child.terminate()
-            self.executor = None
+    def close(self, stop_now: bool = False) -> None:
+        """Let the workers finish and exit (or, on an error or Ctrl-C, end their jobs at the next step)."""
+        if self.executor is None:
+            return
+        if stop_now:
+            self.stop.set()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.ticks.close()
+        self.ticks.join_thread()
+        self.executor = self.ticks = self.stop = None
 
     def run(
         self, jobs: Sequence[GenerationJob], on_progress: Callable[[int], None]

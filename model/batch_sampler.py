@@ -123,19 +123,19 @@ class RowwiseNoisyOps(NoisyOps, RowwiseNumpyOps):
 def step_values_deduplicated(
     ops: RowwiseNumpyOps, c: FloatArray, rs: FloatArray, amp_rounds: int
 ) -> FloatArray:
-    """s = S(c - r) row-wise; S runs once per run of equal neighbouring c_j (exact: S is element-wise)."""
-    rows, width = c.shape
+    """s = S(c - r) row-wise; S runs once per run of equal neighbouring c_j (exact: S is element-wise).
+
+    The runs of all rows go through S as one flat vector (no padding to the longest row) and are repeated
+    back to their lengths.
+    """
     change = np.empty(c.shape, dtype=bool)
-    change[:, 0] = True
+    change[:, 0] = True  # every row starts a run
     np.not_equal(c[:, 1:], c[:, :-1], out=change[:, 1:])
-    where = np.cumsum(change, axis=1) - 1  # (B, V): index of each entry's run in its row
-    runs = where[:, -1] + 1  # (B,)
-    distinct = np.repeat(c[:, -1:], int(runs.max()), axis=1)  # padding repeats each row's last value
-    r_idx, c_idx = np.nonzero(change)
-    distinct[r_idx, where[r_idx, c_idx]] = c[r_idx, c_idx]
-    x = ops.sub(distinct, rs[:, None])  # c_j - r: the same rounding as add_const(c, -r)
+    starts = np.flatnonzero(change)  # run starts in row-major order
+    x = ops.sub(c.ravel()[starts], np.repeat(rs, change.sum(axis=1)))  # c_j - r, as add_const(c, -r)
     s = compose(ops, x, step_polynomials(amp_rounds))
-    return np.asarray(np.take_along_axis(s, where, axis=1), dtype=np.float64)
+    lengths = np.diff(starts, append=c.size)
+    return np.repeat(s, lengths).reshape(c.shape)
 
 
 def rowwise_mixture(weights: FloatArray, table: FloatArray, row_norm_max: float) -> FloatArray:
