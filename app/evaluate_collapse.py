@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from app.evaluate_jobs import CONDITIONS, GenerationJob, StudyPool
+from app.evaluate_noise import encrypted_prefix_error, first_step_distributions
 from app.evaluate_report import (
     markdown_table,
     plot_bars,
@@ -48,13 +49,8 @@ PROMPTS = (
     "What are the pros and cons of working from home? Discuss in depth.",
     "Describe the history of the printing press.",
 )
-# The encrypted mode's measured error of c - r at the default preset (README, `python bench/bench_crypto.py`:
-# max abs error 4.8-5.6e-10 over 49,152 slots); as a per-entry sigma that is max / 4.3 (the expected maximum
-# of 49,152 normal draws is about 4.3 sigma).
-ENCRYPTED_C_MINUS_R_MAX = 5.6e-10
-ENCRYPTED_SIGMA = ENCRYPTED_C_MINUS_R_MAX / 4.3
 COST_ORDER = ("neither", "tsp", "pp", "both", "plain")
-RESUMABLE = ("sampler", "conditions", "length", "prompts", "seed", "criteria", "tsp_order")
+RESUMABLE = ("sampler", "length", "prompts", "seed", "criteria", "tsp_order")
 
 
 def tsp_order(loaded: LoadedModel) -> tuple[np.ndarray, str]:
@@ -282,13 +278,15 @@ def run_sweep(
                     }
                 )
     write_csv(folder / "sweep.csv", table)
+    prompts = args.prompt or list(PROMPTS)
+    encrypted = encrypted_prefix_error(first_step_distributions(loaded, prompts, tsp_order(loaded)[0]))
     note = (
-        f"{args.n} generations of {args.length} tokens per condition and point. The encrypted mode's "
-        f"measured error of c - r at the default preset is {ENCRYPTED_C_MINUS_R_MAX:g} at most over 49,152 "
-        f"slots (`python bench/bench_crypto.py`), about sigma = {ENCRYPTED_SIGMA:.2g} per entry: the dashed "
-        "line.\n\n"
+        f"{args.n} generations of {args.length} tokens per condition and point; Gaussian noise of standard "
+        "deviation sigma added to c - r (`prefix_noise_sigma`). The encrypted mode's error of c - r, "
+        f"measured in this run on the first step after each prompt: {encrypted.describe()} (the dashed "
+        "line).\n\n"
     )
     (folder / "sweep.md").write_text(
         f"# Noise and amp-rounds sweep, {loaded.name}\n\n" + note + markdown_table(table)
     )
-    plot_sweep(table, ENCRYPTED_SIGMA, folder / "sweep.png", f"Where the method matters, {loaded.name}")
+    plot_sweep(table, encrypted.std, folder / "sweep.png", f"Where the method matters, {loaded.name}")
