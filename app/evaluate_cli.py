@@ -4,7 +4,7 @@
     python -m app.evaluate_cli single-step --precision fp32 --amp-rounds 2 --name ss-fp32-a2
     python -m app.evaluate_cli collapse                        # the paper's protocol: 5 x 100 x 1,500 tokens
     python -m app.evaluate_cli collapse --n 8 --length 256 --name collapse-small
-    python -m app.evaluate_cli sweep --n 32 --length 512       # noise on c - r 0..1e-5 x amp rounds 2, 3
+    python -m app.evaluate_cli sweep                           # noise on c - r 0..1e-5 x amp rounds 2, 3
     python -m app.evaluate_cli summarise results/a results/b   # tables of finished or stopped runs
 
 Each command writes into results/<name>/: per-item CSV, summary CSV and Markdown, PNG plots and
@@ -143,13 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--n",
             type=positive("--n"),
-            default=100 if name == "collapse" else 32,
+            default=100 if name == "collapse" else 50,
             help="generations per condition",
         )
         sub.add_argument(
             "--length",
             type=positive("--length"),
-            default=1500 if name == "collapse" else 512,
+            default=1500,
             help="tokens per generation",
         )
         sub.add_argument(
