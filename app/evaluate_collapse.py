@@ -27,6 +27,7 @@ from app.evaluate_jobs import CONDITIONS, GenerationJob, StudyPool
 from app.evaluate_noise import encrypted_prefix_error, first_step_distributions
 from app.evaluate_report import (
     markdown_table,
+    paired_comparisons,
     plot_bars,
     plot_onsets,
     plot_sweep,
@@ -203,7 +204,16 @@ def write_collapse_tables(
         "in a row anywhere. Shares with 95% Wilson intervals; means with 95% bootstrap intervals."
     )
     title = f"Collapse study, {model_name}"
-    (folder / "summary.md").write_text(f"# {title}\n\n{note} {detector}\n\n" + markdown_table(summary))
+    paired = paired_comparisons(rows, conditions)
+    text = f"# {title}\n\n{note} {detector}\n\n" + markdown_table(summary)
+    if paired:
+        write_csv(folder / "paired.csv", paired)
+        text += (
+            "\nText by text (each condition uses the same seeds, so the same uniforms r): the texts where "
+            "only one of two conditions collapsed, and the exact McNemar p-value of that split.\n\n"
+            + markdown_table(paired)
+        )
+    (folder / "summary.md").write_text(text)
     panels = (
         ("collapsed % [95% CI]", "collapsed (%)"),
         ("repeat run (paper) % [95% CI]", "repeat run (%)"),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from model.evaluation import bootstrap_mean_interval, wilson_interval
+from model.evaluation import bootstrap_mean_interval, mcnemar_exact, wilson_interval
 from model.loading import LoadedModel, describe
 
 CELLS = (("off", "off"), ("off", "on"), ("on", "off"), ("on", "on"))  # (TSP, PP)
@@ -151,6 +151,33 @@ def summarise_collapse(
         out["mean cosine distance"] = f"{np.mean(cosines):.3g}" if cosines else "n/a"
         summary.append(out)
     return summary
+
+
+def paired_comparisons(
+    rows: list[dict[str, Any]], conditions: Sequence[str], references: Sequence[str] = ("neither", "plain")
+) -> list[dict[str, Any]]:
+    """Each condition against each reference, text by text (the same seed, so the same r stream).
+
+    Paired outcomes need a paired test: for collapsed and for the paper's repeat run, the texts where only
+    one of the two collapsed, and the exact McNemar p-value of that split.
+    """
+    outcome = {(row["condition"], int(row["index"])): row for row in rows}
+    table = []
+    for reference in (r for r in references if r in conditions):
+        for condition in (c for c in conditions if c != reference):
+            pairs = [i for (c, i) in outcome if c == condition and (reference, i) in outcome]
+            out: dict[str, Any] = {"condition": condition, "against": reference, "pairs": len(pairs)}
+            for key, label in (("collapsed", "collapsed"), ("paper_repeat", "repeat run (paper)")):
+                mine = sum(
+                    int(outcome[(condition, i)][key]) > int(outcome[(reference, i)][key]) for i in pairs
+                )
+                theirs = sum(
+                    int(outcome[(condition, i)][key]) < int(outcome[(reference, i)][key]) for i in pairs
+                )
+                out[f"{label}: only this / only the other"] = f"{mine} / {theirs}"
+                out[f"{label}: McNemar p"] = f"{mcnemar_exact(mine, theirs):.2g}"
+            table.append(out)
+    return table
 
 
 def plot_onsets(

@@ -297,6 +297,20 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for paired yes/no outcomes (1.0 when no pair disagrees).
+
+    Args:
+        only_first: pairs where the first condition says yes and the second no.
+        only_second: pairs where the second says yes and the first no.
+    """
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    tail: float = sum(math.comb(n, k) for k in range(min(only_first, only_second) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def bootstrap_mean_interval(
     values: npt.ArrayLike, rng: np.random.Generator, resamples: int = 2000, level: float = 0.95
 ) -> tuple[float, float]:

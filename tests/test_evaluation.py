@@ -22,6 +22,7 @@ from model.evaluation import (
     exact_positions,
     generate_fixed_length,
     max_errors,
+    mcnemar_exact,
     periodic_suffix,
     score_generation,
     single_step_draws,
@@ -62,6 +63,12 @@ def test_collapse_detector_flags_loops_and_implausible_text() -> None:
 def test_distinct_n() -> None:
     assert distinct_n([1, 2, 1, 2, 1, 2], 2) == 2 / 5
     assert distinct_n([1, 2, 3, 4], 2) == 1.0
+
+
+def test_mcnemar_exact_is_the_two_sided_binomial_test_of_the_discordant_pairs() -> None:
+    assert mcnemar_exact(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)  # 0.109
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64) and mcnemar_exact(6, 0) == mcnemar_exact(0, 6)
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
 
 
 def test_wilson_interval_known_values() -> None:
