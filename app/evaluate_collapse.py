@@ -71,11 +71,12 @@ def chunks(indices: list[int], batch: int) -> list[list[int]]:
 # --- collapse -----------------------------------------------------------------------------------
 
 
-def _resume(folder: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """The generations a stopped run of the same settings already holds (none for a new folder)."""
+def _resume(folder: Path, settings: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
+    """The generations a stopped run of the same settings already holds, and the seconds it spent."""
     saved, texts = folder / "settings.json", folder / "generations.jsonl"
     if not texts.is_file():
-        return []
+        return [], 0.0
+    before: dict[str, Any] = {}
     if saved.is_file():
         before = json.loads(saved.read_text())
         differ = [
@@ -96,7 +97,21 @@ def _resume(folder: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
                 raise InputError(f"{texts} line {number} is not JSON; delete that line to resume") from None
     if lines and len(rows) < len(lines):
         texts.write_text("".join(line + "\n" for line in lines[:-1]))  # drop the cut line before appending
-    return rows
+    return rows, float(before.get("seconds", before.get("seconds_this_run", 0.0)))
+
+
+def protocol_note(settings: dict[str, Any]) -> str:
+    """The run's protocol in one paragraph, from its settings.json."""
+    sampler, seed, n = settings["sampler"], settings["seed"], settings["n"]
+    return (
+        f"{n} generations per condition of exactly {settings['length']} tokens (EOS banned everywhere), "
+        f"{len(settings['prompts'])} prompts in rotation, seeds {seed}..{seed + n - 1} shared across "
+        f"conditions; softmax {sampler['softmax_precision']}, T = {sampler['temperature']}, "
+        f"amp_rounds = {sampler['amp_rounds']}, noise on c - r sigma = "
+        f"{sampler.get('prefix_noise_sigma', 0.0):g}; TSP order: {settings['tsp_order']}. Generated in "
+        f"batches of at most {settings.get('batch', '?')} on {settings.get('workers', 1)} worker "
+        f"process(es) in {settings.get('seconds', settings.get('seconds_this_run', 0)):.0f} s of wall time."
+    )
 
 
 def run_collapse(
@@ -125,7 +140,8 @@ def run_collapse(
         "workers": args.workers,
         "eos": "banned",
     }
-    rows = [r for r in _resume(folder, settings) if r["condition"] in conditions and r["index"] < args.n]
+    resumed, seconds_before = _resume(folder, settings)
+    rows = [r for r in resumed if r["condition"] in conditions and r["index"] < args.n]
     done = {(r["condition"], int(r["index"])) for r in rows}
     write_settings(folder, loaded, settings)  # before generating, so a stopped run can be resumed
     encoded = [
@@ -155,27 +171,15 @@ def run_collapse(
                 texts.write(json.dumps(row) + "\n")
                 rows.append({k: v for k, v in row.items() if k not in ("text", "tokens")})
             texts.flush()
+            settings["seconds"] = round(seconds_before + time.perf_counter() - started)
+            write_settings(folder, loaded, settings)  # a stopped run keeps the time it spent
             bar.set_postfix_str(f"{len(rows)} of {len(conditions) * args.n} texts")
     bar.close()
-    seconds = time.perf_counter() - started
+    settings["seconds"] = round(seconds_before + time.perf_counter() - started)
+    write_settings(folder, loaded, settings)
     write_collapse_tables(
-        folder,
-        rows,
-        conditions,
-        args.length,
-        loaded.name,
-        criteria,
-        note=(
-            f"{args.n} generations per condition of exactly {args.length} tokens (EOS banned everywhere), "
-            f"{len(prompts)} prompts in rotation, seeds {args.seed}..{args.seed + args.n - 1} shared across "
-            f"conditions; softmax {base.softmax_precision}, T = {base.temperature}, "
-            f"amp_rounds = {base.amp_rounds}, "
-            f"noise on c - r sigma = {base.prefix_noise_sigma:g}; TSP order: {tsp_source}. "
-            f"Generated in batches of at most {args.batch} on {args.workers} worker process(es); "
-            f"this run's wall time {seconds:.0f} s."
-        ),
+        folder, rows, conditions, args.length, loaded.name, criteria, note=protocol_note(settings)
     )
-    write_settings(folder, loaded, {**settings, "seconds_this_run": round(seconds)})
     return rows
 
 
@@ -255,7 +259,11 @@ def run_summarise(args: argparse.Namespace, folder: Path) -> None:
         settings[0]["length"],
         settings[0]["model"]["name"],
         CollapseCriteria(**settings[0]["criteria"]),
-        note=f"Merged from {', '.join(args.runs)}.",
+        note=(
+            f"{protocol_note(settings[0])} Tables rebuilt from {args.runs[0]}."
+            if len(args.runs) == 1
+            else f"Merged from {', '.join(args.runs)}; the first run's protocol: {protocol_note(settings[0])}"
+        ),
     )
     (folder / "settings.json").write_text(json.dumps({"merged": args.runs, "runs": settings}, indent=2))
 

@@ -162,9 +162,12 @@ def paired_comparisons(
     one of the two collapsed, and the exact McNemar p-value of that split.
     """
     outcome = {(row["condition"], int(row["index"])): row for row in rows}
-    table = []
+    table, seen = [], set()
     for reference in (r for r in references if r in conditions):
         for condition in (c for c in conditions if c != reference):
+            if frozenset((condition, reference)) in seen:
+                continue
+            seen.add(frozenset((condition, reference)))
             pairs = [i for (c, i) in outcome if c == condition and (reference, i) in outcome]
             out: dict[str, Any] = {"condition": condition, "against": reference, "pairs": len(pairs)}
             for key, label in (("collapsed", "collapsed"), ("paper_repeat", "repeat run (paper)")):

@@ -197,8 +197,10 @@ def test_cli_rejects_bad_arguments(
 
     monkeypatch.setattr(evaluate_cli, "RESULTS", tmp_path)
     monkeypatch.setattr(evaluate_cli, "load_model", lambda args: tiny)
-    assert evaluate_cli.main(["collapse", "--tiny", "--conditions", "plain,bogus"]) == 2
-    assert "--conditions" in capsys.readouterr().err
+    for conditions in ("plain,bogus", "pp,pp"):
+        with pytest.raises(SystemExit) as stop:
+            evaluate_cli.main(["collapse", "--tiny", "--conditions", conditions])
+        assert stop.value.code == 2 and "--conditions" in capsys.readouterr().err
     assert evaluate_cli.main(["single-step", "--tiny", "--temperature", "9"]) == 2
     assert "temperature" in capsys.readouterr().err
     with pytest.raises(SystemExit):
