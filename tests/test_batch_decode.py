@@ -165,17 +165,23 @@ def test_eos_banned_or_not_and_bad_batches(tiny: LoadedModel) -> None:
 
 @pytest.mark.slow
 def test_batched_sequences_on_the_default_model_match_separate_runs() -> None:
-    """The real model, 8 rows of 48 tokens: a row equals its own run through the batch (a near tie in the
-    attention kernel's rounding may move one)."""
+    """The real model, 8 rows of 48 tokens without PP (dense mixtures): each row is bit for bit its own
+    batch of one, and has the tokens of the landed one-row loop (a near tie in the one-row products'
+    rounding may move one)."""
     loaded = load_default()
     embeddings = loaded.input_embeddings()
-    config = SamplerConfig(tsp=False, pp=True)
+    config = SamplerConfig(tsp=False, pp=False)
     perm = identity_perm(embeddings.shape[0])
     rows = prompts(loaded)
     requests = [BatchRequest(rows[i % 3], seed=i, length=48) for i in range(8)]
     together = generate_batch(loaded, requests, BatchSimulate(embeddings, perm, config))
-    same = sum(
-        generate_batch(loaded, [r], BatchSimulate(embeddings, perm, config))[0].tokens == t.tokens
+    for request, result in zip(requests, together, strict=True):
+        assert generate_batch(loaded, [request], BatchSimulate(embeddings, perm, config))[0] == result
+    landed = sum(
+        generate_fixed_length(
+            loaded, list(r.prompt_ids), SimulateSelector(embeddings, perm, config), r.length, r.seed
+        )
+        == t.tokens
         for r, t in zip(requests, together, strict=True)
     )
-    assert same >= 7, f"only {same} of 8 sequences equal their separate runs"
+    assert landed >= 7, f"only {landed} of 8 sequences have the landed loop's tokens"
