@@ -64,6 +64,28 @@ def positive(name: str, most: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def whole(name: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {value!r}") from None
+        if not 0 <= number < 2**32:
+            raise argparse.ArgumentTypeError(f"{name} must be between 0 and 2^32 - 1, got {number}")
+        return number
+
+    return parse
+
+
+def text(name: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"{name} must not be empty")
+        return value
+
+    return parse
+
+
 def non_negative(name: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -120,8 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--precision", choices=PRECISIONS, default="fp16", help="softmax precision (paper: fp16)"
         )
         sub.add_argument("--temperature", type=float, default=1.0)
-        sub.add_argument("--seed", type=int, default=0)
-        sub.add_argument("--prompt", action="append", help="a prompt (repeatable); default: built-in prompts")
+        sub.add_argument("--seed", type=whole("--seed"), default=0, help="first seed of the r streams")
+        sub.add_argument(
+            "--prompt",
+            action="append",
+            type=text("--prompt"),
+            help="a prompt (repeatable); default: built-in",
+        )
         if name == "single-step":
             sub.add_argument("--threads", type=positive("--threads"), default=2, help="torch threads")
         if name != "sweep":

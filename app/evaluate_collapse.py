@@ -144,9 +144,13 @@ def run_collapse(
     rows = [r for r in resumed if r["condition"] in conditions and r["index"] < args.n]
     done = {(r["condition"], int(r["index"])) for r in rows}
     write_settings(folder, loaded, settings)  # before generating, so a stopped run can be resumed
-    encoded = [
-        tuple(build_prompt(loaded, [{"role": "user", "content": p}], reserve=args.length)) for p in prompts
-    ]
+    encoded = [tuple(build_prompt(loaded, [{"role": "user", "content": p}])) for p in prompts]
+    longest = max(len(ids) for ids in encoded)
+    if longest + args.length > loaded.context_window:
+        raise InputError(
+            f"--length {args.length} after a prompt of {longest} tokens exceeds {loaded.name}'s context "
+            f"window of {loaded.context_window} tokens; lower --length or shorten the prompt"
+        )
     jobs = []
     for condition in conditions:  # the same seed (so the same r stream) in every condition: paired
         todo = [i for i in range(args.n) if (condition, i) not in done]
