@@ -2,10 +2,10 @@
 
 The secret context never leaves the key holder. `public_context_bytes` is the one function that
 produces wire bytes for the worker: it copies the TenSEAL context, makes the copy public, refuses if
-a secret key is still inside, and appends SEAL Galois keys generated (through `tenseal.sealapi`) only
-for the rotation steps of the worker's `RotationPlan`; TenSEAL's high-level API can only generate all
-of them (35 MB at N = 8192). `load_public_context` is its inverse on the worker and refuses any
-context that holds a secret key.
+a secret key is still inside, and appends seeded SEAL relinearisation keys and seeded Galois keys
+generated (through `tenseal.sealapi`) only for the rotation steps of the worker's `RotationPlan`;
+TenSEAL's high-level API can only generate all of them, unseeded (35 MB at N = 8192).
+`load_public_context` is its inverse on the worker and refuses any context that holds a secret key.
 
 The bytes format, its strict header parser, `RotationPlan` and the Galois-key check live in
 `crypto.keys_wire` (re-exported here: `MAGIC`, `WIRE_VERSION`, `RotationPlan`, `galois_element`,
@@ -31,7 +31,7 @@ from crypto.keys_wire import PREFIX as _PREFIX
 from crypto.keys_wire import WIRE_VERSION as WIRE_VERSION
 from crypto.keys_wire import RotationPlan as RotationPlan
 from crypto.keys_wire import galois_element as galois_element
-from crypto.keys_wire import load_galois_keys, split_public_bytes
+from crypto.keys_wire import load_galois_keys, load_relin_keys, split_public_bytes
 from crypto.keys_wire import normalise_step as normalise_step
 from crypto.params import PRESETS, CKKSParams
 from crypto.seal_io import seal_to_bytes
@@ -64,13 +64,20 @@ class SecretContext:
 class PublicContext:
     """The worker's context: parameters, relinearisation keys and the planned Galois keys. No secret key."""
 
-    def __init__(self, params: CKKSParams, tenseal_context: ts.Context, galois_keys: Any, plan: RotationPlan):
+    def __init__(
+        self,
+        params: CKKSParams,
+        tenseal_context: ts.Context,
+        relin_keys: Any,
+        galois_keys: Any,
+        plan: RotationPlan,
+    ) -> None:
         if tenseal_context.is_private() or tenseal_context.has_secret_key():
             raise SecretKeyError("the worker refuses a context that contains a secret key")
         self.params = params
         self.tenseal_context = tenseal_context
         self.seal_context: Any = tenseal_context.seal_context().data
-        self.relin_keys: Any = tenseal_context.relin_keys().data
+        self.relin_keys: Any = relin_keys
         self.galois_keys: Any = galois_keys
         self.plan = plan
 
@@ -84,6 +91,8 @@ def create_secret_context(params: CKKSParams) -> SecretContext:
 
 def public_context_bytes(secret: SecretContext, plan: RotationPlan) -> bytes:
     """The one path from keys to wire bytes: public key, relin keys and Galois keys for `plan` only.
+
+    Both kinds of key are SEAL's seeded serialisation (half the bytes; the worker expands them on load).
 
     Args:
         secret: the key holder's context.
@@ -100,24 +109,25 @@ def public_context_bytes(secret: SecretContext, plan: RotationPlan) -> bytes:
     if public.is_private() or public.has_secret_key():
         raise SecretKeyError("refusing to serialise a context that still holds the secret key")
     context_blob = public.serialize(
-        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=True
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
     )
-    galois = sealapi.GaloisKeys()
+    keys = secret.key_generator()
+    relin_blob = seal_to_bytes(keys.create_relin_keys())
     elements = plan.galois_elements(secret.params.poly_modulus_degree)
-    if elements:
-        secret.key_generator().create_galois_keys(elements, galois)
-    galois_blob = seal_to_bytes(galois) if elements else b""
+    galois_blob = seal_to_bytes(keys.create_galois_keys(elements)) if elements else b""
     header = json.dumps(
         {
             "params": secret.params.to_dict(),
             "steps": sorted(plan.steps),
             "conjugate": plan.conjugate,
             "context_bytes": len(context_blob),
+            "relin_bytes": len(relin_blob),
             "galois_bytes": len(galois_blob),
         },
         sort_keys=True,
     ).encode()
-    return bytes(_PREFIX.pack(MAGIC, WIRE_VERSION, len(header)) + header + context_blob + galois_blob)
+    prefix = _PREFIX.pack(MAGIC, WIRE_VERSION, len(header))
+    return bytes(prefix + header + context_blob + relin_blob + galois_blob)
 
 
 def _numbers(p: CKKSParams) -> tuple[int, tuple[int, ...], int]:
@@ -210,16 +220,17 @@ def load_public_context(data: bytes, expected: CKKSParams | None = None) -> Publ
         ParamsError: the parameters are invalid, above the security limit, use non-standard primes,
             or are not `expected`.
     """
-    header, context_blob, galois_blob = split_public_bytes(data)
+    header, context_blob, relin_blob, galois_blob = split_public_bytes(data)
     try:
         ctx = ts.context_from(context_blob)
     except Exception as exc:  # TenSEAL raises bare ValueError / RuntimeError on malformed protobufs
         raise WireFormatError(f"cannot parse the TenSEAL context: {exc}") from exc
     if ctx.is_private() or ctx.has_secret_key():
         raise SecretKeyError("the worker refuses a context that contains a secret key")
-    if not (ctx.has_public_key() and ctx.has_relin_keys()):
+    if not ctx.has_public_key() or ctx.has_relin_keys():
         raise WireFormatError(
-            "the context has no public or relinearisation key; upload public_context_bytes() output unchanged"
+            "the context must hold the public key and no relinearisation keys (they come seeded in their "
+            "own part); upload public_context_bytes() output unchanged"
         )
     params = params_of_context(ctx, header.params.name)
     if header.params != params:
@@ -233,5 +244,6 @@ def load_public_context(data: bytes, expected: CKKSParams | None = None) -> Publ
             f"create the keys with create_secret_context(preset({expected.name!r})) or announce their preset"
         )
     plan = header.plan(params.slot_count)
+    relin = load_relin_keys(ctx, relin_blob)
     galois = load_galois_keys(ctx, galois_blob, plan, params)
-    return PublicContext(params, ctx, galois, plan)
+    return PublicContext(params, ctx, relin, galois, plan)

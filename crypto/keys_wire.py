@@ -5,16 +5,21 @@ them; this module holds what both sides share about the format and the parts of 
 no TenSEAL context: the prefix, the strict header parser, the `RotationPlan` the header carries (with
 SEAL's Galois-element convention) and the check that a Galois-key blob holds exactly the plan's keys.
 
-Wire format (version 1), all integers big-endian:
+Wire format (version 2), all integers big-endian:
 
-    b"HECKKS" | u16 version | u32 header length | JSON header | TenSEAL public context | SEAL GaloisKeys
+    b"HECKKS" | u16 version | u32 header length | JSON header | TenSEAL public context (public key
+    only) | SEAL RelinKeys | SEAL GaloisKeys
 
 The JSON header holds the parameter dict, the normalised rotation steps, the conjugation flag and the
-byte lengths of the two blobs. The worker trusts none of it: `WireHeader.parse` parses it strictly
-(exact keys, JSON booleans, bounded integers); `crypto.keys.load_public_context` then compares its
-claims with the parameters read from the TenSEAL context itself (`crypto.keys.params_of_context`),
-and `load_galois_keys` checks that the Galois keys load under the context and hold exactly the
-planned rotations.
+byte lengths of the three blobs. The two key blobs are SEAL's *seeded* serialisation: each key's
+uniformly random half is replaced by the seed that regenerates it on load, which halves the upload
+(18 MB instead of 36 MB at the default preset) and costs the worker nothing after loading.
+
+The worker trusts none of it: `WireHeader.parse` parses it strictly (exact keys, JSON booleans,
+bounded integers); `crypto.keys.load_public_context` then compares its claims with the parameters
+read from the TenSEAL context itself (`crypto.keys.params_of_context`), and `load_relin_keys` and
+`load_galois_keys` check that the keys load under the context and that the Galois keys hold exactly
+the planned rotations.
 
 References: DESIGN.md section 4; STYLE.md rule 6; SEAL `KeyGenerator::create_galois_keys(elts)` with
 Galois element `3**step mod 2N` for a left rotation by `step` and `2N - 1` for conjugation.
@@ -36,7 +41,7 @@ from crypto.seal_io import seal_from_bytes
 from model.errors import WireFormatError
 
 MAGIC = b"HECKKS"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 PREFIX = struct.Struct(">6sHI")  # magic, version, header length
 
 
@@ -78,7 +83,7 @@ class RotationPlan:
         return elts
 
 
-_HEADER_FIELDS = ("conjugate", "context_bytes", "galois_bytes", "params", "steps")
+_HEADER_FIELDS = ("conjugate", "context_bytes", "galois_bytes", "params", "relin_bytes", "steps")
 _PARAM_FIELDS = ("coeff_mod_bit_sizes", "name", "poly_modulus_degree", "scale_bits")
 _MAX_INT_DIGITS = 19  # every honest header integer fits in a signed 64-bit int
 _MAX_STEP = 1 << 20  # above every slot count (N <= 2^17 in SEAL); the real bound is checked later
@@ -136,6 +141,7 @@ class WireHeader:
     steps: tuple[int, ...]
     conjugate: bool
     context_bytes: int
+    relin_bytes: int
     galois_bytes: int
 
     @classmethod
@@ -182,6 +188,7 @@ class WireHeader:
             parsed,
             h["conjugate"],
             _field_int(h["context_bytes"], "context_bytes", 0, limit),
+            _field_int(h["relin_bytes"], "relin_bytes", 0, limit),
             _field_int(h["galois_bytes"], "galois_bytes", 0, limit),
         )
 
@@ -197,14 +204,15 @@ class WireHeader:
         return RotationPlan(frozenset(self.steps), self.conjugate)
 
 
-def split_public_bytes(data: bytes) -> tuple[WireHeader, bytes, bytes]:
-    """Check the prefix and the lengths, strictly parse the header, and cut out the two blobs.
+def split_public_bytes(data: bytes) -> tuple[WireHeader, bytes, bytes, bytes]:
+    """Check the prefix and the lengths, strictly parse the header, and cut out the three blobs.
 
     Args:
         data: the upload, unchanged.
 
     Returns:
-        (the parsed header, the TenSEAL context blob, the SEAL Galois-keys blob; empty if none).
+        (the parsed header, the TenSEAL context blob, the SEAL RelinKeys blob, the SEAL GaloisKeys blob;
+        empty if none).
 
     Raises:
         WireFormatError: wrong magic or version; truncated or inconsistent lengths; a header that is
@@ -222,10 +230,34 @@ def split_public_bytes(data: bytes) -> tuple[WireHeader, bytes, bytes]:
     if body > len(data):
         raise WireFormatError(f"public context header announces {header_len} bytes, only {len(data)} sent")
     header = WireHeader.parse(data[PREFIX.size : body], len(data))
-    if len(data) != body + header.context_bytes + header.galois_bytes:
-        total = body + header.context_bytes + header.galois_bytes
-        raise WireFormatError(f"public context is {len(data)} bytes, header announces {total}")
-    return header, data[body : body + header.context_bytes], data[body + header.context_bytes :]
+    relin_at = body + header.context_bytes
+    galois_at = relin_at + header.relin_bytes
+    if len(data) != galois_at + header.galois_bytes:
+        raise WireFormatError(
+            f"public context is {len(data)} bytes, header announces {galois_at + header.galois_bytes}"
+        )
+    return header, data[body:relin_at], data[relin_at:galois_at], data[galois_at:]
+
+
+def load_relin_keys(ctx: ts.Context, blob: bytes) -> Any:
+    """SEAL RelinKeys from `blob` (seeded or not), checked to be one key for `ctx`'s key level.
+
+    Raises:
+        WireFormatError: the keys do not load, belong to other parameters, or are not one key.
+    """
+    if not blob:
+        raise WireFormatError(
+            "no relinearisation keys were sent; upload public_context_bytes() output unchanged"
+        )
+    relin = sealapi.RelinKeys()
+    seal = ctx.seal_context().data
+    seal_from_bytes(relin, seal, blob)
+    if list(relin.parms_id()) != list(seal.key_parms_id()) or int(relin.size()) != 1:
+        raise WireFormatError(
+            f"the relinearisation keys ({int(relin.size())} key(s)) are not one key for the context's "
+            "parameters; upload public_context_bytes() output unchanged"
+        )
+    return relin
 
 
 def load_galois_keys(ctx: ts.Context, blob: bytes, plan: RotationPlan, params: CKKSParams) -> Any:

@@ -96,26 +96,16 @@ def chunk_values(values: npt.ArrayLike, chunk: int) -> list[FloatArray]:
     return [arr[i : i + chunk] for i in range(0, arr.size, chunk)]
 
 
-def encrypt_vector(
+def _laid_out(
     secret: SecretContext,
     values: npt.ArrayLike,
-    chunk: int | None = None,
-    level: int | None = None,
-    engine: Engine | None = None,
-    period: int = 0,
-    copies: int = 1,
-) -> EncVector:
-    """Encode and encrypt (symmetric, secret key) a real vector, at the top level unless `level` is given.
-
-    Args:
-        secret: the key holder's context.
-        values: 1-D real values.
-        chunk: values per ciphertext (default: all slots).
-        level: level to encrypt at (default: the top of the chain).
-        engine: reuse an engine (saves rebuilding the level table).
-        period, copies: lay `copies` copies of the values out at slots `k * period` (one ciphertext);
-            the zero slots between copies stay zero, as `crypto.matmul.replicate` would leave them.
-    """
+    chunk: int | None,
+    level: int | None,
+    engine: Engine | None,
+    period: int,
+    copies: int,
+) -> tuple[Engine, list[FloatArray], EncVector]:
+    """The plaintext pieces of `encrypt_vector`'s layout, and the vector's shape (with no ciphertexts)."""
     eng = engine if engine is not None else Engine.for_key_holder(secret)
     slots = secret.params.slot_count
     c = slots if chunk is None else chunk
@@ -137,12 +127,67 @@ def encrypt_vector(
         c = arr.size
     else:
         pieces = chunk_values(arr, c)
+    shape = EncVector((None,) * len(pieces), int(arr.size), c, lvl, True, period if copies > 1 else 0, copies)
+    return eng, pieces, shape
+
+
+def encrypt_vector(
+    secret: SecretContext,
+    values: npt.ArrayLike,
+    chunk: int | None = None,
+    level: int | None = None,
+    engine: Engine | None = None,
+    period: int = 0,
+    copies: int = 1,
+) -> EncVector:
+    """Encode and encrypt (symmetric, secret key) a real vector, at the top level unless `level` is given.
+
+    Args:
+        secret: the key holder's context.
+        values: 1-D real values.
+        chunk: values per ciphertext (default: all slots).
+        level: level to encrypt at (default: the top of the chain).
+        engine: reuse an engine (saves rebuilding the level table).
+        period, copies: lay `copies` copies of the values out at slots `k * period` (one ciphertext);
+            the zero slots between copies stay zero, as `crypto.matmul.replicate` would leave them.
+    """
+    eng, pieces, shape = _laid_out(secret, values, chunk, level, engine, period, copies)
     cts = []
     for piece in pieces:
         ct = sealapi.Ciphertext()
-        secret.encryptor.encrypt_symmetric(eng.encode(piece, lvl), ct)
+        secret.encryptor.encrypt_symmetric(eng.encode(piece, shape.level), ct)
         cts.append(ct)
-    return EncVector(tuple(cts), int(arr.size), c, lvl, True, period if copies > 1 else 0, copies)
+    return shape.with_cts(cts, shape.level)
+
+
+def encrypt_vector_bytes(
+    secret: SecretContext,
+    values: npt.ArrayLike,
+    chunk: int | None = None,
+    level: int | None = None,
+    engine: Engine | None = None,
+    period: int = 0,
+    copies: int = 1,
+) -> bytes:
+    """`vector_to_bytes(encrypt_vector(...))` with every ciphertext *seeded*: half the bytes.
+
+    A symmetric encryption's second polynomial is uniformly random; SEAL can write the seed that
+    generates it instead (`Encryptor.encrypt_symmetric` returning a Serializable), and every loader
+    regenerates it, so only the key holder's fresh ciphertexts can travel this way. Encrypt at the level
+    the first use needs (`level`): a seeded ciphertext mod-switched later would be expanded again.
+    """
+    eng, pieces, shape = _laid_out(secret, values, chunk, level, engine, period, copies)
+    seeded = [seal_to_bytes(secret.encryptor.encrypt_symmetric(eng.encode(p, shape.level))) for p in pieces]
+    return frame_chunks([_header(shape)] + seeded)
+
+
+def for_key_holder(engine: Engine, vec: EncVector) -> EncVector:
+    """`vec` mod-switched to level 0, the smallest ciphertext (131 KB instead of 249 KB or 364 KB at the
+    default preset): the key holder only decrypts it, and the scale, so the precision, is unchanged.
+    Values must fit level 0 (|value| * scale below half the last prime), as every level-0 value does."""
+    if vec.level == 0:
+        return vec
+    return vec.with_cts([engine.mod_switch(ct, 0) for ct in vec.cts], 0)
 
 
 def decrypt_slots(secret: SecretContext, ct: Ciphertext, engine: Engine | None = None) -> npt.NDArray[Any]:
@@ -168,8 +213,7 @@ def decrypt_vector(secret: SecretContext, vec: EncVector) -> FloatArray:
 # --- wire format ------------------------------------------------------------------------------
 
 
-def vector_to_chunks(vec: EncVector) -> list[bytes]:
-    """Header chunk, then one chunk of SEAL bytes per ciphertext."""
+def _header(vec: EncVector) -> bytes:
     header = {
         "version": VECTOR_WIRE_VERSION,
         "length": vec.length,
@@ -180,15 +224,24 @@ def vector_to_chunks(vec: EncVector) -> list[bytes]:
         "period": vec.period,
         "copies": vec.copies,
     }
-    return [json.dumps(header, sort_keys=True).encode()] + [seal_to_bytes(ct) for ct in vec.cts]
+    return json.dumps(header, sort_keys=True).encode()
 
 
-def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes]) -> EncVector:
+def vector_to_chunks(vec: EncVector) -> list[bytes]:
+    """Header chunk, then one chunk of SEAL bytes per ciphertext."""
+    return [_header(vec)] + [seal_to_bytes(ct) for ct in vec.cts]
+
+
+def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes], level: int | None = None) -> EncVector:
     """Inverse of `vector_to_chunks` under a public or secret context.
 
+    Args:
+        level: the level the receiver expects (None: any); each side knows the level of everything it
+            receives (the key holder: 0; the worker: the level its oracle call asked for).
+
     Raises:
-        WireFormatError: malformed header, wrong count, or a ciphertext not valid for this context
-            or at another level than the header says.
+        WireFormatError: malformed header, wrong count, a ciphertext not valid for this context, at
+            another level than the header says, or at another level than expected.
     """
     if not chunks:
         raise WireFormatError("an encrypted vector needs a header chunk")
@@ -200,7 +253,7 @@ def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes]) -> EncVector:
     if version != VECTOR_WIRE_VERSION:
         raise WireFormatError(f"encrypted-vector wire version {version!r}, expected {VECTOR_WIRE_VERSION}")
     try:
-        length, chunk, level, count, period, copies = (
+        length, chunk, header_level, count, period, copies = (
             _whole(header, name) for name in ("length", "chunk", "level", "count", "period", "copies")
         )
         clean = header["clean"]
@@ -210,16 +263,18 @@ def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes]) -> EncVector:
         raise WireFormatError(f"bad encrypted-vector header: {exc}") from exc
     if len(chunks) - 1 != count:
         raise WireFormatError(f"header announces {count} ciphertexts, got {len(chunks) - 1}")
+    if level is not None and header_level != level:
+        raise WireFormatError(f"an encrypted vector at level {header_level}, expected level {level}")
     cts = []
     for blob in chunks[1:]:
         ct = sealapi.Ciphertext()
         seal_from_bytes(ct, context.seal_context, blob)
         ct_level = int(context.seal_context.get_context_data(ct.parms_id()).chain_index())
-        if ct_level != level:
-            raise WireFormatError(f"ciphertext at level {ct_level}, header says {level}")
+        if ct_level != header_level:
+            raise WireFormatError(f"ciphertext at level {ct_level}, header says {header_level}")
         cts.append(ct)
     try:
-        return EncVector(tuple(cts), length, chunk, level, clean, period, copies)
+        return EncVector(tuple(cts), length, chunk, header_level, clean, period, copies)
     except LayoutError as exc:
         raise WireFormatError(str(exc)) from exc
 
@@ -232,18 +287,22 @@ def _whole(header: dict[str, Any], name: str) -> int:
     return value
 
 
-def vector_to_bytes(vec: EncVector) -> bytes:
-    """All chunks in one blob: u32 count, then (u32 length, bytes) per chunk."""
-    chunks = vector_to_chunks(vec)
+def frame_chunks(chunks: Sequence[bytes]) -> bytes:
+    """Chunks in one blob: u32 count, then (u32 length, bytes) per chunk."""
     parts = [_U32.pack(len(chunks))]
     for c in chunks:
         parts += [_U32.pack(len(c)), c]
     return b"".join(parts)
 
 
-def vector_from_bytes(context: _HasSeal, data: bytes) -> EncVector:
-    """Inverse of `vector_to_bytes`."""
-    return vector_from_chunks(context, split_vector_bytes(data))
+def vector_to_bytes(vec: EncVector) -> bytes:
+    """All of `vector_to_chunks` in one blob (`frame_chunks`)."""
+    return frame_chunks(vector_to_chunks(vec))
+
+
+def vector_from_bytes(context: _HasSeal, data: bytes, level: int | None = None) -> EncVector:
+    """Inverse of `vector_to_bytes` (and of `encrypt_vector_bytes`); `level` as in `vector_from_chunks`."""
+    return vector_from_chunks(context, split_vector_bytes(data), level)
 
 
 def split_vector_bytes(data: bytes) -> list[bytes]:

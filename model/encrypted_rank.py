@@ -26,7 +26,7 @@ from crypto.engine import Engine
 from crypto.keys import PublicContext
 from crypto.matmul import matmul
 from crypto.ops import CkksOps
-from crypto.vector import EncVector, vector_from_bytes, vector_to_bytes
+from crypto.vector import EncVector, for_key_holder, vector_from_bytes, vector_to_bytes
 from model.encrypted import (
     MATMUL_LEVEL,
     Layout,
@@ -200,12 +200,12 @@ class RankBackend:
         for x, width in zip(xs, input_widths(self.layout.shape, fn), strict=True):
             for part in x.parts:
                 parts.append((part.position, part.offset + offset))
-                blobs.append(vector_to_bytes(part.vec))
+                blobs.append(vector_to_bytes(for_key_holder(self.engine, part.vec)))
             offset += width
         reply = self._oracle(OracleCall(fn, layer, parts, blobs, pieces))
         return Shares(
             [
-                Part(s.position, s.start, vector_from_bytes(self.public, b))
+                Part(s.position, s.start, vector_from_bytes(self.public, b, self._level(s.level)))
                 for s, b in zip(pieces, reply, strict=True)
             ]
         )
@@ -222,8 +222,13 @@ class RankBackend:
 
     def refresh(self, vec: EncVector) -> EncVector:
         self.telemetry.refreshes += 1
-        (blob,) = self._oracle(OracleCall("refresh", -1, [(0, 0)], [vector_to_bytes(vec)]))
-        return vector_from_bytes(self.public, blob)
+        sent = vector_to_bytes(for_key_holder(self.engine, vec))
+        (blob,) = self._oracle(OracleCall("refresh", -1, [(0, 0)], [sent]))
+        return vector_from_bytes(self.public, blob, self.engine.top_level)
+
+    def _level(self, asked: int) -> int:
+        """The level a piece asked for at `asked` comes at (-1: the top)."""
+        return self.engine.top_level if asked < 0 else asked
 
     def wanted(self, into: Consumer, layer: int) -> list[PieceSpec]:
         """The input pieces this rank's next products need, laid out for their plans."""
@@ -354,7 +359,7 @@ def run_rank(
     rng = np.random.default_rng(request.seed)
     for _ in range(request.first_index):
         rng.random()
-    x = Shares([Part(p, 0, vector_from_bytes(public, blob)) for p, blob in sorted(request.prompt.items())])
+    x = Shares([Part(p, 0, vector_from_bytes(public, blob, 0)) for p, blob in sorted(request.prompt.items())])
     if any(part.vec.length != layout.shape.d for part in x.parts):
         raise InputError(f"every prompt position must be one encrypted vector of {layout.shape.d} values")
     if request.budget == 0:
@@ -367,7 +372,8 @@ def run_rank(
     for step in steps:
         tel = backend.telemetry
         tel.rotations = engine.counts["rotate"]
-        link.token(request.first_index + step.index, tel.as_dict(), [vector_to_bytes(step.selection.payload)])
+        payload = vector_to_bytes(for_key_holder(engine, step.selection.payload))
+        link.token(request.first_index + step.index, tel.as_dict(), [payload])
         engine.counts.clear()
         backend.telemetry = Telemetry()
     return request.finish

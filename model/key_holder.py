@@ -25,7 +25,7 @@ import torch
 from crypto.engine import Engine
 from crypto.keys import RotationPlan, SecretContext, create_secret_context, public_context_bytes
 from crypto.params import preset
-from crypto.vector import EncVector, decrypt_vector, encrypt_vector, vector_from_bytes, vector_to_bytes
+from crypto.vector import EncVector, decrypt_vector, encrypt_vector_bytes, vector_from_bytes
 from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec, input_widths
 from model.errors import InputError
 from model.forward import KeyHolderFunctions, LlamaShape, NonLinear
@@ -104,7 +104,11 @@ class KeyHolderSide:
     # --- ciphertexts ---------------------------------------------------------------------------------
 
     def _decrypt(self, blob: bytes) -> FloatArray:
-        return decrypt_vector(self.secret, vector_from_bytes(self.secret, blob))
+        return decrypt_vector(self.secret, self._received(blob))
+
+    def _received(self, blob: bytes) -> EncVector:
+        """A worker's vector: every one comes at level 0 (`crypto.vector.for_key_holder`)."""
+        return vector_from_bytes(self.secret, blob, level=0)
 
     def _encrypt(self, values: FloatArray, spec: PieceSpec) -> bytes:
         top = self.engine.top_level
@@ -113,13 +117,11 @@ class KeyHolderSide:
             raise InputError(f"piece level {spec.level} is above the top level {top}")
         slots = self.secret.params.slot_count
         if spec.copies > 1:
-            vec = encrypt_vector(
+            return encrypt_vector_bytes(
                 self.secret, values, level=level, engine=self.engine, period=spec.period, copies=spec.copies
             )
-        else:
-            chunk = values.size if values.size <= slots else slots
-            vec = encrypt_vector(self.secret, values, chunk=chunk, level=level, engine=self.engine)
-        return vector_to_bytes(vec)
+        chunk = values.size if values.size <= slots else slots
+        return encrypt_vector_bytes(self.secret, values, chunk=chunk, level=level, engine=self.engine)
 
     def encrypt_prompt(self, prompt_ids: Sequence[int]) -> list[bytes]:
         """One ciphertext per position at level 0: the residual stream's first value (its first use is
@@ -154,16 +156,16 @@ class KeyHolderSide:
             raise InputError(f"{len(call.parts)} part positions for {len(call.blobs)} ciphertexts")
         self.evaluated[call.fn] = self.evaluated.get(call.fn, 0) + 1
         if call.fn == "refresh":
-            return [self._refresh(vector_from_bytes(self.secret, blob)) for blob in call.blobs]
+            return [self._refresh(self._received(blob)) for blob in call.blobs]
         widths = input_widths(self.shape, call.fn)
         x = self._assemble(call, sum(widths))
         out = self._evaluate(call.fn, call.layer, x, widths)  # (T_out, width)
         return [self._piece(out, spec) for spec in call.pieces]
 
     def _refresh(self, vec: EncVector) -> bytes:
-        values = decrypt_vector(self.secret, vec)
-        fresh = encrypt_vector(self.secret, values, chunk=vec.chunk, engine=self.engine)
-        return vector_to_bytes(fresh)
+        return encrypt_vector_bytes(
+            self.secret, decrypt_vector(self.secret, vec), chunk=vec.chunk, engine=self.engine
+        )
 
     def _assemble(self, call: OracleCall, width: int) -> FloatArray:
         """Add every input share at its place; every value of every row must be covered."""

@@ -44,7 +44,7 @@ def private_context_bytes(params):  # type: ignore[no-untyped-def]
 
     private = create_secret_context(params).tenseal_context.serialize(save_secret_key=True)
     header = {"params": params.to_dict(), "steps": [], "conjugate": False}
-    head = json.dumps({**header, "context_bytes": len(private), "galois_bytes": 0}).encode()
+    head = json.dumps({**header, "context_bytes": len(private), "relin_bytes": 0, "galois_bytes": 0}).encode()
     return struct.pack(">6sHI", MAGIC, WIRE_VERSION, len(head)) + head + private
 
 

@@ -75,7 +75,7 @@ def test_worker_rejects_context_with_secret_key() -> None:
     header = good[keys._PREFIX.size : keys._PREFIX.size + header_len]
     leaked = secret.tenseal_context.serialize(save_secret_key=True)
     h = json.loads(header)
-    h["context_bytes"] = len(leaked)
+    h.update(context_bytes=len(leaked), relin_bytes=0, galois_bytes=0)
     new_header = json.dumps(h).encode()
     forged = keys._PREFIX.pack(keys.MAGIC, version, len(new_header)) + new_header + leaked
     with pytest.raises(SecretKeyError):
@@ -201,15 +201,12 @@ def _crafted_prime_context() -> bytes:
     parms.set_coeff_modulus([c30[0], c24[0], c24[1], c30[1]])  # Create gives c30[2], c30[3]
     seal = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
     assert seal.parameters_set()
-    keygen = sealapi.KeyGenerator(seal)
-    public_key, relin_keys = sealapi.PublicKey(), sealapi.RelinKeys()
-    keygen.create_public_key(public_key)
-    keygen.create_relin_keys(relin_keys)
+    public_key = sealapi.PublicKey()
+    sealapi.KeyGenerator(seal).create_public_key(public_key)
     public = (
         _field(1, 2, seal_to_bytes(public_key))
         + _field(2, 0, bytes([7]))  # auto_flags as TenSEAL writes them
         + _field(3, 1, struct.pack("<d", CKKS_TEST.scale))
-        + _field(4, 2, seal_to_bytes(relin_keys))
     )
     return _field(1, 2, seal_to_bytes(parms)) + _field(2, 2, public)
 
@@ -225,6 +222,7 @@ def test_crafted_primes_of_the_same_bit_sizes_are_refused() -> None:
         "steps": [],
         "conjugate": False,
         "context_bytes": len(context),
+        "relin_bytes": 0,
         "galois_bytes": 0,
     }
     with pytest.raises(ParamsError, match="not SEAL's standard primes"):
@@ -246,6 +244,7 @@ def test_crafted_primes_of_the_same_bit_sizes_are_refused() -> None:
         ("steps", "1", "list of integers"),
         ("context_bytes", -1, "context_bytes"),
         ("galois_bytes", 1.5, "galois_bytes"),
+        ("relin_bytes", True, "relin_bytes"),
         ("galois_bytes", "0", "galois_bytes"),
     ],
 )
@@ -304,14 +303,43 @@ def test_galois_keys_of_other_parameters_or_steps_are_refused(upload_40: bytes) 
     default = create_secret_context(CKKS_DEFAULT)
     own = public_context_bytes(default, RotationPlan.of([1], CKKS_DEFAULT.slot_count))
     header, blobs = _split(own)
-    context = blobs[: header["context_bytes"]]
+    keys_at = header["context_bytes"] + header["relin_bytes"]
+    context_and_relin = blobs[:keys_at]
     foreign_header, foreign_blobs = _split(
         public_context_bytes(create_secret_context(CKKS_40), RotationPlan.of([1], CKKS_40.slot_count))
     )
-    foreign_galois = foreign_blobs[foreign_header["context_bytes"] :]
+    foreign_galois = foreign_blobs[foreign_header["context_bytes"] + foreign_header["relin_bytes"] :]
     with pytest.raises(WireFormatError, match="cannot load GaloisKeys"):  # SEAL's load checks parms_id
-        load_public_context(_forge({**header, "galois_bytes": len(foreign_galois)}, context + foreign_galois))
+        load_public_context(
+            _forge({**header, "galois_bytes": len(foreign_galois)}, context_and_relin + foreign_galois)
+        )
     with pytest.raises(WireFormatError, match="Galois keys hold 1 key"):  # a step without its key
         load_public_context(_forge({**header, "steps": [1, 2]}, blobs))
     with pytest.raises(WireFormatError, match="no Galois keys were sent"):
-        load_public_context(_forge({**header, "galois_bytes": 0}, context))
+        load_public_context(_forge({**header, "galois_bytes": 0}, context_and_relin))
+
+
+def test_keys_travel_seeded_and_relinearisation_keys_are_checked(small_upload: bytes) -> None:
+    secret = create_secret_context(CKKS_40)
+    upload = public_context_bytes(secret, RotationPlan.of([1], CKKS_40.slot_count))
+    header, blobs = _split(upload)
+    context = blobs[: header["context_bytes"]]
+    galois = blobs[header["context_bytes"] + header["relin_bytes"] :]
+    full_galois, full_relin = sealapi.GaloisKeys(), sealapi.RelinKeys()
+    secret.key_generator().create_galois_keys([galois_element(1, 8192)], full_galois)
+    secret.key_generator().create_relin_keys(full_relin)
+    assert len(galois) < 0.55 * len(seal_to_bytes(full_galois))  # seeded: half the bytes
+    assert header["relin_bytes"] < 0.55 * len(seal_to_bytes(full_relin))
+    public = load_public_context(upload)
+    assert public.relin_keys.size() == 1 and public.galois_keys.has_key(galois_element(1, 8192))
+    with pytest.raises(WireFormatError, match="no relinearisation keys"):
+        load_public_context(_forge({**header, "relin_bytes": 0}, context + galois))
+    foreign, foreign_blobs = _split(small_upload)  # relinearisation keys of other parameters
+    other = foreign_blobs[foreign["context_bytes"] : foreign["context_bytes"] + foreign["relin_bytes"]]
+    with pytest.raises(WireFormatError, match="cannot load RelinKeys"):
+        load_public_context(_forge({**header, "relin_bytes": len(other)}, context + other + galois))
+    with_relin = secret.tenseal_context.copy()  # the old layout: relinearisation keys inside the context
+    with_relin.make_context_public(generate_galois_keys=False, generate_relin_keys=False)
+    old = with_relin.serialize(save_public_key=True, save_secret_key=False, save_relin_keys=True)
+    with pytest.raises(WireFormatError, match="no relinearisation keys"):
+        load_public_context(_forge({**header, "context_bytes": len(old)}, old + blobs[len(context) :]))

@@ -11,6 +11,8 @@ from crypto.vector import (
     deserialize_decrypt_decode,
     encode_encrypt_serialize,
     encrypt_vector,
+    encrypt_vector_bytes,
+    for_key_holder,
     vector_from_bytes,
     vector_from_chunks,
     vector_nbytes,
@@ -44,6 +46,32 @@ def test_encrypt_decrypt_and_round_trips(ckks, rng, length: int, chunk: int | No
 def test_encode_encrypt_serialize_pipeline(ckks, rng) -> None:  # type: ignore[no-untyped-def]
     x = rng.uniform(-1, 1, 5000)
     assert_close(deserialize_decrypt_decode(ckks.secret, encode_encrypt_serialize(ckks.secret, x)), x, ATOL)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_seeded_vectors_are_half_the_bytes_and_decrypt_the_same(ckks, rng, level: int) -> None:  # type: ignore[no-untyped-def]
+    x = rng.uniform(-1, 1, 10_000)  # 3 ciphertexts
+    seeded = encrypt_vector_bytes(ckks.secret, x, level=level)
+    full = vector_to_bytes(encrypt_vector(ckks.secret, x, level=level))
+    assert len(seeded) < 0.55 * len(full)
+    worker = ckks.engine()
+    public = type("P", (), {"seal_context": worker.seal_context, "params": worker.params})()
+    on_worker = vector_from_bytes(public, seeded, level=level)  # the worker expands the seeds on load
+    assert_close(decrypt_vector(ckks.secret, on_worker), x, ATOL)
+    other = (level + 1) % 3
+    with pytest.raises(WireFormatError, match=f"at level {level}, expected level {other}"):
+        vector_from_bytes(public, seeded, level=other)
+
+
+def test_results_go_back_at_level_0_smaller_and_as_precise(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    x = rng.uniform(-300, 300, 4096)  # a level-0 value may be up to ~2^10 at scale 2^49
+    worker = ckks.engine()
+    v = encrypt_vector(ckks.secret, x, level=1)
+    low = for_key_holder(worker, v)
+    assert low.level == 0 and for_key_holder(worker, low) is low
+    assert len(vector_to_bytes(low)) < 0.6 * len(vector_to_bytes(v))
+    back = vector_from_bytes(ckks.secret, vector_to_bytes(low), level=0)
+    assert_close(decrypt_vector(ckks.secret, back), x, 300 * ATOL)
 
 
 def test_lower_level_encryption_is_tracked(ckks, rng) -> None:  # type: ignore[no-untyped-def]

@@ -22,8 +22,9 @@ from app.keyholder import ReplyRequest
 from app.worker_session import JobContext
 from crypto.keys import load_public_context
 from crypto.params import preset
+from crypto.vector import decrypt_vector, encrypt_vector_bytes, vector_from_bytes
 from model.encrypted import OracleCall, PieceSpec
-from model.errors import InputError
+from model.errors import InputError, JobFailed
 from model.forward import LlamaShape
 from model.generate import GenerationSettings, build_prompt, generate
 from model.key_holder import KeyHolderSide
@@ -166,3 +167,30 @@ def test_the_worker_never_holds_a_secret_key(tiny: LoadedModel, worker: Encrypte
     assert not public.tenseal_context.is_private() and not public.tenseal_context.has_secret_key()
     embed = tiny.input_embeddings()[torch.from_numpy(keys.perm)].numpy()
     assert np.array_equal(WorkerSpec.from_loaded(tiny, keys.perm, "x").weights.embed[True], embed)
+
+
+def test_pieces_come_at_the_level_asked_for_and_another_level_is_refused(
+    tiny: LoadedModel, single: EncryptedWorker
+) -> None:
+    keys = key_holder(tiny, single, "levels")
+    keys.begin_reply(1.0, True)
+    top = keys.engine.top_level
+    asked: list[int] = []
+
+    def answer_one_level_up(call: OracleCall) -> list[bytes]:  # a key holder that ignores the level
+        blobs = keys.answer(call)
+        if call.fn != "rmsnorm":
+            return blobs
+        spec = call.pieces[0]
+        asked.append(spec.level)
+        values = decrypt_vector(keys.secret, vector_from_bytes(keys.secret, blobs[0]))
+        wrong = top if spec.level != top else 0
+        return [encrypt_vector_bytes(keys.secret, values, level=wrong, engine=keys.engine), *blobs[1:]]
+
+    sampler = ReplyRequest(1, 0, temperature=1.0).sampler()
+    request = p.Generate("levels", "r", 0, "", 2, 1, 0, 0, sampler, keys.encrypt_prompt([3, 4]))
+    job = JobContext("levels", request, answer_one_level_up, lambda message: None, threading.Event())
+    with pytest.raises(JobFailed, match=r"at level \d, expected level \d") as failed:
+        single.run(job)
+    assert failed.value.code == p.CODE_BAD_CIPHERTEXT  # the typed error the session reports
+    assert asked and all(level in (-1, *range(top + 1)) for level in asked)
