@@ -28,6 +28,7 @@ from app.chat_encrypted import EncryptedSession
 from app.replies import ChatMemory
 from app.worker_admission import with_token
 from app.worker_cli import add_policy_arguments, policy, report_warm_up
+from app.worker_tls import ENV_WORKER_CA, scheme, server_tls
 from model.errors import ChatError
 from model.loading import LoadedModel, build_tiny_model, load_default, load_local
 from model.ordering import OrderingProgress
@@ -50,6 +51,20 @@ def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the worker's compute processes (default: one per core); TenSEAL holds the GIL, so only "
         "processes use several cores",
+    )
+
+
+def _add_remote_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--worker-url",
+        default=os.environ.get(ENV_WORKER_URL),
+        help="a remote worker (ws://host:port/?token=..., or wss:// for one serving TLS)",
+    )
+    parser.add_argument(
+        "--worker-ca",
+        default=os.environ.get(ENV_WORKER_CA),
+        help=f"trust a wss:// worker's certificate issued by this CA file (PEM; default: ${ENV_WORKER_CA}, "
+        "else the system's authorities)",
     )
 
 
@@ -86,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(ui)
     ui.add_argument("--host", default=os.environ.get("HE_CHAT_HOST", "127.0.0.1"))
     ui.add_argument("--port", type=int, default=int(os.environ.get("HE_CHAT_PORT", "7860")))
-    ui.add_argument("--worker-url", default=os.environ.get(ENV_WORKER_URL), help="a remote worker")
+    _add_remote_arguments(ui)
     _add_worker_arguments(ui)
     worker = commands.add_parser("worker", help="serve a model worker (websockets)")
     _add_model_arguments(worker)
@@ -97,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="answer in the terminal, streaming tokens")
     _add_model_arguments(chat)
     _add_reply_arguments(chat)
-    chat.add_argument("--worker-url", default=os.environ.get(ENV_WORKER_URL), help="a remote worker")
+    _add_remote_arguments(chat)
     _add_worker_arguments(chat)
     chat.add_argument("prompt", nargs="?", help="the message; omit it to chat interactively")
     return parser
@@ -265,6 +280,7 @@ def run_worker(args: argparse.Namespace) -> int:
     _check_port(args.port)
     _check_processes(args.processes)
     limits, access = policy(args)
+    tls = server_tls(args.tls_cert, args.tls_key)
     loaded = load_model(args)
     service = make_service(args, loaded)
     ordering = service.ordering
@@ -278,8 +294,8 @@ def run_worker(args: argparse.Namespace) -> int:
     threading.Thread(target=report_warm_up, args=(model,), daemon=True).start()
 
     async def serve_forever() -> None:
-        server = await start(Worker(model, limits, access), args.host, args.port)
-        url = with_token(f"ws://{args.host}:{args.port}", access.token)
+        server = await start(Worker(model, limits, access), args.host, args.port, tls)
+        url = with_token(f"{scheme(tls)}://{args.host}:{args.port}", access.token)
         print(f"Worker for {loaded.name} on {url}", file=sys.stderr)
         hint = f"Connect with --worker-url '{url}' (or {ENV_WORKER_URL}); keep the token secret"
         print(hint, file=sys.stderr)
@@ -327,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not arguments or arguments[0] not in ("ui", "worker", "chat", "-h", "--help"):
         arguments = ["ui", *arguments]
     args = parser.parse_args(arguments)
+    if getattr(args, "worker_ca", None):
+        os.environ[ENV_WORKER_CA] = args.worker_ca  # read where the key holder connects (app/worker_tls.py)
     try:
         if args.command == "chat":
             return run_chat(args)

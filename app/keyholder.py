@@ -21,17 +21,19 @@ and uploads the same public keys again: the conversation lives on this side and 
 from __future__ import annotations
 
 import math
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from websockets.exceptions import ConnectionClosed, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from app import protocol as p
 from app.worker_admission import redact
+from app.worker_tls import ENV_WORKER_CA, client_tls
 from crypto.vector import split_vector_bytes
 from model.encrypted import OracleCall, PieceSpec
 from model.errors import ChatError, ProtocolError, UnknownSession, WorkerMismatch
@@ -193,13 +195,26 @@ class KeyHolderClient:
         self._open(on_progress)
 
     def _open(self, on_progress: Callable[[str, int, int], None] | None) -> None:
+        tls = client_tls(self.url)  # None for ws://
         try:
             self.conn: ClientConnection = connect(
-                self.url, max_size=p.MAX_MESSAGE_BYTES, compression=None, open_timeout=self.open_timeout
+                self.url,
+                ssl=tls,
+                max_size=p.MAX_MESSAGE_BYTES,
+                compression=None,
+                open_timeout=self.open_timeout,
             )
-        except (OSError, TimeoutError, InvalidURI, ConnectionClosed) as exc:
+        except ssl.SSLCertVerificationError as exc:
             raise WorkerUnavailable(
-                f"cannot reach the worker at {redact(self.url)} ({exc}); start it with "
+                f"the worker at {redact(self.url)} shows a TLS certificate this key holder does not trust "
+                f"({exc.verify_message}); if the worker's operator gave you its CA certificate, name it with "
+                f"{ENV_WORKER_CA}=FILE (or --worker-ca FILE)"
+            ) from exc
+        except (OSError, TimeoutError, InvalidURI, InvalidHandshake, ConnectionClosed) as exc:
+            garbled = isinstance(exc, InvalidHandshake | ConnectionClosed) and self.url.startswith("ws://")
+            hint = " (a worker serving TLS takes a wss:// URL)" if garbled else ""
+            raise WorkerUnavailable(
+                f"cannot reach the worker at {redact(self.url)} ({exc}){hint}; start it with "
                 "`python -m app worker` or point --worker-url / HE_CHAT_WORKER_URL at a running one"
             ) from exc
         self.closed = False

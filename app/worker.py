@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 import uuid
 from functools import partial
+from typing import Any
 
 import psutil
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -33,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from app import protocol as p
 from app.worker_admission import ReplyLine, WorkerAccess, WorkerLimits, new_token, ordinal, with_token
 from app.worker_session import Session, WorkerModel, budget_spent, job_context
+from app.worker_tls import HANDSHAKE_SECONDS, scheme
 from crypto.params import preset
 from model.encrypted import OracleCall
 from model.errors import (
@@ -396,8 +399,12 @@ class Worker:
             pass
 
 
-async def start(worker: Worker, host: str = "127.0.0.1", port: int = 0) -> Server:
-    """Start serving; port 0 picks a free port (see `server.sockets[0].getsockname()`)."""
+async def start(
+    worker: Worker, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+) -> Server:
+    """Start serving (`wss://` with `tls`, see app/worker_tls.py); port 0 picks a free port (see
+    `server.sockets[0].getsockname()`)."""
+    secure: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": HANDSHAKE_SECONDS}
     return await serve(
         worker.handler,
         host,
@@ -408,6 +415,7 @@ async def start(worker: Worker, host: str = "127.0.0.1", port: int = 0) -> Serve
         ping_interval=20,
         ping_timeout=60,
         close_timeout=5,  # a peer that ignores our close (e.g. still pushing an oversized frame) is cut off
+        **secure,
     )
 
 
@@ -421,14 +429,17 @@ class BackgroundWorker:
         port: int = 0,
         limits: WorkerLimits | None = None,
         access: WorkerAccess | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
         self.worker = Worker(model, limits or WorkerLimits(), access)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="he-chat-worker", daemon=True)
         self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(start(self.worker, host, port), self.loop).result(60)
+        serving = start(self.worker, host, port, tls)
+        self.server = asyncio.run_coroutine_threadsafe(serving, self.loop).result(60)
         bound_host, bound_port = self.server.sockets[0].getsockname()[:2]
-        self.url = with_token(f"ws://{bound_host}:{bound_port}", self.worker.access.token)  # what clients use
+        address = f"{scheme(tls)}://{bound_host}:{bound_port}"
+        self.url = with_token(address, self.worker.access.token)  # what clients use
 
     def stop(self) -> None:
         """Stop serving, and stop the model's compute processes if it has any."""

@@ -1,6 +1,7 @@
 """The worker command's access and fair-use options, and its start-up report (app/cli.py runs it).
 
 python -m app worker --token "$TOKEN" --allow-origin https://page.example --oracle-timeout 60
+python -m app worker --host 0.0.0.0 --tls-cert fullchain.pem --tls-key privkey.pem
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def add_policy_arguments(worker: argparse.ArgumentParser) -> None:
         metavar="ORIGIN",
         help="a web page origin allowed to connect (repeatable); by default only programs (no Origin) may",
     )
+    worker.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate chain")
+    worker.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (unencrypted)")
     worker.add_argument(
         "--oracle-timeout",
         type=float,

@@ -122,8 +122,10 @@ class CounterMath:
 class LoopbackWorker(BackgroundWorker):
     """The app's background worker on 127.0.0.1:<free port>, plus a wait for freed sessions."""
 
-    def __init__(self, model: Any, limits: WorkerLimits, access: WorkerAccess | None = None) -> None:
-        super().__init__(model, "127.0.0.1", 0, limits, access)
+    def __init__(
+        self, model: Any, limits: WorkerLimits, access: WorkerAccess | None = None, tls: Any = None
+    ) -> None:
+        super().__init__(model, "127.0.0.1", 0, limits, access, tls)
 
     def wait_idle(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
