@@ -17,4 +17,5 @@ if __name__ == "__main__":
 
     host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     port = os.environ.get("GRADIO_SERVER_PORT", "7860")
-    sys.exit(main(["ui", "--host", host, "--port", port]))
+    # The Space's one port serves the page and, at /worker, its worker for key holders elsewhere.
+    sys.exit(main(["ui", "--host", host, "--port", port, "--worker-endpoint"]))

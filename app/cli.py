@@ -26,8 +26,9 @@ from typing import Any
 from app.chat import CHAT_REPETITION_PENALTY, CHAT_TEMPERATURE, MODES, ChatService, ChatSettings
 from app.chat_encrypted import EncryptedSession
 from app.replies import ChatMemory
-from app.worker_admission import with_token
+from app.worker_admission import redact, with_token
 from app.worker_cli import add_policy_arguments, policy, report_warm_up
+from app.worker_relay import public_url, serve_relay
 from app.worker_tls import ENV_WORKER_CA, scheme, server_tls
 from model.errors import ChatError
 from model.loading import LoadedModel, build_tiny_model, load_default, load_local
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(ui)
     ui.add_argument("--host", default=os.environ.get("HE_CHAT_HOST", "127.0.0.1"))
     ui.add_argument("--port", type=int, default=int(os.environ.get("HE_CHAT_PORT", "7860")))
+    ui.add_argument(
+        "--worker-endpoint",
+        action="store_true",
+        help="also serve the embedded worker at /worker on the page's port, for key holders elsewhere "
+        "(what a Space does: it has one port)",
+    )
     _add_remote_arguments(ui)
     _add_worker_arguments(ui)
     worker = commands.add_parser("worker", help="serve a model worker (websockets)")
@@ -322,11 +329,22 @@ def run_ui(args: argparse.Namespace) -> int:
     _check_processes(args.processes)
     loaded = load_model(args)
     service = make_service(args, loaded)
+    if args.worker_endpoint and service.worker_url:
+        raise ChatError("--worker-endpoint serves the page's embedded worker; leave out --worker-url")
     local_worker = start_local_worker(service, args.processes) if not service.worker_url else None
-    page = build_ui(service, local_worker.readiness if local_worker is not None else None)
+    endpoint = None
+    if args.worker_endpoint:
+        endpoint = public_url(service.worker_url or "", args.host, args.port)
+    page = build_ui(service, local_worker.readiness if local_worker is not None else None, endpoint)
     print(f"Serving the chat page on http://{args.host}:{args.port}", file=sys.stderr)
     try:
-        page.queue().launch(server_name=args.host, server_port=args.port, show_error=True)
+        page.queue().launch(
+            server_name=args.host, server_port=args.port, show_error=True, prevent_thread_lock=True
+        )
+        if endpoint is not None:
+            serve_relay(page, lambda: service.worker_url)
+            print(f"Serving the worker to key holders elsewhere at {redact(endpoint)}", file=sys.stderr)
+        page.block_thread()
     finally:
         if local_worker is not None:
             local_worker.stop()

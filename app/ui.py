@@ -254,13 +254,23 @@ def _header(service: ChatService) -> str:
     )
 
 
-def build_ui(service: ChatService, readiness: Callable[[], tuple[int, int]] | None = None) -> gr.Blocks:
-    """The chat page for one loaded model; `readiness` reports the embedded worker's warm-up."""
+def build_ui(
+    service: ChatService, readiness: Callable[[], tuple[int, int]] | None = None, endpoint: str | None = None
+) -> gr.Blocks:
+    """The chat page for one loaded model; `readiness` reports the embedded worker's warm-up; `endpoint`
+    is the address where key holders elsewhere reach this page's worker (app/worker_relay.py)."""
     limit = min(MAX_NEW_TOKENS_LIMIT, 1024)
     rings = OpenKeyrings()
     with gr.Blocks(title="Encrypted chat") as page:
         ring = gr.State(new_keyring, time_to_live=KEY_TTL_SECONDS, delete_callback=rings.close)
         gr.Markdown(_header(service), elem_id="header")
+        if endpoint is not None:
+            gr.Markdown(
+                "**Keep your keys at home:** this page's worker also serves key holders elsewhere. On your "
+                f"machine, `HE_CHAT_WORKER_URL='{endpoint}' make run` serves the page there: your browser "
+                "session's secret key stays on your machine and this worker sees only ciphertexts.",
+                elem_id="endpoint",
+            )
         status = gr.Markdown(_worker_status(readiness)[0], elem_id="worker_status")
         timer = gr.Timer(2.0, active=readiness is not None)
         timer.tick(
