@@ -50,31 +50,22 @@ def load_model(source: ModelSource) -> LoadedModel:
     return load_default(on_progress=lambda line: print(line, file=sys.stderr))
 
 
-def positive(name: str, most: int | None = None) -> Callable[[str], int]:
+def integer(name: str, least: int, most: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-        if value < 1 or (most is not None and value > most):
-            limit = f"between 1 and {most}" if most is not None else "at least 1"
+        if value < least or (most is not None and value > most):
+            limit = f"between {least} and {most}" if most is not None else f"at least {least}"
             raise argparse.ArgumentTypeError(f"{name} must be {limit}, got {value}")
         return value
 
     return parse
 
 
-def whole(name: str) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {value!r}") from None
-        if not 0 <= number < 2**32:
-            raise argparse.ArgumentTypeError(f"{name} must be between 0 and 2^32 - 1, got {number}")
-        return number
-
-    return parse
+def positive(name: str, most: int | None = None) -> Callable[[str], int]:
+    return integer(name, 1, most)
 
 
 def text(name: str) -> Callable[[str], str]:
@@ -142,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--precision", choices=PRECISIONS, default="fp16", help="softmax precision (paper: fp16)"
         )
         sub.add_argument("--temperature", type=float, default=1.0)
-        sub.add_argument("--seed", type=whole("--seed"), default=0, help="first seed of the r streams")
+        sub.add_argument(
+            "--seed", type=integer("--seed", 0, 2**32 - 1), default=0, help="first seed of the r streams"
+        )
         sub.add_argument(
             "--prompt",
             action="append",

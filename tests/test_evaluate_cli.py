@@ -121,7 +121,10 @@ def test_the_sweep_writes_one_row_per_point_and_cell(cli: Path, capsys: pytest.C
     with pytest.raises(SystemExit):
         evaluate_cli.main(["collapse", "--tiny", "--batch", "65"])
     assert "between 1 and 64" in capsys.readouterr().err
-    for bad, says in ((["--seed", "-1"], "between 0 and 2^32"), (["--prompt", "  "], "must not be empty")):
+    for bad, says in (
+        (["--seed", "-1"], "between 0 and 4294967295"),
+        (["--prompt", "  "], "must not be empty"),
+    ):
         with pytest.raises(SystemExit):
             evaluate_cli.main(["collapse", "--tiny", *bad])
         assert says in capsys.readouterr().err
