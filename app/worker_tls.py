@@ -67,11 +67,14 @@ def client_tls(url: str) -> ssl.SSLContext | None:
     if ca is None:
         return ssl.create_default_context()
     if not Path(ca).is_file():
-        raise ChatError(f"{ENV_WORKER_CA}={ca!r} is not a file; name the worker's CA certificate (PEM)")
+        raise ChatError(
+            f"the worker's CA certificate {ca!r} (--worker-ca or {ENV_WORKER_CA}) is not a file; name the "
+            "PEM file the worker's operator gave you"
+        )
     try:
         return ssl.create_default_context(cafile=ca)
     except ssl.SSLError as exc:
-        raise ChatError(f"{ENV_WORKER_CA}={ca!r} holds no PEM certificate ({exc})") from exc
+        raise ChatError(f"the worker's CA certificate {ca!r} holds no PEM certificate ({exc})") from exc
 
 
 def scheme(tls: ssl.SSLContext | None) -> str:

@@ -77,6 +77,10 @@ def test_an_untrusted_certificate_is_refused_with_the_fix(
     monkeypatch.setenv(ENV_WORKER_CA, str(tmp_path / "missing.pem"))
     with pytest.raises(ChatError, match="is not a file"):
         KeyHolderClient(tls_server.url, CounterMath())
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    monkeypatch.setenv(ENV_WORKER_CA, str(tmp_path / "garbage.pem"))
+    with pytest.raises(ChatError, match="holds no PEM certificate"):
+        KeyHolderClient(tls_server.url, CounterMath())
 
 
 def test_plain_clients_and_stalled_handshakes_are_refused_and_others_carry_on(
