@@ -249,7 +249,7 @@ def plot_sweep(table: list[dict[str, Any]], encrypted_sigma: float, path: Path, 
         ax.text(encrypted_sigma, ax.get_ylim()[1], " encrypted", color="#c33", fontsize=8, va="top")
         ax.set_xscale("log")
         ax.set_xticks([zero_at, *levels], ["0", *[f"{v:g}" for v in levels]])
-        ax.set_xlabel("added noise sigma on every step of the circuit")
+        ax.set_xlabel("sigma of Gaussian noise added to c - r")
         ax.set_title(panel, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
