@@ -21,7 +21,6 @@ and uploads the same public keys again: the conversation lives on this side and 
 from __future__ import annotations
 
 import math
-import ssl
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -33,7 +32,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from app import protocol as p
 from app.worker_admission import redact
-from app.worker_tls import ENV_WORKER_CA, client_tls
+from app.worker_tls import client_tls, unreachable
 from crypto.vector import split_vector_bytes
 from model.encrypted import OracleCall, PieceSpec
 from model.errors import ChatError, ProtocolError, UnknownSession, WorkerMismatch
@@ -204,19 +203,8 @@ class KeyHolderClient:
                 compression=None,
                 open_timeout=self.open_timeout,
             )
-        except ssl.SSLCertVerificationError as exc:
-            raise WorkerUnavailable(
-                f"the worker at {redact(self.url)} shows a TLS certificate this key holder does not trust "
-                f"({exc.verify_message}); if the worker's operator gave you its CA certificate, name it with "
-                f"{ENV_WORKER_CA}=FILE (or --worker-ca FILE)"
-            ) from exc
         except (OSError, TimeoutError, InvalidURI, InvalidHandshake, ConnectionClosed) as exc:
-            garbled = isinstance(exc, InvalidHandshake | ConnectionClosed) and self.url.startswith("ws://")
-            hint = " (a worker serving TLS takes a wss:// URL)" if garbled else ""
-            raise WorkerUnavailable(
-                f"cannot reach the worker at {redact(self.url)} ({exc}){hint}; start it with "
-                "`python -m app worker` or point --worker-url / HE_CHAT_WORKER_URL at a running one"
-            ) from exc
+            raise WorkerUnavailable(unreachable(self.url, exc)) from exc
         self.closed = False
         try:
             self.welcome = self._hello()

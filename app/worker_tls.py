@@ -21,6 +21,9 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from app.worker_admission import redact
 from model.errors import ChatError
 
 ENV_WORKER_CA = "HE_CHAT_WORKER_CA"
@@ -75,6 +78,23 @@ def client_tls(url: str) -> ssl.SSLContext | None:
         return ssl.create_default_context(cafile=ca)
     except ssl.SSLError as exc:
         raise ChatError(f"the worker's CA certificate {ca!r} holds no PEM certificate ({exc})") from exc
+
+
+def unreachable(url: str, exc: BaseException) -> str:
+    """What to tell the user when opening a connection to the worker at `url` failed with `exc`."""
+    where = redact(url)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"the worker at {where} shows a TLS certificate this key holder does not trust "
+            f"({exc.verify_message}); if the worker's operator gave you its CA certificate, name it with "
+            f"{ENV_WORKER_CA}=FILE (or --worker-ca FILE)"
+        )
+    garbled = isinstance(exc, InvalidHandshake | ConnectionClosed) and url.startswith("ws://")
+    hint = " (a worker serving TLS takes a wss:// URL)" if garbled else ""
+    return (
+        f"cannot reach the worker at {where} ({exc}){hint}; start it with `python -m app worker` or point "
+        "--worker-url / HE_CHAT_WORKER_URL at a running one"
+    )
 
 
 def scheme(tls: ssl.SSLContext | None) -> str:
