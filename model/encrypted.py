@@ -67,6 +67,10 @@ class PieceSpec:
     def as_list(self) -> list[int]:
         return [self.position, self.start, self.stop, self.period, self.copies, self.level]
 
+    def level_under(self, top: int) -> int:
+        """The level this piece is encrypted at in a chain whose top level is `top` (-1: the top)."""
+        return top if self.level < 0 else self.level
+
     @classmethod
     def from_list(cls, values: Sequence[int]) -> PieceSpec:
         if len(values) != 6:

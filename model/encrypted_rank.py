@@ -203,9 +203,10 @@ class RankBackend:
                 blobs.append(vector_to_bytes(for_key_holder(self.engine, part.vec)))
             offset += width
         reply = self._oracle(OracleCall(fn, layer, parts, blobs, pieces))
+        top = self.engine.top_level
         return Shares(
             [
-                Part(s.position, s.start, vector_from_bytes(self.public, b, self._level(s.level)))
+                Part(s.position, s.start, vector_from_bytes(self.public, b, s.level_under(top)))
                 for s, b in zip(pieces, reply, strict=True)
             ]
         )
@@ -225,10 +226,6 @@ class RankBackend:
         sent = vector_to_bytes(for_key_holder(self.engine, vec))
         (blob,) = self._oracle(OracleCall("refresh", -1, [(0, 0)], [sent]))
         return vector_from_bytes(self.public, blob, self.engine.top_level)
-
-    def _level(self, asked: int) -> int:
-        """The level a piece asked for at `asked` comes at (-1: the top)."""
-        return self.engine.top_level if asked < 0 else asked
 
     def wanted(self, into: Consumer, layer: int) -> list[PieceSpec]:
         """The input pieces this rank's next products need, laid out for their plans."""

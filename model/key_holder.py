@@ -112,7 +112,7 @@ class KeyHolderSide:
 
     def _encrypt(self, values: FloatArray, spec: PieceSpec) -> bytes:
         top = self.engine.top_level
-        level = top if spec.level < 0 else spec.level
+        level = spec.level_under(top)
         if level > top:
             raise InputError(f"piece level {spec.level} is above the top level {top}")
         slots = self.secret.params.slot_count
