@@ -68,6 +68,7 @@ class Turn:
     base: Conversation  # the state the turn continues (a fresh one: empty, or a public prefix)
     new_ids: list[int]  # the positions to prefill
     continued: bool  # an earlier turn's state is reused
+    opening: int = 0  # how many of new_ids, at their end, open the reply (`<|im_start|>assistant`)
 
     @property
     def start(self) -> int:
@@ -160,16 +161,23 @@ def plan_turn(
     """
     check_messages(messages)
     text = template_text(tokenizer, messages)
+    closed = template_text(tokenizer, messages, add_generation_prompt=False)
+    opening = encode_text(tokenizer, text[len(closed) :]) if text.startswith(closed) else []
+
+    def turn(base: Conversation, continued: bool) -> Turn:
+        new_ids = encode_text(tokenizer, text[len(base.text) :])
+        whole = 0 < len(opening) < len(new_ids) and new_ids[-len(opening) :] == opening
+        return _fits(Turn(text, base, new_ids, continued, len(opening) if whole else 0), window, reserve)
+
     if state is not None and state.key == key and state.ids and text.startswith(state.text):
         if len(text) > len(state.text):
-            turn = Turn(text, state, encode_text(tokenizer, text[len(state.text) :]), True)
-            return _fits(turn, window, reserve)
+            return turn(state, True)
     base = Conversation(key)
     for prefix in sorted(prefixes, key=lambda p: -len(p.text)):
         if prefix.ids and text.startswith(prefix.text) and len(text) > len(prefix.text):
             base = Conversation(key, prefix.text, list(prefix.ids), prefix.id)
             break
-    return _fits(Turn(text, base, encode_text(tokenizer, text[len(base.text) :]), False), window, reserve)
+    return turn(base, False)
 
 
 def _fits(turn: Turn, window: int, reserve: int) -> Turn:
@@ -192,14 +200,22 @@ def finish_turn(
     The cache holds the turn's positions and the reply tokens that were fed back (a stopped reply, or the
     EOS that ended it, is not fed). If the turn's prefill did not complete (`cached` is the start again),
     the state is the one the turn began from. Returns None if `cached` fits neither (never reuse it).
-    The state can hold fewer positions than `cached` (a reply cut inside a character): the caller keeps
-    only `len(state.ids)` positions of its cache.
+    The state can hold fewer positions than `cached` (a reply cut inside a character, or an empty reply):
+    the caller keeps only `len(state.ids)` positions of its cache.
     """
     fed = cached - turn.start - len(turn.new_ids)
     if fed < 0:
         return turn.base if cached == turn.start and turn.base.ids else None
     if fed > len(reply_ids):
         return None
+    if turn.opening and not tokenizer.decode(list(reply_ids), skip_special_tokens=True):
+        # Stopped before any text (or only EOS): the page keeps no assistant message, so the next turn's
+        # template goes on from the user's message, not from the assistant's opening markers.
+        base, markers = turn.base, str(tokenizer.decode(turn.new_ids[-turn.opening :]))
+        if turn.text.endswith(markers):
+            kept = turn.new_ids[: -turn.opening]
+            return Conversation(base.key, turn.text[: -len(markers)], [*base.ids, *kept], base.prefix)
+        return turn.base
     shown = list(reply_ids[:fed])
     reply_text = str(tokenizer.decode(shown, skip_special_tokens=True)) if shown else ""
     while shown and reply_text.endswith(REPLACEMENT):

@@ -114,6 +114,26 @@ def test_a_prefill_cut_short_leaves_the_state_of_before(tiny: LoadedModel) -> No
     assert finish_turn(tiny.tokenizer, turn, [], turn.start + 3) is None  # half a prompt: never reuse
 
 
+@pytest.mark.parametrize("reply", ["", "<eos>"])
+def test_a_reply_stopped_before_any_text_continues_from_the_users_message(
+    tiny: LoadedModel, reply: str
+) -> None:
+    """Stop after the prompt was read but before a word shows (or a reply that is only EOS): the page keeps
+    no assistant message, so the state drops the assistant's opening markers and the next turn goes on."""
+    tok = tiny.tokenizer
+    state, history = _after_first_reply(tiny)
+    asked = [*history, {"role": "user", "content": "Tell me more."}]
+    turn = plan_turn(tok, asked, KEY, state, tiny.context_window)
+    assert turn.opening > 0
+    reply_ids = [next(iter(tiny.eos_token_ids))] if reply else []
+    stopped = finish_turn(tok, turn, reply_ids, turn.start + len(turn.new_ids))  # the prompt whole
+    assert stopped is not None and len(stopped.ids) == turn.start + len(turn.new_ids) - turn.opening
+    messages = [*asked, {"role": "user", "content": "Thanks!"}]  # what the page sends next
+    follow = plan_turn(tok, messages, KEY, stopped, tiny.context_window)
+    assert follow.continued and follow.start == len(stopped.ids)
+    assert tok.decode(stopped.ids + follow.new_ids) == template_text(tok, messages)
+
+
 @pytest.mark.parametrize("reply", [" Paris is.", " Paris 🌊"])
 def test_the_next_turns_opening_is_read_ahead_and_the_turn_sends_the_rest(
     tiny: LoadedModel, reply: str
