@@ -6,7 +6,8 @@ a public prefix whose keys and values the worker computed in the clear (its Welc
 the worker and this side agree on its tokens. The worker cannot see EOS: this side stops the reply when
 it decrypts it (closing the stream sends Cancel).
 
-If the worker goes away mid-reply (it restarted), the key holder reconnects, uploads the same public keys
+If the worker goes away mid-reply (it restarted, or its replica in a pool died), the key holder reconnects
+(a pool's front sends it to a replica that lives, app/pool_front.py), uploads the same public keys
 again and continues the reply from its own state: the positions the cache does not hold yet (the prompt
 if it was cut, the tokens shown since) go up again, and the worker skips the uniforms already used. The
 reply says so in one line (`ReplyUpdate.notice`); nothing is lost.
@@ -58,8 +59,8 @@ RECONNECT_SECONDS = 30.0  # how long a reply keeps trying to reach a worker that
 START_SECONDS = 3.0  # ... and a reply that starts on a closed connection (the worker may just be down)
 RETRY_SECONDS = 1.0
 LOST_NOTICE = (
-    "The worker went away during this reply (it restarted); the key holder reconnected, uploaded its "
-    "public keys again and went on from its own state."
+    "The worker went away during this reply (it restarted, or its replica in a pool stopped); the key "
+    "holder reconnected, uploaded its public keys again and went on from its own state."
 )
 
 

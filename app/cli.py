@@ -3,6 +3,7 @@
     python -m app                        # chat page on http://127.0.0.1:7860 with an in-process worker
     python -m app ui --worker-url 'ws://host:8765/?token=...'   # the page, with a remote worker
     python -m app worker --port 8765     # a model worker on 127.0.0.1:8765; prints its URL and token
+    python -m app pool --replicas 3      # worker replicas on Ray Serve behind one address (app/pool.py)
     python -m app chat "What is the capital of France?"
     python -m app chat --mode encrypted "Hi"       # starts an in-process worker unless --worker-url
     python -m app chat                   # interactive: one message per line, Ctrl-D to quit
@@ -25,13 +26,14 @@ from typing import Any
 
 from app.chat import CHAT_REPETITION_PENALTY, CHAT_TEMPERATURE, MODES, ChatService, ChatSettings
 from app.chat_encrypted import EncryptedSession
+from app.pool_cli import add_pool_arguments, run_pool
 from app.replies import ChatMemory
 from app.worker_admission import redact, with_token
 from app.worker_cli import add_policy_arguments, policy, report_warm_up
 from app.worker_relay import public_url, serve_relay
 from app.worker_tls import ENV_WORKER_CA, scheme, server_tls
 from model.errors import ChatError
-from model.loading import LoadedModel, build_tiny_model, load_default, load_local
+from model.loading import LoadedModel, load_chosen
 from model.ordering import OrderingProgress
 
 ENV_WORKER_URL = "HE_CHAT_WORKER_URL"
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--host", default="127.0.0.1")
     worker.add_argument("--port", type=int, default=8765)
     add_policy_arguments(worker)
+    pool = commands.add_parser("pool", help="serve worker replicas on Ray Serve behind one address")
+    _add_model_arguments(pool)
+    add_pool_arguments(pool)
     chat = commands.add_parser("chat", help="answer in the terminal, streaming tokens")
     _add_model_arguments(chat)
     _add_reply_arguments(chat)
@@ -126,11 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(args: argparse.Namespace) -> LoadedModel:
-    if args.tiny:
-        return build_tiny_model()
-    if args.model_path is not None:
-        return load_local(args.model_path)
-    return load_default(args.cache_dir, on_progress=lambda line: print(line, file=sys.stderr))
+    report = partial(print, file=sys.stderr)
+    return load_chosen(args.tiny, args.model_path, args.cache_dir, on_progress=report)
 
 
 class _OrderingBar:
@@ -358,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.study_cli import main as study_main  # the user-study commands (app/study_cli.py)
 
         return study_main(arguments[1:])
-    if not arguments or arguments[0] not in ("ui", "worker", "chat", "-h", "--help"):
+    if not arguments or arguments[0] not in ("ui", "worker", "pool", "chat", "-h", "--help"):
         arguments = ["ui", *arguments]
     args = parser.parse_args(arguments)
     if getattr(args, "worker_ca", None):
@@ -368,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_chat(args)
         if args.command == "worker":
             return run_worker(args)
+        if args.command == "pool":
+            return run_pool(args)
         return run_ui(args)
     except ChatError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)

@@ -76,12 +76,18 @@ def report_warm_up(model: Any) -> None:
             bar.total, bar.n = total, done
             bar.refresh()
         bar.n = bar.total
-    rss = sum(_rss(pid) for pid in [os.getpid(), *_pool_pids(model)])
+    rss = resident_bytes(model)
     print(
         f"worker ready after {model.pool.warm_seconds:.0f} s; {rss / 2**30:.1f} GiB resident in all "
         f"(this process and {model.pool.world} compute processes, which share the weight caches)",
         file=sys.stderr,
     )
+
+
+def resident_bytes(model: Any) -> int:
+    """Memory a worker holds: this process and its compute processes (proportional set size, so the
+    weight caches they share count once)."""
+    return sum(_rss(pid) for pid in [os.getpid(), *_pool_pids(model)])
 
 
 def _pool_pids(model: Any) -> list[int]:

@@ -253,6 +253,20 @@ class TinyModelConfig:
     seed: int = 0  # weights are a pure function of the seed
 
 
+def load_chosen(
+    tiny: bool = False,
+    model_path: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    on_progress: Progress | None = None,
+) -> LoadedModel:
+    """The model a command line chose: the tiny test model, a local directory, else the default."""
+    if tiny:
+        return build_tiny_model()
+    if model_path is not None:
+        return load_local(model_path)
+    return load_default(Path(cache_dir) if cache_dir is not None else None, on_progress=on_progress)
+
+
 def build_tiny_model(config: TinyModelConfig = TinyModelConfig()) -> LoadedModel:
     """Build the tiny test model in code (about 3.3 M parameters, 49,152-token vocabulary)."""
     tokenizer = load_tokenizer()
