@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 from app.pool import GIB, PoolConfig
@@ -93,6 +94,7 @@ def run_pool(args: argparse.Namespace) -> int:
         )
         await server.serve_forever()
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops the replicas too (finally)
     try:
         asyncio.run(serve_forever())
     finally:
