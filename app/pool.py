@@ -113,14 +113,23 @@ class PoolConfig:
                 "min_replicas": self.replicas,
                 "initial_replicas": self.replicas,
                 "max_replicas": self.most,
-                # scale up before the replicas are full, so a new session rarely finds the pool full
-                "target_ongoing_requests": max(self.sessions_per_replica / 2, 1.0),
+                # half full is the target: the pool grows while its replicas still have room, so a new
+                # session rarely finds it full (below the maximum)
+                "target_ongoing_requests": self.sessions_per_replica / 2,
                 "upscale_delay_s": 5,
                 "downscale_delay_s": 300,
             }
         else:
             options["num_replicas"] = self.replicas
         return options
+
+
+def capacity_text(config: PoolConfig) -> str:
+    """What the pool holds, for the message a refused key holder reads."""
+    places = f"{config.sessions_per_replica} session(s) each"
+    if config.most > config.replicas:
+        return f"{config.replicas} to {config.most} replicas, {places}; it adds replicas as sessions open"
+    return f"{config.replicas} replica(s), {places}"
 
 
 class WorkerReplica:
@@ -221,6 +230,16 @@ def deploy(config: PoolConfig, address: str | None = None) -> Any:
     deployment: Any = serve.deployment(WorkerReplica)
     deployment = deployment.options(**config.deployment_options())
     return serve.run(deployment.bind(config), name=APP_NAME, route_prefix=None)
+
+
+def running_replicas() -> int:
+    """How many of the pool's replicas run now (Serve's own count; 0 while none is ready)."""
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    application = serve.status().applications.get(APP_NAME)
+    deployment = application.deployments.get(DEPLOYMENT) if application is not None else None
+    return int(deployment.replica_states.get(ReplicaState.RUNNING, 0)) if deployment is not None else 0
 
 
 def check_resources(config: PoolConfig, resources: dict[str, float]) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import signal
 import sys
 
-from app.pool import GIB, PoolConfig
+from app.pool import GIB, PoolConfig, capacity_text
 from app.worker_admission import with_token
 from app.worker_cli import add_policy_arguments, policy
 from app.worker_tls import scheme, server_tls
@@ -66,7 +66,7 @@ def config_from(args: argparse.Namespace) -> PoolConfig:
 
 
 def run_pool(args: argparse.Namespace) -> int:
-    from app.pool import deploy, shutdown
+    from app.pool import deploy, running_replicas, shutdown
     from app.pool_front import PoolFront, start_front
 
     if not 0 <= args.port <= 65535:
@@ -81,8 +81,8 @@ def run_pool(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     handle = deploy(config, args.address)
-    capacity = f"{config.most} replica(s) x {config.sessions_per_replica} session(s)"
-    front = PoolFront(handle, config.access, capacity)
+    capacity = capacity_text(config)
+    front = PoolFront(handle, config.access, config.sessions_per_replica, running_replicas, capacity)
 
     async def serve_forever() -> None:
         server = await start_front(front, args.host, args.port, tls)

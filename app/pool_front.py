@@ -6,8 +6,9 @@ asks Ray Serve for a place on a replica that has room (`WorkerReplica.session`, 
 to that replica's worker and relays every frame both ways, unread. The worker checks the token again
 and does everything else.
 
-- The pool is full (every replica holds its sessions and none is free within `assign_seconds`): the
-  connection gets an `Error` 4010 saying so, then a close, at once.
+- The pool is full (its sessions fill every running replica's places; the front is the pool's one door,
+  so it counts them, and asks Serve every `POLL_SECONDS` how many replicas run): the connection gets an
+  `Error` 4010 saying so, then a close, at once.
 - The replica dies: its place fails; the front closes the connection with 1012 (service restart), so
   the key holder reconnects and lands on a replica that lives.
 - A worker's own refusals and closes (its codes, its messages) pass through unchanged.
@@ -22,6 +23,7 @@ import asyncio
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -37,7 +39,9 @@ from app.worker_tls import HANDSHAKE_SECONDS, scheme
 from model.errors import AccessDenied, ChatError, LimitExceeded
 
 log = logging.getLogger("he_chat.pool")
-ASSIGN_SECONDS = 1.0  # how long a new session waits for a free place before it is told the pool is full
+ASSIGN_SECONDS = 30.0  # a place the count says is free must be given within this (Serve routes in ms)
+POLL_SECONDS = 2.0  # how often the front asks Serve how many replicas run
+HELLO_SECONDS = 5.0  # a refused connection's Hello is awaited this long, so the answer is read as one
 CODE_SERVICE_RESTART = 1012  # RFC 6455: the replica went away; reconnect
 CODE_TRY_AGAIN = 1013
 
@@ -54,16 +58,29 @@ class PoolFront:
     """The websocket server key holders reach; one `handler` call per connection."""
 
     def __init__(
-        self, handle: Any, access: WorkerAccess, capacity: str, assign_seconds: float = ASSIGN_SECONDS
+        self, handle: Any, access: WorkerAccess, places: int, running: Callable[[], int], capacity: str
     ) -> None:
-        """`handle`: the Serve handle of the replicas; `capacity` says what the pool holds (for the
-        message a refused key holder reads)."""
+        """`handle`: the Serve handle of the replicas, each with `places` sessions; `running()` counts
+        the running replicas (called in a thread); `capacity` says what the pool holds (for the message
+        a refused key holder reads)."""
         self.handle = handle
         self.access = access
+        self.places = places
+        self.running = running
         self.capacity = capacity
-        self.assign_seconds = assign_seconds
+        self.replicas = 0  # running, as last counted
+        self.sessions = 0  # connections taking or holding a place
         self.placed: dict[int, Placed] = {}  # id(connection) -> its place
-        self.refused = 0
+        self.counting: asyncio.Task[None] | None = None
+
+    async def count_replicas(self) -> None:
+        """Keep `replicas` current, for the front's life."""
+        while True:
+            try:
+                self.replicas = await asyncio.to_thread(self.running)
+            except Exception:  # noqa: BLE001 - Serve busy or restarting: keep the last count
+                log.warning("could not count the pool's replicas", exc_info=True)
+            await asyncio.sleep(POLL_SECONDS)
 
     async def handler(self, client: ServerConnection) -> None:
         request = client.request
@@ -74,25 +91,30 @@ class PoolFront:
         except AccessDenied as exc:
             await _refuse(client, exc)
             return
-        slot = self.handle.options(stream=True).session.remote()
-        try:
-            place = await asyncio.wait_for(slot.__anext__(), self.assign_seconds)
-        except TimeoutError:
-            slot.cancel()
-            self.refused += 1
+        if self.sessions >= self.places * self.replicas:
             full = LimitExceeded(
                 f"every worker of the pool is busy ({self.capacity}); try again in a minute, when a "
                 "session has ended"
             )
             await _refuse(client, full)
             return
-        except Exception as exc:  # noqa: BLE001 - no replica is running (starting, or all failed)
+        self.sessions += 1
+        try:
+            await self._session(client, request.path, origin)
+        finally:
+            self.sessions -= 1
+
+    async def _session(self, client: ServerConnection, path: str, origin: str | None) -> None:
+        slot = self.handle.options(stream=True).session.remote()
+        try:
+            place = await asyncio.wait_for(slot.__anext__(), ASSIGN_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - no replica took it (starting, or all failed)
             slot.cancel()
-            log.warning("no place for a session: %s", exc)
-            await _close(client, CODE_TRY_AGAIN, "the pool has no running worker; try again shortly")
+            log.warning("no place for a session: %r", exc)
+            await _close(client, CODE_TRY_AGAIN, "the pool has no free worker right now; try again shortly")
             return
-        parts = urlsplit(place["url"])  # the client's own path carries its token: the worker checks it too
-        target = urlunsplit((parts.scheme, parts.netloc, "/", urlsplit(request.path).query, ""))
+        parts = urlsplit(place["url"])  # the client's own query carries its token: the worker checks it too
+        target = urlunsplit((parts.scheme, parts.netloc, "/", urlsplit(path).query, ""))
         try:
             worker = await connect(
                 target,
@@ -103,9 +125,8 @@ class PoolFront:
             )
         except (OSError, TimeoutError, ConnectionClosed) as exc:
             slot.cancel()
-            await _close(
-                client, CODE_TRY_AGAIN, f"the pool's worker cannot be reached ({type(exc).__name__})"
-            )
+            unreachable = f"the pool's worker cannot be reached ({type(exc).__name__})"
+            await _close(client, CODE_TRY_AGAIN, unreachable)
             return
         self.placed[id(client)] = Placed(place["url"], int(place["pid"]))
         try:
@@ -145,8 +166,12 @@ async def _relay(client: ServerConnection, worker: ClientConnection, slot: Any) 
 
 
 async def _refuse(client: ServerConnection, exc: ChatError) -> None:
-    """An `Error` message (what the key holder shows), then the close with its code."""
+    """An `Error` message in answer to the Hello (what the key holder shows), then the close."""
     error = p.error_message(exc)
+    try:
+        await asyncio.wait_for(client.recv(), HELLO_SECONDS)  # a key holder reads after its Hello
+    except (TimeoutError, ConnectionClosed):
+        pass
     try:
         await client.send(p.encode(error))
     except ConnectionClosed:
@@ -162,6 +187,9 @@ async def _close(client: ServerConnection, code: int, reason: str) -> None:
 
 
 async def start_front(front: PoolFront, host: str, port: int, tls: ssl.SSLContext | None = None) -> Server:
+    """Serve the front (`wss://` with `tls`); it counts the replicas from the start."""
+    front.replicas = await asyncio.to_thread(front.running)
+    front.counting = asyncio.get_running_loop().create_task(front.count_replicas())
     secure: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": HANDSHAKE_SECONDS}
     return await serve(
         front.handler,
@@ -187,13 +215,14 @@ class BackgroundFront:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="he-chat-pool-front", daemon=True)
         self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(start_front(front, host, port, tls), self.loop).result(
-            30
-        )
+        serving = start_front(front, host, port, tls)
+        self.server = asyncio.run_coroutine_threadsafe(serving, self.loop).result(30)
         bound_host, bound_port = self.server.sockets[0].getsockname()[:2]
         self.url = with_token(f"{scheme(tls)}://{bound_host}:{bound_port}", front.access.token)
 
     def stop(self) -> None:
+        if self.front.counting is not None:
+            self.loop.call_soon_threadsafe(self.front.counting.cancel)
         self.server.close()
         asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -128,7 +128,7 @@ def main() -> None:
 
     import ray
 
-    from app.pool import GIB, PoolConfig, deploy, shutdown
+    from app.pool import GIB, PoolConfig, deploy, running_replicas, shutdown
     from app.pool_front import BackgroundFront, PoolFront
 
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start", flush=True)
@@ -152,7 +152,8 @@ def main() -> None:
                 config = PoolConfig(access=access, replicas=count, sessions_per_replica=places, tiny=True)
                 handle = deploy(config)
                 resident = max(resident, max(_replica_resident(handle, count)))
-                front = BackgroundFront(PoolFront(handle, config.access, f"{count} replicas"))
+                door = PoolFront(handle, access, places, running_replicas, f"{count} replicas")
+                front = BackgroundFront(door)
                 try:
                     width = count * places
                     per_minute, median = measure(clients, front.url, args.sessions, args.tokens, width)

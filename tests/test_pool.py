@@ -33,7 +33,7 @@ REPLICAS, PLACES = 3, 2
 
 @pytest.fixture(scope="module")
 def pool(tiny: LoadedModel) -> Iterator[dict[str, Any]]:
-    from app.pool import PoolConfig, deploy, shutdown
+    from app.pool import PoolConfig, capacity_text, deploy, running_replicas, shutdown
     from app.pool_front import BackgroundFront, PoolFront
 
     ray.init(num_cpus=2 * REPLICAS, include_dashboard=False, logging_level="WARNING")
@@ -48,7 +48,8 @@ def pool(tiny: LoadedModel) -> Iterator[dict[str, Any]]:
     front = None
     try:
         handle = deploy(config)
-        front = BackgroundFront(PoolFront(handle, config.access, "3 replicas x 2 sessions"))
+        door = PoolFront(handle, config.access, PLACES, running_replicas, capacity_text(config))
+        front = BackgroundFront(door)
         yield {"front": front, "config": config}
     finally:
         if front is not None:
@@ -119,7 +120,7 @@ def test_six_sessions_fill_three_replicas_a_seventh_is_refused_at_once_and_every
         began = time.perf_counter()
         with pytest.raises(WorkerError, match="every worker of the pool is busy") as refused:
             KeyHolderClient(front.url, sessions[0].keys, service.expected())
-        assert time.perf_counter() - began < 2.0  # the assignment gives up after 1 s
+        assert time.perf_counter() - began < 1.0  # the front counts places: no wait
         assert refused.value.code == 4010
     finally:
         checked.set()
@@ -162,3 +163,38 @@ def test_a_replica_killed_mid_reply_costs_a_notice_and_nothing_else(
     finally:
         session.close()
     assert final.text == _reference(one_worker, 7, 3)
+
+
+def test_an_autoscaled_pool_adds_a_replica_when_its_sessions_fill_it(
+    tiny: LoadedModel, pool: dict[str, Any]
+) -> None:
+    """The last test: it replaces the module's three replicas with a pool of one to two."""
+    from dataclasses import replace
+
+    from app.pool import capacity_text, deploy, running_replicas
+    from app.pool_front import BackgroundFront, PoolFront
+
+    config = replace(pool["config"], replicas=1, max_replicas=2, sessions_per_replica=1)
+    handle = deploy(config)
+    front = BackgroundFront(PoolFront(handle, config.access, 1, running_replicas, capacity_text(config)))
+    service = ChatService.create(tiny, front.url)
+    first = service.open_encrypted()
+    second = None
+    try:
+        with pytest.raises(WorkerError, match="it adds replicas as sessions open"):
+            service.open_encrypted()  # one replica, one place, taken
+        deadline = time.monotonic() + 120  # Serve looks back 30 s, then starts the replica (about 10 s)
+        while second is None and time.monotonic() < deadline:
+            time.sleep(3)
+            try:
+                second = service.open_encrypted()
+            except WorkerError:
+                continue
+        assert second is not None, "the pool did not grow to its second replica within two minutes"
+        pids = {q.pid for q in front.front.placed.values()}
+        assert len(pids) == 2
+    finally:
+        for session in (first, second):
+            if session is not None:
+                session.close()
+        front.stop()
