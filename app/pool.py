@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from app.worker_admission import WorkerAccess, WorkerLimits
+from app.worker_cli import resident_bytes
 from model.errors import ChatError
 
 log = logging.getLogger("he_chat.pool")
@@ -89,16 +90,12 @@ class PoolConfig:
             return 1.5  # 1.10 GiB measured (0.82 with the ranks as threads)
         return 9.5 + 0.5 * self.processes  # 9.35 GiB measured with one process, 9.8 with two
 
-    @property
-    def capacity(self) -> int:
-        return self.most * self.sessions_per_replica
-
     def deployment_options(self) -> dict[str, Any]:
         """The Serve options: one place per session, autoscaled on open sessions, stated resources."""
         options: dict[str, Any] = {
             "name": DEPLOYMENT,
             "max_ongoing_requests": self.sessions_per_replica,
-            "max_queued_requests": -1,  # the front gives up on a place after `assign_seconds`
+            "max_queued_requests": -1,  # the front asks only for a place its count says is free
             "ray_actor_options": {
                 "num_cpus": self.cpus if self.cpus is not None else float(self.processes),
                 "memory": int(self.stated_memory_gib * GIB),
@@ -163,7 +160,7 @@ class WorkerReplica:
         self.worker = BackgroundWorker(model, host=host, limits=limits, access=config.access)
         self.config = config
         self.open = 0
-        self.resident = _resident(model)
+        self.resident = resident_bytes(model)
         stated = config.stated_memory_gib
         verdict = "within" if self.resident <= stated * GIB else "ABOVE"
         log.info(
@@ -200,12 +197,6 @@ class WorkerReplica:
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.stop()
-
-
-def _resident(model: Any) -> int:
-    from app.worker_cli import resident_bytes
-
-    return resident_bytes(model)
 
 
 def deploy(config: PoolConfig, address: str | None = None) -> Any:
