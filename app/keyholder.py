@@ -110,6 +110,7 @@ class Telemetry:
     bytes_down: int = 0  # worker -> key holder
     oracle_seconds: float = 0.0  # time this side spent answering
     by_fn: dict[str, int] = field(default_factory=dict)
+    fn_bytes: dict[str, list[int]] = field(default_factory=dict)  # fn -> [up, down] of its oracle calls
 
 
 @dataclass(frozen=True)
@@ -358,9 +359,11 @@ class KeyHolderClient:
                     local.oracle_seconds += time.perf_counter() - start_answer
                     local.oracle_calls += 1
                     local.by_fn[message.fn] = local.by_fn.get(message.fn, 0) + 1
-                    local.bytes_up += self._send(
-                        p.OracleReply(self.welcome.session, request_id, message.call, answer)
-                    )
+                    sent = self._send(p.OracleReply(self.welcome.session, request_id, message.call, answer))
+                    local.bytes_up += sent
+                    traffic = local.fn_bytes.setdefault(message.fn, [0, 0])
+                    traffic[0] += sent
+                    traffic[1] += size
                 elif isinstance(message, p.Progress):
                     yield ProgressEvent(printable(message.stage, 120), message.done, message.total)
                 elif isinstance(message, p.Token):

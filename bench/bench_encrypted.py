@@ -101,6 +101,10 @@ def main() -> None:
             )
     client.close()
     worker.stop()
+    last = events[-1].local  # a decode token: where its oracle traffic goes, by function
+    print("  oracle traffic of the last token, MB up / down (calls):")
+    for fn, (up, down) in sorted(last.fn_bytes.items(), key=lambda item: -sum(item[1])):
+        print(f"    {fn:>12}: {up / 1e6:6.1f} / {down / 1e6:6.1f}  ({last.by_fn[fn]})")
     decode = [e.seconds for e in events[1:]] or [events[0].seconds]
     median = statistics.median(decode)
     naive = naive_mm_seconds_per_row()
