@@ -24,13 +24,14 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from app import protocol as p
+from app.replies import Telemetry
 from app.worker_admission import redact
 from app.worker_tls import client_tls, unreachable
 from crypto.vector import split_vector_bytes
@@ -99,18 +100,6 @@ class ReplyRequest:
     def sampler(self) -> dict[str, Any]:
         config = SamplerConfig(self.tsp, self.pp, self.amp_rounds, temperature=self.temperature)
         return config.to_dict()
-
-
-@dataclass
-class Telemetry:
-    """Per-token accounting kept on the key-holder side (the worker adds its own in Token.telemetry)."""
-
-    oracle_calls: int = 0
-    bytes_up: int = 0  # key holder -> worker
-    bytes_down: int = 0  # worker -> key holder
-    oracle_seconds: float = 0.0  # time this side spent answering
-    by_fn: dict[str, int] = field(default_factory=dict)
-    fn_bytes: dict[str, list[int]] = field(default_factory=dict)  # fn -> [up, down] of its oracle calls
 
 
 @dataclass(frozen=True)
@@ -357,13 +346,8 @@ class KeyHolderClient:
                     call = OracleCall(message.fn, message.layer, parts, message.blobs, pieces)
                     answer = self.math.answer(call)
                     local.oracle_seconds += time.perf_counter() - start_answer
-                    local.oracle_calls += 1
-                    local.by_fn[message.fn] = local.by_fn.get(message.fn, 0) + 1
                     sent = self._send(p.OracleReply(self.welcome.session, request_id, message.call, answer))
-                    local.bytes_up += sent
-                    traffic = local.fn_bytes.setdefault(message.fn, [0, 0])
-                    traffic[0] += sent
-                    traffic[1] += size
+                    local.count(message.fn, sent, size)
                 elif isinstance(message, p.Progress):
                     yield ProgressEvent(printable(message.stage, 120), message.done, message.total)
                 elif isinstance(message, p.Token):

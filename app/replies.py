@@ -1,4 +1,5 @@
-"""What a reply streams (`ReplyUpdate`, `WireReport`) and what a chat keeps between turns (`ChatMemory`).
+"""What a reply streams (`ReplyUpdate`, `WireReport` and the key holder's `Telemetry` behind it) and what a
+chat keeps between turns (`ChatMemory`).
 
 Shared by the chat service (app/chat.py), its encrypted path (app/chat_encrypted.py), the page and the
 command line.
@@ -6,11 +7,30 @@ command line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from model.conversation import Conversation
 from model.generate import DecodeSession, FinishReason
+
+
+@dataclass
+class Telemetry:
+    """Per-token accounting kept on the key-holder side (the worker adds its own in Token.telemetry)."""
+
+    oracle_calls: int = 0
+    bytes_up: int = 0  # key holder -> worker
+    bytes_down: int = 0  # worker -> key holder
+    oracle_seconds: float = 0.0  # time this side spent answering
+    by_fn: dict[str, int] = field(default_factory=dict)
+    fn_bytes: dict[str, list[int]] = field(default_factory=dict)  # fn -> [up, down] of its oracle calls
+
+    def count(self, fn: str, up: int, down: int) -> None:
+        """One oracle call of `fn`: `down` bytes of request, `up` of answer."""
+        self.oracle_calls, self.bytes_up = self.oracle_calls + 1, self.bytes_up + up
+        self.by_fn[fn] = self.by_fn.get(fn, 0) + 1
+        traffic = self.fn_bytes.setdefault(fn, [0, 0])
+        traffic[0], traffic[1] = traffic[0] + up, traffic[1] + down
 
 
 @dataclass(frozen=True)
