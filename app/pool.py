@@ -73,6 +73,8 @@ class PoolConfig:
             )
         if not 1 <= self.processes <= 64:
             raise ChatError(f"--processes must be between 1 and 64, got {self.processes}")
+        if self.cpus is not None and not 0 < self.cpus <= 64:
+            raise ChatError(f"--cpus-per-replica must be above 0 and at most 64, got {self.cpus}")
         if self.memory_gib is not None and self.memory_gib <= 0:
             raise ChatError(f"--memory-gib must be positive, got {self.memory_gib}")
 

@@ -31,6 +31,44 @@ ray = pytest.importorskip("ray", reason="pip install 'ray[serve]' (the pool)")
 REPLICAS, PLACES = 3, 2
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"replicas": 0}, "--replicas"),
+        ({"replicas": 3, "max_replicas": 2}, "--max-replicas"),
+        ({"sessions_per_replica": 0}, "--sessions-per-replica"),
+        ({"processes": 0}, "--processes"),
+        ({"cpus": 0.0}, "--cpus-per-replica"),
+        ({"memory_gib": -1.0}, "--memory-gib"),
+    ],
+)
+def test_pool_settings_out_of_range_name_their_option(change: dict[str, Any], named: str) -> None:
+    from app.pool import PoolConfig
+    from model.errors import ChatError
+
+    with pytest.raises(ChatError, match=named):
+        PoolConfig(access=WorkerAccess(new_token()), **change)
+
+
+def test_the_cluster_must_hold_the_stated_replicas_and_autoscaling_aims_at_half_full() -> None:
+    from app.pool import GIB, PoolConfig, check_resources
+    from model.errors import ChatError
+
+    config = PoolConfig(access=WorkerAccess(new_token()), replicas=2, max_replicas=4, processes=2)
+    options = config.deployment_options()
+    assert options["ray_actor_options"] == {"num_cpus": 2.0, "memory": int(config.stated_memory_gib * GIB)}
+    assert options["max_ongoing_requests"] == 2 and options["autoscaling_config"]["max_replicas"] == 4
+    assert options["autoscaling_config"]["target_ongoing_requests"] == 1.0
+    enough = {"CPU": 4.0, "memory": 2 * config.stated_memory_gib * GIB}
+    check_resources(config, enough)
+    with pytest.raises(ChatError, match="need 4 CPUs"):
+        check_resources(config, {**enough, "CPU": 3.0})
+    with pytest.raises(ChatError, match=r"need 21\.0 GiB"):
+        check_resources(config, {**enough, "memory": 20.0 * GIB})
+    fixed = PoolConfig(access=config.access, replicas=3).deployment_options()
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+
+
 @pytest.fixture(scope="module")
 def pool(tiny: LoadedModel) -> Iterator[dict[str, Any]]:
     from app.pool import PoolConfig, capacity_text, deploy, running_replicas, shutdown
