@@ -29,6 +29,9 @@ from model.loading import LoadedModel
 ray = pytest.importorskip("ray", reason="pip install 'ray[serve]' (the pool)")
 
 REPLICAS, PLACES = 3, 2
+# The requests ("Tell me about the number k.", seed k): k = 5 is left out because its second token is drawn
+# within CKKS noise of a boundary of the ordered distribution and flips between runs on one worker too.
+REQUESTS = [0, 1, 2, 3, 4, 7]
 
 
 @pytest.mark.parametrize(
@@ -142,7 +145,7 @@ def test_six_sessions_fill_three_replicas_a_seventh_is_refused_at_once_and_every
         checked.wait(300)
         try:
             if sessions[k] is not None:
-                texts[k] = _reply(service, sessions[k], k)[-1].text
+                texts[k] = _reply(service, sessions[k], REQUESTS[k])[-1].text
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -169,7 +172,7 @@ def test_six_sessions_fill_three_replicas_a_seventh_is_refused_at_once_and_every
                 session.close()
     assert not errors, errors
     assert all(texts)
-    assert texts == [_reference(one_worker, k) for k in range(count)]
+    assert texts == [_reference(one_worker, k) for k in REQUESTS]
 
 
 def test_a_replica_killed_mid_reply_costs_a_notice_and_nothing_else(
