@@ -29,7 +29,7 @@ from app.chat_encrypted import EncryptedSession
 from app.pool_cli import add_pool_arguments, run_pool
 from app.replies import ChatMemory
 from app.worker_admission import redact, with_token
-from app.worker_cli import add_policy_arguments, policy, report_warm_up
+from app.worker_cli import add_policy_arguments, check_port, policy, report_warm_up
 from app.worker_relay import public_url, serve_relay
 from app.worker_tls import ENV_WORKER_CA, scheme, server_tls
 from model.errors import ChatError
@@ -286,7 +286,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from app.encrypted_worker import EncryptedWorker, WorkerSpec
     from app.worker import Worker, start
 
-    _check_port(args.port)
+    check_port(args.port)
     _check_processes(args.processes)
     limits, access = policy(args)
     tls = server_tls(args.tls_cert, args.tls_key)
@@ -319,15 +319,10 @@ def _check_processes(processes: int | None) -> None:
         raise ChatError(f"--processes must be between 1 and 64, got {processes}")
 
 
-def _check_port(port: int) -> None:
-    if not 0 <= port <= 65535:
-        raise ChatError(f"--port must be between 0 and 65535, got {port}")
-
-
 def run_ui(args: argparse.Namespace) -> int:
     from app.ui import build_ui
 
-    _check_port(args.port)
+    check_port(args.port)
     _check_processes(args.processes)
     loaded = load_model(args)
     service = make_service(args, loaded)

@@ -13,9 +13,8 @@ import sys
 
 from app.pool import GIB, PoolConfig, capacity_text
 from app.worker_admission import with_token
-from app.worker_cli import add_policy_arguments, policy
+from app.worker_cli import add_policy_arguments, check_port, policy
 from app.worker_tls import scheme, server_tls
-from model.errors import ChatError
 
 
 def add_pool_arguments(pool: argparse.ArgumentParser) -> None:
@@ -69,8 +68,7 @@ def run_pool(args: argparse.Namespace) -> int:
     from app.pool import deploy, running_replicas, shutdown
     from app.pool_front import PoolFront, start_front
 
-    if not 0 <= args.port <= 65535:
-        raise ChatError(f"--port must be between 0 and 65535, got {args.port}")
+    check_port(args.port)
     config = config_from(args)
     tls = server_tls(args.tls_cert, args.tls_key)
     per = config.deployment_options()["ray_actor_options"]

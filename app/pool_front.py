@@ -35,7 +35,7 @@ from websockets.typing import Origin
 
 from app import protocol as p
 from app.worker_admission import WorkerAccess, with_token
-from app.worker_tls import HANDSHAKE_SECONDS, scheme
+from app.worker_tls import scheme, server_options
 from model.errors import AccessDenied, ChatError, LimitExceeded
 
 log = logging.getLogger("he_chat.pool")
@@ -190,19 +190,7 @@ async def start_front(front: PoolFront, host: str, port: int, tls: ssl.SSLContex
     """Serve the front (`wss://` with `tls`); it counts the replicas from the start."""
     front.replicas = await asyncio.to_thread(front.running)
     front.counting = asyncio.get_running_loop().create_task(front.count_replicas())
-    secure: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": HANDSHAKE_SECONDS}
-    return await serve(
-        front.handler,
-        host,
-        port,
-        max_size=p.MAX_MESSAGE_BYTES,
-        max_queue=2,
-        compression=None,
-        ping_interval=20,
-        ping_timeout=60,
-        close_timeout=5,
-        **secure,
-    )
+    return await serve(front.handler, host, port, max_size=p.MAX_MESSAGE_BYTES, **server_options(tls))
 
 
 class BackgroundFront:

@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 from functools import partial
-from typing import Any
 
 import psutil
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -35,7 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from app import protocol as p
 from app.worker_admission import ReplyLine, WorkerAccess, WorkerLimits, new_token, ordinal, with_token
 from app.worker_session import Session, WorkerModel, budget_spent, job_context
-from app.worker_tls import HANDSHAKE_SECONDS, scheme
+from app.worker_tls import scheme, server_options
 from crypto.params import preset
 from model.encrypted import OracleCall
 from model.errors import (
@@ -404,18 +403,12 @@ async def start(
 ) -> Server:
     """Start serving (`wss://` with `tls`, see app/worker_tls.py); port 0 picks a free port (see
     `server.sockets[0].getsockname()`)."""
-    secure: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": HANDSHAKE_SECONDS}
     return await serve(
         worker.handler,
         host,
         port,
         max_size=worker.limits.max_hello_bytes,  # raised for the connection once it has said Hello
-        max_queue=2,  # frames buffered per connection (each up to max_message_bytes)
-        compression=None,  # ciphertexts do not compress
-        ping_interval=20,
-        ping_timeout=60,
-        close_timeout=5,  # a peer that ignores our close (e.g. still pushing an oversized frame) is cut off
-        **secure,
+        **server_options(tls),
     )
 
 

@@ -66,6 +66,11 @@ def policy(args: argparse.Namespace) -> tuple[WorkerLimits, WorkerAccess]:
     return limits, WorkerAccess(token, tuple(args.allow_origin))
 
 
+def check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ChatError(f"--port must be between 0 and 65535, got {port}")
+
+
 def report_warm_up(model: Any) -> None:
     """A progress bar on stderr while the worker encodes its weight plaintexts, then what it took."""
     from tqdm import tqdm

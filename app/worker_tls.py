@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import ssl
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -95,6 +96,19 @@ def unreachable(url: str, exc: BaseException) -> str:
         f"cannot reach the worker at {where} ({exc}){hint}; start it with `python -m app worker` or point "
         "--worker-url / HE_CHAT_WORKER_URL at a running one"
     )
+
+
+def server_options(tls: ssl.SSLContext | None) -> dict[str, Any]:
+    """websockets `serve` options every server of ours uses (the worker, a pool's front), TLS included."""
+    secure: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": HANDSHAKE_SECONDS}
+    return {
+        "max_queue": 2,  # frames buffered per connection (each up to max_message_bytes)
+        "compression": None,  # ciphertexts do not compress
+        "ping_interval": 20,
+        "ping_timeout": 60,
+        "close_timeout": 5,  # a peer that ignores our close (still pushing an oversized frame) is cut off
+        **secure,
+    }
 
 
 def scheme(tls: ssl.SSLContext | None) -> str:

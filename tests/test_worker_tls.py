@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app import cli
-from app import worker as worker_module
+from app import cli, worker_tls
 from app.keyholder import KeyHolderClient, TokenEvent, WorkerUnavailable
 from app.worker import WorkerLimits
 from app.worker_tls import ENV_WORKER_CA, server_tls
@@ -43,7 +42,7 @@ def pem(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 @pytest.fixture
 def tls_server(pem: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackWorker]:
-    monkeypatch.setattr(worker_module, "HANDSHAKE_SECONDS", 1.0)  # a stalled handshake is dropped sooner
+    monkeypatch.setattr(worker_tls, "HANDSHAKE_SECONDS", 1.0)  # a stalled handshake is dropped sooner
     limits = WorkerLimits(max_message_bytes=4 * 1024 * 1024)
     server = LoopbackWorker(CounterModel(delay=0.02), limits, tls=server_tls(*pem))
     yield server
