@@ -19,6 +19,7 @@ from model.errors import ChatError
 
 ORACLE_FUNCTIONS = {
     "refresh": "decrypt and re-encrypt at the top level (stands in for bootstrapping)",
+    "refresh_tail": "decrypt and re-encrypt in the sampler's coarser, deeper parameters (bootstrapping)",
     "rmsnorm": "RMS normalisation",
     "attention": "attention core (scores, softmax, weighted sum)",
     "swiglu": "SwiGLU activation",

@@ -36,7 +36,7 @@ from app.worker_admission import ReplyLine, WorkerAccess, WorkerLimits, new_toke
 from app.worker_session import Session, WorkerModel, budget_spent, job_context
 from app.worker_tls import scheme, server_options
 from crypto.params import preset
-from model.encrypted import OracleCall
+from model.encrypted import REFRESHES, OracleCall
 from model.errors import (
     AccessDenied,
     ChatError,
@@ -383,7 +383,7 @@ class Worker:
         if session.cancelled.is_set():  # a Cancel handled after oracle() checked, before this call existed
             raise JobCancelled()
         future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        session.calls[number] = (future, len(call.blobs) if call.fn == "refresh" else len(call.pieces))
+        session.calls[number] = (future, len(call.blobs) if call.fn in REFRESHES else len(call.pieces))
         parts = [list(part) for part in call.parts]
         pieces = [spec.as_list() for spec in call.pieces]
         request = p.OracleRequest(session.request, number, call.fn, call.layer, parts, pieces, call.blobs)

@@ -26,7 +26,15 @@ import numpy as np
 import numpy.typing as npt
 import tenseal.sealapi as sealapi
 
-from crypto.keys import PublicContext, RotationPlan, SecretContext, galois_element, normalise_step
+from crypto.keys import (
+    PublicContext,
+    PublicTail,
+    RotationPlan,
+    SecretContext,
+    galois_element,
+    normalise_step,
+    seal_context_for,
+)
 from crypto.params import CKKSParams
 from model.errors import LayoutError, LevelsExhausted, MissingRotationKey, ParamsError
 
@@ -48,6 +56,7 @@ class Engine:
         galois_keys: Any = None,
         plan: RotationPlan | None = None,
         public_key: Any = None,
+        ring: int = 0,
     ) -> None:
         key_parms = seal_context.key_context_data().parms()
         real = (
@@ -61,6 +70,7 @@ class Engine:
                 f"{real[1]} bits; take the parameters from the context (crypto.keys.params_of_context)"
             )
         self.params = params
+        self.ring = ring  # which of the session's parameter sets (crypto.keys.SecretContext.ring)
         self._zero_encryptor = sealapi.Encryptor(seal_context, public_key) if public_key is not None else None
         self.seal_context = seal_context
         self.encoder = sealapi.CKKSEncoder(seal_context)
@@ -104,23 +114,28 @@ class Engine:
         )
 
     @classmethod
+    def for_tail(cls, tail: PublicTail) -> Engine:
+        """Engine over the sampler tail: relinearisation only (no rotation runs in the tail)."""
+        return cls(tail.params, tail.seal_context, tail.relin_keys, ring=tail.ring)
+
+    @classmethod
     def for_params(cls, params: CKKSParams) -> Engine:
         """A keyless engine: encodes plaintexts for `params` (a worker warming its weight caches before
         any key arrives). SEAL derives the primes deterministically from the bit sizes, so its parms_id
         (`plaintext_id`) equals that of every session context `crypto.keys.load_public_context` accepts
         for the same parameters (it refuses other primes), and the cached plaintexts are shared."""
-        n = params.poly_modulus_degree
-        parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
-        parms.set_poly_modulus_degree(n)
-        parms.set_coeff_modulus(sealapi.CoeffModulus.Create(n, list(params.coeff_mod_bit_sizes)))
-        return cls(params, sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128))
+        return cls(params, seal_context_for(params))
 
     @classmethod
     def for_key_holder(cls, secret: SecretContext) -> Engine:
         """Engine for encoding / level bookkeeping on the key holder (no Galois keys)."""
         ctx = secret.tenseal_context
         return cls(
-            secret.params, secret.seal_context, ctx.relin_keys().data, public_key=ctx.public_key().data
+            secret.params,
+            secret.seal_context,
+            ctx.relin_keys().data,
+            public_key=ctx.public_key().data,
+            ring=secret.ring,
         )
 
     # --- levels and scales -------------------------------------------------------------------

@@ -33,7 +33,7 @@ from crypto.keys_wire import RotationPlan as RotationPlan
 from crypto.keys_wire import galois_element as galois_element
 from crypto.keys_wire import load_galois_keys, load_relin_keys, split_public_bytes
 from crypto.keys_wire import normalise_step as normalise_step
-from crypto.params import PRESETS, CKKSParams
+from crypto.params import PRESETS, CKKSParams, sampler_tail
 from crypto.seal_io import seal_to_bytes
 from model.errors import ParamsError, SecretKeyError, WireFormatError
 
@@ -45,10 +45,12 @@ class SecretContext:
     lets the prefix sum over 49,152 slots stay within 1e-7).
     """
 
-    def __init__(self, params: CKKSParams, tenseal_context: ts.Context) -> None:
+    def __init__(self, params: CKKSParams, tenseal_context: ts.Context, ring: int = 0) -> None:
         if not tenseal_context.is_private():
             raise SecretKeyError("SecretContext needs a TenSEAL context that holds the secret key")
         self.params = params
+        self.ring = ring  # 0: the session's parameters; 1: the sampler tail (crypto.params.sampler_tail)
+        self.tail: SecretContext | None = None  # ring 1's keys, when the preset has a sampler tail
         self.tenseal_context = tenseal_context
         self.seal_context: Any = tenseal_context.seal_context().data
         self.encoder = sealapi.CKKSEncoder(self.seal_context)
@@ -80,13 +82,44 @@ class PublicContext:
         self.relin_keys: Any = relin_keys
         self.galois_keys: Any = galois_keys
         self.plan = plan
+        self.ring = 0
+        self.tail: PublicTail | None = None
+
+
+class PublicTail:
+    """The worker's sampler tail (`crypto.params.sampler_tail`): its SEAL context and relinearisation key."""
+
+    ring = 1
+
+    def __init__(self, params: CKKSParams, seal_context: Any, relin_keys: Any) -> None:
+        self.params = params
+        self.seal_context = seal_context
+        self.relin_keys = relin_keys
 
 
 def create_secret_context(params: CKKSParams) -> SecretContext:
-    """Generate fresh keys for `params` (secret, public, relinearisation; no Galois keys yet)."""
+    """Generate fresh keys for `params` (secret, public, relinearisation; no Galois keys yet), and a second
+    secret key for its sampler tail if the preset has one (`SecretContext.tail`)."""
+    secret = _secret_context(params, 0)
+    tail = sampler_tail(params)
+    if tail is not None:
+        secret.tail = _secret_context(tail, 1)
+    return secret
+
+
+def _secret_context(params: CKKSParams, ring: int) -> SecretContext:
     ctx = ts.context(ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree, -1, list(params.coeff_mod_bit_sizes))
     ctx.global_scale = params.scale
-    return SecretContext(params, ctx)
+    return SecretContext(params, ctx, ring)
+
+
+def seal_context_for(params: CKKSParams) -> Any:
+    """A keyless SEAL context for `params` (SEAL derives the primes deterministically from the sizes)."""
+    n = params.poly_modulus_degree
+    parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(n)
+    parms.set_coeff_modulus(sealapi.CoeffModulus.Create(n, list(params.coeff_mod_bit_sizes)))
+    return sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
 
 
 def public_context_bytes(secret: SecretContext, plan: RotationPlan) -> bytes:
@@ -115,6 +148,8 @@ def public_context_bytes(secret: SecretContext, plan: RotationPlan) -> bytes:
     relin_blob = seal_to_bytes(keys.create_relin_keys())
     elements = plan.galois_elements(secret.params.poly_modulus_degree)
     galois_blob = seal_to_bytes(keys.create_galois_keys(elements)) if elements else b""
+    tail = secret.tail  # the worker gets the tail's relinearisation key only: no rotation runs there
+    tail_blob = seal_to_bytes(tail.key_generator().create_relin_keys()) if tail is not None else b""
     header = json.dumps(
         {
             "params": secret.params.to_dict(),
@@ -123,11 +158,13 @@ def public_context_bytes(secret: SecretContext, plan: RotationPlan) -> bytes:
             "context_bytes": len(context_blob),
             "relin_bytes": len(relin_blob),
             "galois_bytes": len(galois_blob),
+            "tail": tail.params.to_dict() if tail is not None else None,
+            "tail_relin_bytes": len(tail_blob),
         },
         sort_keys=True,
     ).encode()
     prefix = _PREFIX.pack(MAGIC, WIRE_VERSION, len(header))
-    return bytes(prefix + header + context_blob + relin_blob + galois_blob)
+    return bytes(prefix + header + context_blob + relin_blob + galois_blob + tail_blob)
 
 
 def _numbers(p: CKKSParams) -> tuple[int, tuple[int, ...], int]:
@@ -220,7 +257,7 @@ def load_public_context(data: bytes, expected: CKKSParams | None = None) -> Publ
         ParamsError: the parameters are invalid, above the security limit, use non-standard primes,
             or are not `expected`.
     """
-    header, context_blob, relin_blob, galois_blob = split_public_bytes(data)
+    header, context_blob, relin_blob, galois_blob, tail_blob = split_public_bytes(data)
     try:
         ctx = ts.context_from(context_blob)
     except Exception as exc:  # TenSEAL raises bare ValueError / RuntimeError on malformed protobufs
@@ -244,6 +281,19 @@ def load_public_context(data: bytes, expected: CKKSParams | None = None) -> Publ
             f"create the keys with create_secret_context(preset({expected.name!r})) or announce their preset"
         )
     plan = header.plan(params.slot_count)
-    relin = load_relin_keys(ctx, relin_blob)
+    relin = load_relin_keys(ctx.seal_context().data, relin_blob)
     galois = load_galois_keys(ctx, galois_blob, plan, params)
-    return PublicContext(params, ctx, relin, galois, plan)
+    public = PublicContext(params, ctx, relin, galois, plan)
+    tail = sampler_tail(params)
+    if header.tail != tail:
+        raise WireFormatError(
+            f"the keys bring a sampler tail of {_describe(header.tail) if header.tail else 'none'}, preset "
+            f"{params.name!r} has {_describe(tail) if tail else 'none'}; upload public_context_bytes() "
+            "output unchanged"
+        )
+    if tail is not None:
+        seal = seal_context_for(tail)
+        public.tail = PublicTail(tail, seal, load_relin_keys(seal, tail_blob))
+    elif tail_blob:
+        raise WireFormatError("tail relinearisation keys without a sampler tail; upload the keys unchanged")
+    return public

@@ -5,13 +5,14 @@ them; this module holds what both sides share about the format and the parts of 
 no TenSEAL context: the prefix, the strict header parser, the `RotationPlan` the header carries (with
 SEAL's Galois-element convention) and the check that a Galois-key blob holds exactly the plan's keys.
 
-Wire format (version 2), all integers big-endian:
+Wire format (version 3), all integers big-endian:
 
     b"HECKKS" | u16 version | u32 header length | JSON header | TenSEAL public context (public key
-    only) | SEAL RelinKeys | SEAL GaloisKeys
+    only) | SEAL RelinKeys | SEAL GaloisKeys | SEAL RelinKeys of the sampler tail (may be empty)
 
-The JSON header holds the parameter dict, the normalised rotation steps, the conjugation flag and the
-byte lengths of the three blobs. The two key blobs are SEAL's *seeded* serialisation: each key's
+The JSON header holds the parameter dict, the normalised rotation steps, the conjugation flag, the
+sampler tail's parameter dict (`crypto.params.sampler_tail`; null when the preset has none) and the
+byte lengths of the four blobs. The two key blobs are SEAL's *seeded* serialisation: each key's
 uniformly random half is replaced by the seed that regenerates it on load, which halves the upload
 (18 MB instead of 36 MB at the default preset) and costs the worker nothing after loading.
 
@@ -41,7 +42,7 @@ from crypto.seal_io import seal_from_bytes
 from model.errors import WireFormatError
 
 MAGIC = b"HECKKS"
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 PREFIX = struct.Struct(">6sHI")  # magic, version, header length
 
 
@@ -83,7 +84,16 @@ class RotationPlan:
         return elts
 
 
-_HEADER_FIELDS = ("conjugate", "context_bytes", "galois_bytes", "params", "relin_bytes", "steps")
+_HEADER_FIELDS = (
+    "conjugate",
+    "context_bytes",
+    "galois_bytes",
+    "params",
+    "relin_bytes",
+    "steps",
+    "tail",
+    "tail_relin_bytes",
+)
 _PARAM_FIELDS = ("coeff_mod_bit_sizes", "name", "poly_modulus_degree", "scale_bits")
 _MAX_INT_DIGITS = 19  # every honest header integer fits in a signed 64-bit int
 _MAX_STEP = 1 << 20  # above every slot count (N <= 2^17 in SEAL); the real bound is checked later
@@ -143,6 +153,8 @@ class WireHeader:
     context_bytes: int
     relin_bytes: int
     galois_bytes: int
+    tail: CKKSParams | None = None
+    tail_relin_bytes: int = 0
 
     @classmethod
     def parse(cls, raw: bytes, limit: int) -> WireHeader:
@@ -171,25 +183,15 @@ class WireHeader:
         parsed = tuple(_field_int(s, "every rotation step", 1, _MAX_STEP) for s in steps)
         if len(set(parsed)) != len(parsed):
             raise _bad_header("steps repeat a rotation step")
-        p = _fields(h["params"], _PARAM_FIELDS, "params")
-        chain = p["coeff_mod_bit_sizes"]
-        if not isinstance(chain, list) or not 1 <= len(chain) <= 64:
-            raise _bad_header(f"coeff_mod_bit_sizes must be a list of 1..64 integers, got {_short(chain)}")
-        if not isinstance(p["name"], str) or len(p["name"]) > 64:
-            raise _bad_header(f"name must be a string of at most 64 characters, got {_short(p['name'])}")
-        params = CKKSParams(
-            poly_modulus_degree=_field_int(p["poly_modulus_degree"], "poly_modulus_degree", 1, 1 << 20),
-            coeff_mod_bit_sizes=tuple(_field_int(b, "every prime's bit size", 1, 64) for b in chain),
-            scale_bits=_field_int(p["scale_bits"], "scale_bits", 1, 64),
-            name=p["name"],
-        )
         return cls(
-            params,
+            _parse_params(h["params"], "params"),
             parsed,
             h["conjugate"],
             _field_int(h["context_bytes"], "context_bytes", 0, limit),
             _field_int(h["relin_bytes"], "relin_bytes", 0, limit),
             _field_int(h["galois_bytes"], "galois_bytes", 0, limit),
+            None if h["tail"] is None else _parse_params(h["tail"], "tail"),
+            _field_int(h["tail_relin_bytes"], "tail_relin_bytes", 0, limit),
         )
 
     def plan(self, slot_count: int) -> RotationPlan:
@@ -204,15 +206,30 @@ class WireHeader:
         return RotationPlan(frozenset(self.steps), self.conjugate)
 
 
-def split_public_bytes(data: bytes) -> tuple[WireHeader, bytes, bytes, bytes]:
+def _parse_params(obj: object, what: str) -> CKKSParams:
+    p = _fields(obj, _PARAM_FIELDS, what)
+    chain = p["coeff_mod_bit_sizes"]
+    if not isinstance(chain, list) or not 1 <= len(chain) <= 64:
+        raise _bad_header(f"coeff_mod_bit_sizes must be a list of 1..64 integers, got {_short(chain)}")
+    if not isinstance(p["name"], str) or len(p["name"]) > 64:
+        raise _bad_header(f"name must be a string of at most 64 characters, got {_short(p['name'])}")
+    return CKKSParams(
+        poly_modulus_degree=_field_int(p["poly_modulus_degree"], "poly_modulus_degree", 1, 1 << 20),
+        coeff_mod_bit_sizes=tuple(_field_int(b, "every prime's bit size", 1, 64) for b in chain),
+        scale_bits=_field_int(p["scale_bits"], "scale_bits", 1, 64),
+        name=p["name"],
+    )
+
+
+def split_public_bytes(data: bytes) -> tuple[WireHeader, bytes, bytes, bytes, bytes]:
     """Check the prefix and the lengths, strictly parse the header, and cut out the three blobs.
 
     Args:
         data: the upload, unchanged.
 
     Returns:
-        (the parsed header, the TenSEAL context blob, the SEAL RelinKeys blob, the SEAL GaloisKeys blob;
-        empty if none).
+        (the parsed header, the TenSEAL context blob, the SEAL RelinKeys blob, the SEAL GaloisKeys blob
+        and the tail's SEAL RelinKeys blob; the last two empty if none).
 
     Raises:
         WireFormatError: wrong magic or version; truncated or inconsistent lengths; a header that is
@@ -232,15 +249,16 @@ def split_public_bytes(data: bytes) -> tuple[WireHeader, bytes, bytes, bytes]:
     header = WireHeader.parse(data[PREFIX.size : body], len(data))
     relin_at = body + header.context_bytes
     galois_at = relin_at + header.relin_bytes
-    if len(data) != galois_at + header.galois_bytes:
+    tail_at = galois_at + header.galois_bytes
+    if len(data) != tail_at + header.tail_relin_bytes:
         raise WireFormatError(
-            f"public context is {len(data)} bytes, header announces {galois_at + header.galois_bytes}"
+            f"public context is {len(data)} bytes, header announces {tail_at + header.tail_relin_bytes}"
         )
-    return header, data[body:relin_at], data[relin_at:galois_at], data[galois_at:]
+    return header, data[body:relin_at], data[relin_at:galois_at], data[galois_at:tail_at], data[tail_at:]
 
 
-def load_relin_keys(ctx: ts.Context, blob: bytes) -> Any:
-    """SEAL RelinKeys from `blob` (seeded or not), checked to be one key for `ctx`'s key level.
+def load_relin_keys(seal: Any, blob: bytes) -> Any:
+    """SEAL RelinKeys from `blob` (seeded or not), checked to be one key for the SEAL context's key level.
 
     Raises:
         WireFormatError: the keys do not load, belong to other parameters, or are not one key.
@@ -250,7 +268,6 @@ def load_relin_keys(ctx: ts.Context, blob: bytes) -> Any:
             "no relinearisation keys were sent; upload public_context_bytes() output unchanged"
         )
     relin = sealapi.RelinKeys()
-    seal = ctx.seal_context().data
     seal_from_bytes(relin, seal, blob)
     if list(relin.parms_id()) != list(seal.key_parms_id()) or int(relin.size()) != 1:
         raise WireFormatError(

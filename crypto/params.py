@@ -14,6 +14,13 @@ Presets (DESIGN.md sections 2, 4 and 7):
 | `CKKS_DEFAULT`  | 8,192  | 60, 49, 49, 60 (218 bits)     | 2^49  | 2     | 4,096 |
 | `CKKS_DEEP`     | 16,384 | 60, 6 x 50, 60 (420 bits)     | 2^50  | 6     | 8,192 |
 
+A preset may have a *sampler tail* (`sampler_tail`): a second parameter set, same N, with a coarser scale and
+more levels per fresh ciphertext, for the sampler's cubics once the step's error contracts (DESIGN.md
+section 2). `default-tail` is 40, 4 x 34, 42 bits at 2^34: four levels (two cubics) per refresh instead of
+two, at ~3e-7 error per cubic, which the cubics before it have already amplified the step past. The key
+holder keeps a second secret key for it; the worker gets its relinearisation key only (no rotations run
+in the tail).
+
 `CKKS_TEST` is for fast wiring tests only: at scale 2^24 one rotation already costs up to ~4e-2 of
 absolute error, so it cannot check precision. `CKKS_DEFAULT` spends the whole 218-bit budget of
 N = 8192 on precision: the prefix sum over the 49,152-slot vocabulary adds up the noise of every slot;
@@ -145,6 +152,14 @@ CKKS_DEFAULT = CKKSParams(8192, (60, 49, 49, 60), 49, name="default")
 CKKS_DEEP = CKKSParams(16384, (60, 50, 50, 50, 50, 50, 50, 60), 50, name="deep")
 
 PRESETS: dict[str, CKKSParams] = {p.name: p for p in (CKKS_TEST, CKKS_40, CKKS_DEFAULT, CKKS_DEEP)}
+CKKS_DEFAULT_TAIL = CKKSParams(8192, (40, 34, 34, 34, 34, 42), 34, name="default-tail")
+_TAILS: dict[str, CKKSParams] = {CKKS_DEFAULT.name: CKKS_DEFAULT_TAIL}
+
+
+def sampler_tail(params: CKKSParams) -> CKKSParams | None:
+    """The sampler tail of a preset (None: the sampler runs in `params` throughout)."""
+    tail = _TAILS.get(params.name)
+    return tail if tail is not None and PRESETS.get(params.name) == params else None
 
 
 def preset(name: str) -> CKKSParams:

@@ -11,7 +11,10 @@ vectors out that way, so a product does not spend rotations replicating them).
 Every vector knows its level (rescales left) and all its ciphertexts sit at that level with the
 canonical scale of `crypto.engine`.
 
-Wire format (version 2): one header chunk (JSON: length, chunk, level, clean, count, period, copies)
+A vector also knows its *ring*: 0 for the session's parameter set, 1 for the sampler tail
+(`crypto.params.sampler_tail`), whose ciphertexts only load under the tail's context.
+
+Wire format (version 3): one header chunk (JSON: length, chunk, level, clean, count, period, copies, ring)
 then one chunk per ciphertext (SEAL bytes), so a long vector streams as 1 + n messages;
 `vector_to_bytes` frames the same chunks into one blob with u32 lengths.
 
@@ -37,8 +40,9 @@ from crypto.seal_io import seal_from_bytes, seal_to_bytes
 from model.errors import LayoutError, WireFormatError
 
 FloatArray = npt.NDArray[np.float64]
-VECTOR_WIRE_VERSION = 2
+VECTOR_WIRE_VERSION = 3
 _U32 = struct.Struct(">I")
+_RINGS = {0: "the session's parameters", 1: "the sampler tail's parameters"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class EncVector:
     clean: bool = True
     period: int = 0  # replicated layout: copy k of the values starts at slot k * period (0: not replicated)
     copies: int = 1  # how many copies of the values the ciphertext holds
+    ring: int = 0  # 0: the session's parameters; 1: the sampler tail
 
     def __post_init__(self) -> None:
         if self.length <= 0 or self.chunk <= 0:
@@ -77,17 +82,19 @@ class EncVector:
         return replace(self, cts=tuple(cts), level=level, clean=self.clean if clean is None else clean)
 
     def same_layout(self, other: EncVector) -> bool:
-        return (self.length, self.chunk, self.period, self.copies) == (
+        return (self.length, self.chunk, self.period, self.copies, self.ring) == (
             other.length,
             other.chunk,
             other.period,
             other.copies,
+            other.ring,
         )
 
 
 class _HasSeal(Protocol):
     params: CKKSParams
     seal_context: Any
+    ring: int
 
 
 def chunk_values(values: npt.ArrayLike, chunk: int) -> list[FloatArray]:
@@ -127,7 +134,9 @@ def _laid_out(
         c = arr.size
     else:
         pieces = chunk_values(arr, c)
-    shape = EncVector((None,) * len(pieces), int(arr.size), c, lvl, True, period if copies > 1 else 0, copies)
+    shape = EncVector(
+        (None,) * len(pieces), int(arr.size), c, lvl, True, period if copies > 1 else 0, copies, secret.ring
+    )
     return eng, pieces, shape
 
 
@@ -223,6 +232,7 @@ def _header(vec: EncVector) -> bytes:
         "count": len(vec.cts),
         "period": vec.period,
         "copies": vec.copies,
+        "ring": vec.ring,
     }
     return json.dumps(header, sort_keys=True).encode()
 
@@ -253,8 +263,8 @@ def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes], level: int | 
     if version != VECTOR_WIRE_VERSION:
         raise WireFormatError(f"encrypted-vector wire version {version!r}, expected {VECTOR_WIRE_VERSION}")
     try:
-        length, chunk, header_level, count, period, copies = (
-            _whole(header, name) for name in ("length", "chunk", "level", "count", "period", "copies")
+        length, chunk, header_level, count, period, copies, ring = (
+            _whole(header, name) for name in ("length", "chunk", "level", "count", "period", "copies", "ring")
         )
         clean = header["clean"]
         if not isinstance(clean, bool):
@@ -263,6 +273,11 @@ def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes], level: int | 
         raise WireFormatError(f"bad encrypted-vector header: {exc}") from exc
     if len(chunks) - 1 != count:
         raise WireFormatError(f"header announces {count} ciphertexts, got {len(chunks) - 1}")
+    if ring != context.ring:
+        raise WireFormatError(
+            f"an encrypted vector of {_RINGS.get(ring, f'ring {ring}')} where one of "
+            f"{_RINGS[context.ring]} was expected"
+        )
     if level is not None and header_level != level:
         raise WireFormatError(f"an encrypted vector at level {header_level}, expected level {level}")
     cts = []
@@ -274,7 +289,7 @@ def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes], level: int | 
             raise WireFormatError(f"ciphertext at level {ct_level}, header says {header_level}")
         cts.append(ct)
     try:
-        return EncVector(tuple(cts), length, chunk, header_level, clean, period, copies)
+        return EncVector(tuple(cts), length, chunk, header_level, clean, period, copies, ring)
     except LayoutError as exc:
         raise WireFormatError(str(exc)) from exc
 
@@ -298,6 +313,23 @@ def frame_chunks(chunks: Sequence[bytes]) -> bytes:
 def vector_to_bytes(vec: EncVector) -> bytes:
     """All of `vector_to_chunks` in one blob (`frame_chunks`)."""
     return frame_chunks(vector_to_chunks(vec))
+
+
+def vector_ring(data: bytes) -> int:
+    """The ring a `vector_to_bytes` blob says it is in (0 or 1), so a receiver holding both contexts can
+    load it under the right one (`vector_from_bytes` checks the claim against the ciphertexts).
+
+    Raises:
+        WireFormatError: truncated bytes, a malformed header, or a ring other than 0 and 1.
+    """
+    chunks = split_vector_bytes(data)
+    try:
+        ring = _whole(json.loads(chunks[0]), "ring") if chunks else -1
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WireFormatError(f"bad encrypted-vector header: {exc}") from exc
+    if ring not in _RINGS:
+        raise WireFormatError(f"an encrypted vector of ring {ring}; expected 0 (session) or 1 (sampler tail)")
+    return ring
 
 
 def vector_from_bytes(context: _HasSeal, data: bytes, level: int | None = None) -> EncVector:

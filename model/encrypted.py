@@ -46,7 +46,8 @@ from model.errors import InputError
 from model.forward import LlamaShape, PreparedModel
 
 MATMUL_LEVEL = 1  # products run at level 1: the cheapest level that can still rescale
-ORACLE_FUNCTIONS = ("refresh", "rmsnorm", "attention", "swiglu", "final_norm", "softmax")
+REFRESHES = ("refresh", "refresh_tail")  # by the ring re-encrypted into (crypto.vector.EncVector.ring)
+ORACLE_FUNCTIONS = (*REFRESHES, "rmsnorm", "attention", "swiglu", "final_norm", "softmax")
 LAYER_MATRICES = ("q", "kv", "o", "gate", "up", "down")
 # Decode: the block that runs on each rank when one position is split by block (rank % world).
 BLOCK_RANKS = {"q": 0, "kv": 1, "o": 0, "gate": 0, "up": 1, "down.0": 0, "down.1": 1}
@@ -83,8 +84,9 @@ class OracleCall:
     """One oracle round trip: shares of the function's input, and the output pieces wanted back.
 
     `refresh` is per ciphertext vector: each input blob comes back re-encrypted at the top level with the
-    same layout (parts and pieces are not used). Every other function has one logical input of T rows
-    (for attention: q then kv; for swiglu: gate then up), assembled by adding each part at its place.
+    same layout (parts and pieces are not used); `refresh_tail` likewise, into the sampler tail. Every
+    other function has one logical input of T rows (for attention: q then kv; for swiglu: gate then up),
+    assembled by adding each part at its place.
     """
 
     fn: str
@@ -107,7 +109,7 @@ def merge_calls(calls: Sequence[OracleCall]) -> tuple[OracleCall, list[list[int]
         raise InputError(f"ranks out of step: {[(c.fn, c.layer) for c in calls]}")
     parts = [p for c in calls for p in c.parts]
     blobs = [b for c in calls for b in c.blobs]
-    if first.fn == "refresh":
+    if first.fn in REFRESHES:
         answers, at = [], 0
         for c in calls:
             answers.append(list(range(at, at + len(c.blobs))))

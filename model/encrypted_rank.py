@@ -29,6 +29,7 @@ from crypto.ops import CkksOps
 from crypto.vector import EncVector, for_key_holder, vector_from_bytes, vector_to_bytes
 from model.encrypted import (
     MATMUL_LEVEL,
+    REFRESHES,
     Layout,
     OracleCall,
     PieceSpec,
@@ -149,6 +150,7 @@ class RankBackend:
         tsp: bool,
     ) -> None:
         self.engine = engine
+        self.engines = [engine] if public.tail is None else [engine, Engine.for_tail(public.tail)]  # by ring
         self.public = public
         self.layout = layout
         self.caches = caches
@@ -221,11 +223,15 @@ class RankBackend:
         tel.bytes_from_key_holder += sum(len(b) for b in reply)
         return reply
 
-    def refresh(self, vec: EncVector) -> EncVector:
+    def refresh(self, vec: EncVector, ring: int) -> EncVector:
+        """`vec` re-encrypted by the key holder at the top of `ring` (0: the session's, 1: the tail)."""
         self.telemetry.refreshes += 1
-        sent = vector_to_bytes(for_key_holder(self.engine, vec))
-        (blob,) = self._oracle(OracleCall("refresh", -1, [(0, 0)], [sent]))
-        return vector_from_bytes(self.public, blob, self.engine.top_level)
+        sent = vector_to_bytes(for_key_holder(self.engines[vec.ring], vec))
+        (blob,) = self._oracle(OracleCall(REFRESHES[ring], -1, [(0, 0)], [sent]))
+        into = self.public if ring == 0 else self.public.tail
+        if into is None:
+            raise InputError("a refresh into the sampler tail, but the session's preset has none")
+        return vector_from_bytes(into, blob, self.engines[ring].top_level)
 
     def wanted(self, into: Consumer, layer: int) -> list[PieceSpec]:
         """The input pieces this rank's next products need, laid out for their plans."""
@@ -251,8 +257,9 @@ class RankBackend:
 class RankOps(CkksOps):
     """The sampler's operations on this rank's vocabulary chunks, with cancellation points."""
 
-    def __init__(self, engine: Engine, backend: RankBackend, link: RankLink) -> None:
-        super().__init__(engine, backend.refresh, peers=link if link.world > 1 else None)
+    def __init__(self, backend: RankBackend, link: RankLink) -> None:
+        tail = backend.engines[1] if len(backend.engines) > 1 else None
+        super().__init__(backend.engine, backend.refresh, peers=link if link.world > 1 else None, tail=tail)
         self.link = link
 
     def cubic(self, a: EncVector, coeffs: tuple[float, float, float, float]) -> EncVector:
@@ -350,7 +357,7 @@ def run_rank(
     engine = Engine.for_worker(public)
     tsp = request.sampler.tsp
     backend = RankBackend(engine, public, layout, caches, link, tsp)
-    ops = RankOps(engine, backend, link)
+    ops = RankOps(backend, link)
     session = RankSession(backend, weights, tsp, link)
     selector = RankSelector(backend, ops, caches, request.sampler)
     rng = np.random.default_rng(request.seed)

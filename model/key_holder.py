@@ -25,8 +25,8 @@ import torch
 from crypto.engine import Engine
 from crypto.keys import RotationPlan, SecretContext, create_secret_context, public_context_bytes
 from crypto.params import preset
-from crypto.vector import EncVector, decrypt_vector, encrypt_vector_bytes, vector_from_bytes
-from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec, input_widths
+from crypto.vector import EncVector, decrypt_vector, encrypt_vector_bytes, vector_from_bytes, vector_ring
+from model.encrypted import ORACLE_FUNCTIONS, REFRESHES, OracleCall, PieceSpec, input_widths
 from model.errors import InputError
 from model.forward import KeyHolderFunctions, LlamaShape, NonLinear
 from model.repetition import RepetitionGuard
@@ -50,6 +50,9 @@ class KeyHolderSide:
         self.preset = preset_name
         self.secret: SecretContext = create_secret_context(preset(preset_name))
         self.engine = Engine.for_key_holder(self.secret)
+        tail = self.secret.tail
+        self.rings = [self.secret] if tail is None else [self.secret, tail]  # by ring
+        self.engines = [Engine.for_key_holder(r) for r in self.rings]
         self.shape = shape
         self.embeddings = embeddings  # (V, d): public model data, used to embed the prompt
         self.perm = np.asarray(perm, dtype=np.int64)
@@ -155,17 +158,25 @@ class KeyHolderSide:
         if len(call.parts) != len(call.blobs):
             raise InputError(f"{len(call.parts)} part positions for {len(call.blobs)} ciphertexts")
         self.evaluated[call.fn] = self.evaluated.get(call.fn, 0) + 1
-        if call.fn == "refresh":
-            return [self._refresh(self._received(blob)) for blob in call.blobs]
+        if call.fn in REFRESHES:
+            into = REFRESHES.index(call.fn)
+            if into >= len(self.rings):
+                raise InputError(f"{call.fn}: this session's preset {self.preset!r} has no sampler tail")
+            return [self._refresh(blob, into) for blob in call.blobs]
         widths = input_widths(self.shape, call.fn)
         x = self._assemble(call, sum(widths))
         out = self._evaluate(call.fn, call.layer, x, widths)  # (T_out, width)
         return [self._piece(out, spec) for spec in call.pieces]
 
-    def _refresh(self, vec: EncVector) -> bytes:
-        return encrypt_vector_bytes(
-            self.secret, decrypt_vector(self.secret, vec), chunk=vec.chunk, engine=self.engine
-        )
+    def _refresh(self, blob: bytes, into: int) -> bytes:
+        """Decrypt a vector of either ring; re-encrypt it, seeded, at the top of ring `into`."""
+        ring = vector_ring(blob)
+        if ring >= len(self.rings):
+            raise InputError(f"a vector of the sampler tail, but preset {self.preset!r} has no tail")
+        source = self.rings[ring]
+        vec = vector_from_bytes(source, blob, level=0)
+        values = decrypt_vector(source, vec)
+        return encrypt_vector_bytes(self.rings[into], values, chunk=vec.chunk, engine=self.engines[into])
 
     def _assemble(self, call: OracleCall, width: int) -> FloatArray:
         """Add every input share at its place; every value of every row must be covered."""

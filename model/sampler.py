@@ -41,6 +41,8 @@ H_F1_COUNT = 3
 SHARPEN_COUNT = 5  # S = f^5(H(amp(x)))
 LEVELS_PER_CUBIC = 2  # a cubic costs two multiplicative levels under CKKS
 LEVELS_PER_PRODUCT = 2  # the shifted product: one for the ct x ct product, one spare for a masked shift
+SHARP_CUBICS = 7  # cubics of S at full precision; after them g1's slope (2.08 each) has amplified the
+# step 2.08^7 = 167-fold, so the coarse tail's ~3e-7 error per cubic weighs like ~4e-9 on c - r
 
 Precision = Literal["fp16", "fp32", "fp64"]
 PRECISIONS: tuple[Precision, ...] = ("fp16", "fp32", "fp64")
@@ -133,14 +135,19 @@ def compose(ops: VectorOps[V], x: V, polynomials: tuple[Cubic, ...]) -> V:
 
 
 def step_values(ops: VectorOps[V], c: V, r: float, amp_rounds: int) -> V:
-    """s_j = S(c_j - r): about 1 where c_j > r, about 0 where c_j < r."""
+    """s_j = S(c_j - r): about 1 where c_j > r, about 0 where c_j < r.
+
+    The first `SHARP_CUBICS` cubics run at full precision; the rest at the backend's coarse precision
+    (`VectorOps.coarse`), which the amplification so far makes as good as the sharp one."""
     x = ops.add_const(c, -r)  # plaintext r, depth 0
-    return compose(ops, x, step_polynomials(amp_rounds))
+    polynomials = step_polynomials(amp_rounds)
+    x = compose(ops, x, polynomials[:SHARP_CUBICS])
+    return compose(ops, ops.coarse(x), polynomials[SHARP_CUBICS:])
 
 
 def one_hot_from_steps(ops: VectorOps[V], s: V) -> V:
     """I_j = (1 - s_{j-1}) s_j with s_{-1} = 0, computed as s_j - s_{j-1} s_j (one product, no constant)."""
-    s = ops.ensure_levels(s, LEVELS_PER_PRODUCT)
+    s = ops.ensure_levels(ops.fine(s), LEVELS_PER_PRODUCT)
     previous = ops.shift_right(s)  # s_{j-1}; out[0] = 0, never a cyclic wrap (that would hide position 0)
     return ops.sub(s, ops.mul(previous, s))  # level L -> L-1
 

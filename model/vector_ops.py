@@ -64,6 +64,15 @@ class VectorOps(Protocol[V]):
         """Return `a`, refreshed if it has fewer than `levels` multiplicative levels left."""
         ...
 
+    def coarse(self, a: V) -> V:
+        """`a` from here on at the coarser precision the circuit's contracting part allows (a CKKS
+        backend moves it into its sampler tail: more levels per refresh). Identity in floating point."""
+        ...
+
+    def fine(self, a: V) -> V:
+        """`a` back at full precision (before rotations, which the tail has no keys for)."""
+        ...
+
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -100,4 +109,10 @@ class NumpyOps:
         return out
 
     def ensure_levels(self, a: FloatArray, levels: int) -> FloatArray:
+        return a
+
+    def coarse(self, a: FloatArray) -> FloatArray:
+        return a
+
+    def fine(self, a: FloatArray) -> FloatArray:
         return a

@@ -43,7 +43,13 @@ def private_context_bytes(params):  # type: ignore[no-untyped-def]
     from crypto.keys import MAGIC, WIRE_VERSION, create_secret_context
 
     private = create_secret_context(params).tenseal_context.serialize(save_secret_key=True)
-    header = {"params": params.to_dict(), "steps": [], "conjugate": False}
+    header = {
+        "params": params.to_dict(),
+        "steps": [],
+        "conjugate": False,
+        "tail": None,
+        "tail_relin_bytes": 0,
+    }
     head = json.dumps({**header, "context_bytes": len(private), "relin_bytes": 0, "galois_bytes": 0}).encode()
     return struct.pack(">6sHI", MAGIC, WIRE_VERSION, len(head)) + head + private
 
@@ -83,7 +89,14 @@ class CkksKeys:
         if plan not in self._engines:
             public = load_public_context(public_context_bytes(self.secret, plan))
             self._engines[plan] = Engine.for_worker(public)
+            if public.tail is not None:
+                self._engines["tail"] = Engine.for_tail(public.tail)
         return self._engines[plan]
+
+    def tail_engine(self):  # type: ignore[no-untyped-def]
+        """The worker's engine over the preset's sampler tail (loaded from the same public bytes)."""
+        self.engine()
+        return self._engines["tail"]
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from crypto.keys import (
     load_public_context,
     public_context_bytes,
 )
-from crypto.params import CKKS_40, CKKS_DEFAULT, CKKS_TEST
+from crypto.params import CKKS_40, CKKS_DEFAULT, CKKS_TEST, sampler_tail
 from crypto.seal_io import join_chunks, seal_to_bytes, split_chunks
 from crypto.vector import decrypt_slots, encrypt_vector
 from model.errors import MissingRotationKey, ParamsError, SecretKeyError, WireFormatError
@@ -224,6 +224,8 @@ def test_crafted_primes_of_the_same_bit_sizes_are_refused() -> None:
         "context_bytes": len(context),
         "relin_bytes": 0,
         "galois_bytes": 0,
+        "tail": None,
+        "tail_relin_bytes": 0,
     }
     with pytest.raises(ParamsError, match="not SEAL's standard primes"):
         load_public_context(_forge(header, context))
@@ -305,18 +307,44 @@ def test_galois_keys_of_other_parameters_or_steps_are_refused(upload_40: bytes) 
     header, blobs = _split(own)
     keys_at = header["context_bytes"] + header["relin_bytes"]
     context_and_relin = blobs[:keys_at]
+    tail = blobs[keys_at + header["galois_bytes"] :]
     foreign_header, foreign_blobs = _split(
         public_context_bytes(create_secret_context(CKKS_40), RotationPlan.of([1], CKKS_40.slot_count))
     )
     foreign_galois = foreign_blobs[foreign_header["context_bytes"] + foreign_header["relin_bytes"] :]
     with pytest.raises(WireFormatError, match="cannot load GaloisKeys"):  # SEAL's load checks parms_id
         load_public_context(
-            _forge({**header, "galois_bytes": len(foreign_galois)}, context_and_relin + foreign_galois)
+            _forge({**header, "galois_bytes": len(foreign_galois)}, context_and_relin + foreign_galois + tail)
         )
     with pytest.raises(WireFormatError, match="Galois keys hold 1 key"):  # a step without its key
         load_public_context(_forge({**header, "steps": [1, 2]}, blobs))
     with pytest.raises(WireFormatError, match="no Galois keys were sent"):
-        load_public_context(_forge({**header, "galois_bytes": 0}, context_and_relin))
+        load_public_context(_forge({**header, "galois_bytes": 0}, context_and_relin + tail))
+
+
+def test_the_sampler_tail_key_comes_with_its_preset_and_nowhere_else(upload_40: bytes) -> None:
+    default = create_secret_context(CKKS_DEFAULT)
+    own = public_context_bytes(default, RotationPlan.of([1], CKKS_DEFAULT.slot_count))
+    public = load_public_context(own)
+    assert public.tail is not None and public.tail.params == sampler_tail(CKKS_DEFAULT)
+    assert public.tail.relin_keys.size() == 1
+    header, blobs = _split(own)
+    head = blobs[: len(blobs) - header["tail_relin_bytes"]]
+    tail = blobs[len(head) :]
+    with pytest.raises(WireFormatError, match="sampler tail of none, preset 'default' has 'default-tail'"):
+        load_public_context(_forge({**header, "tail": None, "tail_relin_bytes": 0}, head))
+    with pytest.raises(WireFormatError, match="no relinearisation keys"):
+        load_public_context(_forge({**header, "tail_relin_bytes": 0}, head))
+    main_relin = blobs[header["context_bytes"] : header["context_bytes"] + header["relin_bytes"]]
+    with pytest.raises(WireFormatError, match="cannot load RelinKeys"):  # the head's key in the tail's place
+        load_public_context(_forge({**header, "tail_relin_bytes": len(main_relin)}, head + main_relin))
+    other, other_blobs = _split(upload_40)  # a preset without a tail: tail keys are refused
+    with pytest.raises(WireFormatError, match="sampler tail of 'default-tail'"):
+        load_public_context(
+            _forge({**other, "tail": header["tail"], "tail_relin_bytes": len(tail)}, other_blobs + tail)
+        )
+    with pytest.raises(WireFormatError, match="tail relinearisation keys without a sampler tail"):
+        load_public_context(_forge({**other, "tail_relin_bytes": len(tail)}, other_blobs + tail))
 
 
 def test_keys_travel_seeded_and_relinearisation_keys_are_checked(small_upload: bytes) -> None:

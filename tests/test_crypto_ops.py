@@ -7,7 +7,8 @@ import pytest
 
 from crypto.ops import CkksOps, local_refresh, sampler_rotation_plan
 from crypto.vector import EncVector, decrypt_vector, encrypt_vector
-from model.errors import LevelsExhausted
+from model.errors import LayoutError, LevelsExhausted
+from model.sampler import approx_one_hot, exact_one_hot
 from model.vector_ops import NumpyOps, VectorOps
 from tests.conftest import assert_close
 
@@ -73,3 +74,41 @@ def test_mul_const_shortcuts_cost_no_level(ckks, rng) -> None:  # type: ignore[n
     neg = ops.mul_const(v, -1.0)
     assert neg.level == v.level
     assert_close(decrypt_vector(ckks.secret, neg), -x, 1e-9)
+
+
+def test_the_sampler_tail_halves_the_refreshes_and_keeps_the_draw(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    plan = sampler_rotation_plan(ckks.params.slot_count)
+    refresh = local_refresh(ckks.secret)
+    rings: list[tuple[int, int]] = []
+
+    def recorded(vec: EncVector, into: int) -> EncVector:
+        rings.append((vec.ring, into))
+        return refresh(vec, into)
+
+    q = rng.dirichlet(np.full(6000, 0.05))  # two ciphertexts; a few large probabilities, many tiny ones
+    c = np.cumsum(q)
+    r = float(c[np.argmax(q)] - q.max() / 2)  # the middle of the largest step: far from every c_j
+    enc = encrypt_vector(ckks.secret, q)
+    tail = CkksOps(ckks.engine(plan), recorded, tail=ckks.tail_engine())
+    one_hot = approx_one_hot(tail, enc, r, amp_rounds=3, pp=True)
+    assert one_hot.ring == 0 and one_hot.level == 0  # back in the session's parameters
+    assert_close(decrypt_vector(ckks.secret, one_hot), exact_one_hot(q, r), 1e-4)
+    # 7 sharp cubics, one refresh each (the first after the prefix sum); 18 in the tail, two per
+    # refresh; then the shift and the product, and PP, in the session's parameters
+    assert tail.refreshes == 7 + 9 + 2 and tail.refreshed_ciphertexts == 2 * tail.refreshes
+    assert rings == [(0, 0)] * 7 + [(0, 1)] + [(1, 1)] * 8 + [(1, 0), (0, 0)]
+    plain = CkksOps(ckks.engine(plan), refresh)  # the same circuit without a tail
+    approx_one_hot(plain, enc, r, amp_rounds=3, pp=True)
+    assert plain.refreshes == 27
+
+
+def test_vectors_of_two_rings_do_not_mix(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    ops = CkksOps(ckks.engine(), local_refresh(ckks.secret), tail=ckks.tail_engine())
+    head = encrypt_vector(ckks.secret, rng.uniform(size=10))
+    moved = ops.coarse(head)
+    assert (moved.ring, moved.level, ops.coarse(moved) is moved) == (1, 4, True)
+    assert_close(decrypt_vector(ckks.secret.tail, moved), decrypt_vector(ckks.secret, head), 1e-7)  # 2^34
+    with pytest.raises(LayoutError):
+        ops.add(head, moved)
+    back = ops.fine(moved)
+    assert (back.ring, back.level, ops.refreshes) == (0, 2, 2)

@@ -13,9 +13,11 @@ from crypto.vector import (
     encrypt_vector,
     encrypt_vector_bytes,
     for_key_holder,
+    frame_chunks,
     vector_from_bytes,
     vector_from_chunks,
     vector_nbytes,
+    vector_ring,
     vector_to_bytes,
     vector_to_chunks,
 )
@@ -33,7 +35,7 @@ def test_encrypt_decrypt_and_round_trips(ckks, rng, length: int, chunk: int | No
     assert len(v.cts) == -(-length // (chunk or ckks.params.slot_count))
     assert_close(decrypt_vector(ckks.secret, v), x, ATOL)
     worker = ckks.engine()
-    public = type("P", (), {"seal_context": worker.seal_context, "params": worker.params})()
+    public = type("P", (), {"seal_context": worker.seal_context, "params": worker.params, "ring": 0})()
     w = vector_from_bytes(public, vector_to_bytes(v))
     assert (w.length, w.chunk, w.level) == (v.length, v.chunk, v.level)
     assert_close(decrypt_vector(ckks.secret, w), x, ATOL)
@@ -55,7 +57,7 @@ def test_seeded_vectors_are_half_the_bytes_and_decrypt_the_same(ckks, rng, level
     full = vector_to_bytes(encrypt_vector(ckks.secret, x, level=level))
     assert len(seeded) < 0.55 * len(full)
     worker = ckks.engine()
-    public = type("P", (), {"seal_context": worker.seal_context, "params": worker.params})()
+    public = type("P", (), {"seal_context": worker.seal_context, "params": worker.params, "ring": 0})()
     on_worker = vector_from_bytes(public, seeded, level=level)  # the worker expands the seeds on load
     assert_close(decrypt_vector(ckks.secret, on_worker), x, ATOL)
     other = (level + 1) % 3
@@ -92,6 +94,22 @@ def test_header_level_mismatch_and_garbage_are_rejected(ckks, rng) -> None:  # t
         vector_from_chunks(ckks.secret, [chunks[0], b"not a ciphertext"])
     with pytest.raises(WireFormatError):
         vector_from_bytes(ckks.secret, vector_to_bytes(v)[:-7])
+
+
+def test_a_vector_says_its_ring_and_loads_under_that_context_only(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    values = rng.uniform(-1, 1, 10)
+    tail = ckks.secret.tail
+    blob = vector_to_bytes(encrypt_vector(tail, values))
+    assert vector_ring(blob) == 1 and vector_ring(vector_to_bytes(encrypt_vector(ckks.secret, values))) == 0
+    assert_close(decrypt_vector(tail, vector_from_bytes(tail, blob, level=4)), values, 1e-7)
+    with pytest.raises(WireFormatError, match="sampler tail's parameters where one of the session's"):
+        vector_from_bytes(ckks.secret, blob)
+    chunks = vector_to_chunks(encrypt_vector(ckks.secret, values))
+    header = json.loads(chunks[0])
+    for ring, problem in ((1, "cannot load Ciphertext"), (7, "ring 7")):  # a false claim, an unknown ring
+        forged = frame_chunks([json.dumps({**header, "ring": ring}).encode(), *chunks[1:]])
+        with pytest.raises(WireFormatError, match=problem):
+            vector_from_bytes(tail, forged) if ring == 1 else vector_ring(forged)
 
 
 def test_bad_layouts_raise(ckks) -> None:  # type: ignore[no-untyped-def]

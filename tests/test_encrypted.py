@@ -22,9 +22,9 @@ from app.keyholder import ReplyRequest
 from app.worker_session import JobContext
 from crypto.keys import load_public_context
 from crypto.params import preset
-from crypto.vector import decrypt_vector, encrypt_vector_bytes, vector_from_bytes
-from model.encrypted import OracleCall, PieceSpec
-from model.errors import InputError, JobFailed
+from crypto.vector import decrypt_vector, encrypt_vector_bytes, vector_from_bytes, vector_to_bytes
+from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec
+from model.errors import InputError, JobFailed, WireFormatError
 from model.forward import LlamaShape
 from model.generate import GenerationSettings, build_prompt, generate
 from model.key_holder import KeyHolderSide
@@ -122,10 +122,13 @@ def test_encrypted_matches_simulate_token_for_token(tiny: LoadedModel, worker: E
     calls = telemetry[-1]["oracle_calls"]
     layers = tiny.model.config.num_hidden_layers
     assert calls["rmsnorm"] == 2 * layers and calls["attention"] == layers and calls["swiglu"] == layers
-    assert calls["softmax"] == 1 and calls["refresh"] >= 25
+    assert calls["softmax"] == 1
+    # the default preset's sampler tail: 7 sharp cubics, shift and product, PP, the mixture in the
+    # session's parameters; the other 18 cubics two per refresh in the tail
+    assert (calls["refresh"], calls["refresh_tail"]) == (7 + 2 + 1, 9)
     assert telemetry[-1]["bytes_to_key_holder"] > 0 and telemetry[-1]["rotations"] > 0
     assert telemetry[-1]["processes"] == worker.pool.world
-    assert set(keys.evaluated) <= {"refresh", "rmsnorm", "attention", "swiglu", "final_norm", "softmax"}
+    assert set(keys.evaluated) <= set(ORACLE_FUNCTIONS)
 
 
 def test_a_continued_reply_equals_reading_everything_at_once(
@@ -158,6 +161,17 @@ def test_the_key_holder_refuses_calls_off_the_allow_list_and_out_of_shape(tiny: 
         keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [blob], [PieceSpec(0, 0, 65)]))
     with pytest.raises(InputError, match="do not fit"):
         keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [blob], [PieceSpec(0, 0, 64, 64, 100, 1)]))
+    tail = vector_from_bytes(
+        keys.secret.tail, keys.answer(OracleCall("refresh_tail", -1, [(0, 0)], [blob]))[0]
+    )
+    assert tail.ring == 1 and tail.level == 4  # the prompt's vector, re-encrypted in the sampler tail
+    with pytest.raises(WireFormatError, match="ring 3"):
+        keys.answer(OracleCall("refresh", -1, [(0, 0)], [blob.replace(b'"ring": 0', b'"ring": 3')]))
+    with pytest.raises(WireFormatError, match="sampler tail's parameters where one of the session's"):
+        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [vector_to_bytes(tail)]))
+    untailed = KeyHolderSide("test", shape, tiny.input_embeddings(), tiny_perm(tiny.model.config.vocab_size))
+    with pytest.raises(InputError, match="preset 'test' has no sampler tail"):
+        untailed.answer(OracleCall("refresh_tail", -1, [(0, 0)], [untailed.encrypt_prompt([5])[0]]))
 
 
 def test_the_worker_never_holds_a_secret_key(tiny: LoadedModel, worker: EncryptedWorker) -> None:
