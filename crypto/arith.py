@@ -64,6 +64,7 @@ def negate(eng: Engine, a: EncVector) -> EncVector:
 
 def add_const(eng: Engine, a: EncVector, c: float) -> EncVector:
     """a + c in every value slot (padding slots get c too, so the result is not clean). Depth 0."""
+    a.require_unpacked("add_const")
     if c == 0.0:
         return a
     pt = eng.const(c, a.level)
@@ -73,6 +74,7 @@ def add_const(eng: Engine, a: EncVector, c: float) -> EncVector:
 def mul(eng: Engine, a: EncVector, b: EncVector) -> EncVector:
     """a * b element-wise (ciphertext x ciphertext). Depth 1."""
     _check_layout(a, b, "mul")
+    a.require_unpacked("mul")
     eng.require("mul", min(a.level, b.level), 1)
     a, b = align(eng, a, b)
     if a is b:
@@ -84,6 +86,7 @@ def mul(eng: Engine, a: EncVector, b: EncVector) -> EncVector:
 
 def mul_const(eng: Engine, a: EncVector, c: float) -> EncVector:
     """c * a. Depth 1 (the constant is encoded at the level's scale and divided out by one rescale)."""
+    a.require_unpacked("mul_const")
     eng.require("mul_const", a.level, 1)
     pt = eng.const(c, a.level)
     return a.with_cts([eng.rescale(eng.mul_plain(x, pt)) for x in a.cts], a.level - 1)

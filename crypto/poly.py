@@ -60,6 +60,7 @@ def cubic(eng: Engine, x: EncVector, coeffs: Cubic) -> EncVector:
     Raises:
         LevelsExhausted: `x` has fewer levels left than the polynomial needs (checked first).
     """
+    x.require_unpacked("cubic")
     c0, c1, c2, c3 = (float(c) for c in coeffs)
     depth = cubic_depth((c0, c1, c2, c3))
     eng.require("cubic", x.level, depth)

@@ -14,7 +14,15 @@ canonical scale of `crypto.engine`.
 A vector also knows its *ring*: 0 for the session's parameter set, 1 for the sampler tail
 (`crypto.params.sampler_tail`), whose ciphertexts only load under the tail's context.
 
-Wire format (version 3): one header chunk (JSON: length, chunk, level, clean, count, period, copies, ring)
+On its way to the key holder (`for_key_holder`) a vector of several ciphertexts is *packed*: CKKS slots
+are complex and our values real, so ciphertext `2k + 1` is multiplied by the monomial X^(N/2) (exact: a
+signed shift of the coefficients, no level, no key, no scale change; it multiplies slot j by +i or -i,
+`monomial_slots`) and added to ciphertext `2k`. Half the ciphertexts travel; the key holder reads chunk
+2k from the real parts and chunk 2k + 1 from the imaginary parts, at sqrt(2) times the noise of either.
+A packed vector only adds to another and decrypts.
+
+Wire format (version 3): one header chunk (JSON: length, chunk, level, clean, count, period, copies, ring,
+packed)
 then one chunk per ciphertext (SEAL bytes), so a long vector streams as 1 + n messages;
 `vector_to_bytes` frames the same chunks into one blob with u32 lengths.
 
@@ -57,15 +65,18 @@ class EncVector:
     period: int = 0  # replicated layout: copy k of the values starts at slot k * period (0: not replicated)
     copies: int = 1  # how many copies of the values the ciphertext holds
     ring: int = 0  # 0: the session's parameters; 1: the sampler tail
+    packed: bool = False  # two chunks per ciphertext, real and imaginary parts (for the key holder only)
 
     def __post_init__(self) -> None:
         if self.length <= 0 or self.chunk <= 0:
             raise LayoutError(f"length and chunk must be positive, got {self.length}, {self.chunk}")
         expected = -(-self.length // self.chunk)
+        if self.packed:
+            expected = -(-expected // 2)
         if len(self.cts) != expected:
             raise LayoutError(
-                f"{self.length} values in chunks of {self.chunk} need {expected} ciphertexts, "
-                f"got {len(self.cts)}"
+                f"{self.length} values in chunks of {self.chunk} need {expected}"
+                f"{' packed' if self.packed else ''} ciphertexts, got {len(self.cts)}"
             )
         if self.copies < 1 or (self.copies > 1 and (len(self.cts) != 1 or self.period < self.length)):
             raise LayoutError(
@@ -82,13 +93,19 @@ class EncVector:
         return replace(self, cts=tuple(cts), level=level, clean=self.clean if clean is None else clean)
 
     def same_layout(self, other: EncVector) -> bool:
-        return (self.length, self.chunk, self.period, self.copies, self.ring) == (
+        return (self.length, self.chunk, self.period, self.copies, self.ring, self.packed) == (
             other.length,
             other.chunk,
             other.period,
             other.copies,
             other.ring,
+            other.packed,
         )
+
+    def require_unpacked(self, operation: str) -> None:
+        """Raise `LayoutError` for an operation that is not linear over the packed halves."""
+        if self.packed:
+            raise LayoutError(f"{operation} needs an unpacked vector; a packed one only adds and decrypts")
 
 
 class _HasSeal(Protocol):
@@ -192,11 +209,26 @@ def encrypt_vector_bytes(
 
 def for_key_holder(engine: Engine, vec: EncVector) -> EncVector:
     """`vec` mod-switched to level 0, the smallest ciphertext (131 KB instead of 249 KB or 364 KB at the
-    default preset): the key holder only decrypts it, and the scale, so the precision, is unchanged.
-    Values must fit level 0 (|value| * scale below half the last prime), as every level-0 value does."""
-    if vec.level == 0:
-        return vec
-    return vec.with_cts([engine.mod_switch(ct, 0) for ct in vec.cts], 0)
+    default preset), and packed two chunks per ciphertext: the key holder only decrypts it, and the
+    scale, so the precision, is unchanged. Values must fit level 0 (|value| * scale below half the last
+    prime), as every level-0 value does."""
+    low = vec if vec.level == 0 else vec.with_cts([engine.mod_switch(ct, 0) for ct in vec.cts], 0)
+    if low.packed or len(low.cts) < 2:
+        return low
+    monomial = engine.encode(monomial_slots(engine.slots), 0, scale=1.0)  # X^(N/2), exactly
+    cts = [
+        engine.add(low.cts[k], engine.mul_plain(low.cts[k + 1], monomial))
+        if k + 1 < len(low.cts)
+        else low.cts[k]
+        for k in range(0, len(low.cts), 2)
+    ]
+    return replace(low, cts=tuple(cts), packed=True)
+
+
+def monomial_slots(slots: int) -> npt.NDArray[np.complex128]:
+    """The slots of the polynomial X^(N/2): i at even slots, -i at odd ones (SEAL orders slot j by the
+    root zeta^(3^j), and 3^j is 1 mod 4 for even j, 3 for odd j)."""
+    return np.where(np.arange(slots) % 2 == 0, 1j, -1j)
 
 
 def decrypt_slots(secret: SecretContext, ct: Ciphertext, engine: Engine | None = None) -> npt.NDArray[Any]:
@@ -212,10 +244,18 @@ def decrypt_vector(secret: SecretContext, vec: EncVector) -> FloatArray:
     encoder = sealapi.CKKSEncoder(secret.seal_context)
     out = np.empty(vec.length, dtype=np.float64)
     pt = sealapi.Plaintext()
+    halves = monomial_slots(secret.params.slot_count).imag if vec.packed else None
     for k, ct in enumerate(vec.cts):
         secret.decryptor.decrypt(ct, pt)
-        n = vec.count(k)
-        out[k * vec.chunk : k * vec.chunk + n] = np.asarray(encoder.decode_double(pt))[:n]
+        if halves is None:
+            n = vec.count(k)
+            out[k * vec.chunk : k * vec.chunk + n] = np.asarray(encoder.decode_double(pt))[:n]
+            continue
+        slots = np.asarray(encoder.decode_complex(pt))
+        for chunk, values in ((2 * k, slots.real), (2 * k + 1, slots.imag * halves)):
+            if chunk * vec.chunk < vec.length:
+                n = vec.count(chunk)
+                out[chunk * vec.chunk : chunk * vec.chunk + n] = values[:n]
     return out
 
 
@@ -233,6 +273,7 @@ def _header(vec: EncVector) -> bytes:
         "period": vec.period,
         "copies": vec.copies,
         "ring": vec.ring,
+        "packed": vec.packed,
     }
     return json.dumps(header, sort_keys=True).encode()
 
@@ -266,9 +307,9 @@ def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes], level: int | 
         length, chunk, header_level, count, period, copies, ring = (
             _whole(header, name) for name in ("length", "chunk", "level", "count", "period", "copies", "ring")
         )
-        clean = header["clean"]
-        if not isinstance(clean, bool):
-            raise TypeError("clean must be true or false")
+        clean, packed = header["clean"], header["packed"]
+        if not isinstance(clean, bool) or not isinstance(packed, bool):
+            raise TypeError("clean and packed must be true or false")
     except (KeyError, TypeError) as exc:
         raise WireFormatError(f"bad encrypted-vector header: {exc}") from exc
     if len(chunks) - 1 != count:
@@ -289,7 +330,7 @@ def vector_from_chunks(context: _HasSeal, chunks: Sequence[bytes], level: int | 
             raise WireFormatError(f"ciphertext at level {ct_level}, header says {header_level}")
         cts.append(ct)
     try:
-        return EncVector(tuple(cts), length, chunk, header_level, clean, period, copies, ring)
+        return EncVector(tuple(cts), length, chunk, header_level, clean, period, copies, ring, packed)
     except LayoutError as exc:
         raise WireFormatError(str(exc)) from exc
 

@@ -17,9 +17,11 @@ ciphertexts in the worker's processes (model/encrypted_rank.py), `world` of them
   the halves of down run on different ranks at once, and so do each rank's chunks of the LM head, the
   sampler and the mixture.
 - A value is held in shares (`Part`s: a position, an offset, a vector): column blocks land side by side,
-  row blocks give partial sums, and the residual stream stays a sum of shares. Only the key holder ever
-  adds shares up, when it decrypts an oracle call's inputs, so the ranks never wait for each other except
-  at the oracle (and twice per sampler step, to pass the prefix-sum carry and the shifted last value).
+  row blocks give partial sums, and the residual stream stays a sum of shares. The ranks never add each
+  other's shares, so they never wait for each other except at the oracle (and twice per sampler step, to
+  pass the prefix-sum carry and the shifted last value); the worker's router adds the shares of one place
+  as it merges the call (`merge_calls` with `share_adder`), and the key holder adds the rest as it
+  decrypts.
 
 An `OracleCall` carries, besides the ciphertexts, where each input share goes (`parts`: position and
 offset in the function's input) and what each rank needs back (`pieces`: a slice of the output, its
@@ -39,9 +41,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from crypto import arith
 from crypto.engine import Engine
 from crypto.matmul import MatmulPlan, PlainMatrix, plan_matmul, prepare
 from crypto.params import CKKSParams
+from crypto.vector import vector_from_bytes, vector_to_bytes
 from model.errors import InputError
 from model.forward import LlamaShape, PreparedModel
 
@@ -96,10 +100,18 @@ class OracleCall:
     pieces: list[PieceSpec] = field(default_factory=list)
 
 
-def merge_calls(calls: Sequence[OracleCall]) -> tuple[OracleCall, list[list[int]]]:
+AddShares = Callable[[list[bytes]], list[bytes]]  # shares of one place -> their sum (or them, unchanged)
+
+
+def merge_calls(
+    calls: Sequence[OracleCall], add: AddShares | None = None
+) -> tuple[OracleCall, list[list[int]]]:
     """Every rank's share of one call -> one call, and for each rank the indices of its answers.
 
-    Identical pieces asked for by several ranks are encrypted once and handed to each of them.
+    Identical pieces asked for by several ranks are encrypted once and handed to each of them. With
+    `add` (`share_adder`), shares that several ranks hold of the same place (a decoded position's
+    residual stream: o and one half of down on one rank, the other half on another) travel as one
+    ciphertext, their sum, instead of one per rank.
 
     Raises:
         InputError: the ranks disagree on the function or the layer (they must run in lockstep).
@@ -115,12 +127,46 @@ def merge_calls(calls: Sequence[OracleCall]) -> tuple[OracleCall, list[list[int]
             answers.append(list(range(at, at + len(c.blobs))))
             at += len(c.blobs)
         return OracleCall(first.fn, first.layer, parts, blobs), answers
+    if add is not None:
+        parts, blobs = _add_shares(parts, blobs, add)
     index: dict[PieceSpec, int] = {}
     for c in calls:
         for spec in c.pieces:
             index.setdefault(spec, len(index))
     answers = [[index[spec] for spec in c.pieces] for c in calls]
     return OracleCall(first.fn, first.layer, parts, blobs, list(index)), answers
+
+
+def _add_shares(
+    parts: list[tuple[int, int]], blobs: list[bytes], add: AddShares
+) -> tuple[list[tuple[int, int]], list[bytes]]:
+    places: dict[tuple[int, int], list[bytes]] = {}
+    for place, blob in zip(parts, blobs, strict=True):
+        places.setdefault(place, []).append(blob)
+    summed = [
+        (place, blob)
+        for place, shares in places.items()
+        for blob in (add(shares) if len(shares) > 1 else shares)
+    ]
+    return [place for place, _ in summed], [blob for _, blob in summed]
+
+
+def share_adder(engine: Engine) -> AddShares:
+    """`merge_calls`'s `add` over a keyless engine of the session's parameters (additions need no key):
+    shares of the same layout and scale, all at level 0, come back as one vector; others come back
+    unchanged (a share mod-switched down from another level keeps that level's scale)."""
+
+    def add(shares: list[bytes]) -> list[bytes]:
+        vecs = [vector_from_bytes(engine, blob, level=0) for blob in shares]
+        scales = {ct.scale for v in vecs for ct in v.cts}
+        if len(scales) > 1 or any(not v.same_layout(vecs[0]) for v in vecs[1:]):
+            return shares
+        total = vecs[0]
+        for vec in vecs[1:]:
+            total = arith.add(engine, total, vec)
+        return [vector_to_bytes(total)]
+
+    return add
 
 
 def split_answers(answers: list[list[int]], blobs: Sequence[bytes]) -> list[list[bytes]]:

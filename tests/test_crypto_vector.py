@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from crypto import arith, poly
 from crypto.vector import (
     decrypt_vector,
     deserialize_decrypt_decode,
@@ -74,6 +75,37 @@ def test_results_go_back_at_level_0_smaller_and_as_precise(ckks, rng) -> None:  
     assert len(vector_to_bytes(low)) < 0.6 * len(vector_to_bytes(v))
     back = vector_from_bytes(ckks.secret, vector_to_bytes(low), level=0)
     assert_close(decrypt_vector(ckks.secret, back), x, 300 * ATOL)
+
+
+@pytest.mark.parametrize("ring", [0, 1])
+def test_vectors_travel_to_the_key_holder_two_chunks_per_ciphertext(ckks, rng, ring: int) -> None:  # type: ignore[no-untyped-def]
+    secret, worker = (ckks.secret, ckks.engine()) if ring == 0 else (ckks.secret.tail, ckks.tail_engine())
+    x, y = rng.uniform(-1, 1, (2, 3 * 4096 - 100))  # three ciphertexts: one pair and one alone
+    v = encrypt_vector(secret, x, level=1)
+    packed = for_key_holder(worker, v)
+    assert (packed.packed, len(packed.cts), packed.level) == (True, 2, 0) and for_key_holder(
+        worker, packed
+    ) is packed
+    unpacked_bytes = len(vector_to_bytes(v.with_cts([worker.mod_switch(ct, 0) for ct in v.cts], 0)))
+    assert len(vector_to_bytes(packed)) < 0.7 * unpacked_bytes
+    back = vector_from_bytes(secret, vector_to_bytes(packed), level=0)
+    tolerance = ATOL if ring == 0 else 2e-7  # sqrt(2) times the noise of either half
+    assert_close(decrypt_vector(secret, back), x, tolerance)
+    total = arith.add(worker, back, for_key_holder(worker, encrypt_vector(secret, y, level=1)))
+    assert_close(decrypt_vector(secret, total), x + y, 2 * tolerance)  # shares add while packed
+    for refused in (
+        lambda: arith.mul(worker, back, back),
+        lambda: arith.add_const(worker, back, 1.0),
+        lambda: poly.cubic(worker, back, (0.0, 1.0, 0.0, 1.0)),
+    ):
+        with pytest.raises(LayoutError, match="packed"):
+            refused()
+    with pytest.raises(LayoutError):
+        arith.add(worker, back, encrypt_vector(secret, x, level=0))  # packed and not: different layouts
+    chunks = vector_to_chunks(packed)
+    header = json.loads(chunks[0])
+    with pytest.raises(WireFormatError, match="need 3 ciphertexts, got 2"):  # a false claim of no packing
+        vector_from_chunks(secret, [json.dumps({**header, "packed": False}).encode(), *chunks[1:]])
 
 
 def test_lower_level_encryption_is_tracked(ckks, rng) -> None:  # type: ignore[no-untyped-def]

@@ -20,10 +20,18 @@ from app import protocol as p
 from app.encrypted_worker import EncryptedWorker, WorkerSpec
 from app.keyholder import ReplyRequest
 from app.worker_session import JobContext
+from crypto.engine import Engine
 from crypto.keys import load_public_context
 from crypto.params import preset
-from crypto.vector import decrypt_vector, encrypt_vector_bytes, vector_from_bytes, vector_to_bytes
-from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec
+from crypto.vector import (
+    decrypt_vector,
+    encrypt_vector,
+    encrypt_vector_bytes,
+    for_key_holder,
+    vector_from_bytes,
+    vector_to_bytes,
+)
+from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec, merge_calls, share_adder
 from model.errors import InputError, JobFailed, WireFormatError
 from model.forward import LlamaShape
 from model.generate import GenerationSettings, build_prompt, generate
@@ -80,8 +88,9 @@ def run_in_process(
     n: int,
     seed: int,
     start: int = 0,
+    calls: list[OracleCall] | None = None,
 ) -> tuple[list[int], list[dict[str, Any]]]:
-    """One encrypted reply with the oracle wired straight to the key holder."""
+    """One encrypted reply with the oracle wired straight to the key holder (`calls` records its calls)."""
     keys.begin_reply(1.0, True)
     sampler = ReplyRequest(n, seed, temperature=1.0).sampler()
     request = p.Generate(
@@ -95,7 +104,12 @@ def run_in_process(
             tokens.append(keys.read_token(message.blobs))
             telemetry.append(message.telemetry)
 
-    assert worker.run(JobContext(session, request, keys.answer, emit, threading.Event())) == "length"
+    def answer(call: OracleCall) -> list[bytes]:
+        if calls is not None:
+            calls.append(call)
+        return keys.answer(call)
+
+    assert worker.run(JobContext(session, request, answer, emit, threading.Event())) == "length"
     return tokens, telemetry
 
 
@@ -109,12 +123,13 @@ def simulate(loaded: LoadedModel, perm: np.ndarray, prompt: list[int], n: int, s
 def test_encrypted_matches_simulate_token_for_token(tiny: LoadedModel, worker: EncryptedWorker) -> None:
     perm = tiny_perm(tiny.model.config.vocab_size)
     n = 6
+    seen: list[OracleCall] = []
     for seed, text in enumerate(PROMPTS[:2]):
         keys = key_holder(tiny, worker, f"s{seed}")
         prompt = build_prompt(tiny, [{"role": "user", "content": text}])[
             -9:
         ]  # quick, and odd: 4 positions per rank and one split by block
-        encrypted, telemetry = run_in_process(worker, keys, f"s{seed}", prompt, n, seed)
+        encrypted, telemetry = run_in_process(worker, keys, f"s{seed}", prompt, n, seed, calls=seen)
         expected = simulate(tiny, perm, prompt, n, seed)
         assert encrypted[: len(expected)] == expected, f"prompt {text!r}"
         assert len(encrypted) == n
@@ -129,6 +144,11 @@ def test_encrypted_matches_simulate_token_for_token(tiny: LoadedModel, worker: E
     assert telemetry[-1]["bytes_to_key_holder"] > 0 and telemetry[-1]["rotations"] > 0
     assert telemetry[-1]["processes"] == worker.pool.world
     assert set(keys.evaluated) <= set(ORACLE_FUNCTIONS)
+    # the residual stream of a position split by block is a sum of two ranks' shares: the worker adds
+    # them, so every place reaches the key holder once
+    norms = [c for c in seen if c.fn == "rmsnorm"]
+    assert norms and all(len(set(c.parts)) == len(c.parts) for c in norms)
+    assert sum(len(c.parts) for c in norms[-2 * layers :]) == 2 * layers  # a decoded token: one each
 
 
 def test_a_continued_reply_equals_reading_everything_at_once(
@@ -208,3 +228,28 @@ def test_pieces_come_at_the_level_asked_for_and_another_level_is_refused(
         single.run(job)
     assert failed.value.code == p.CODE_BAD_CIPHERTEXT  # the typed error the session reports
     assert asked and all(level in (-1, *range(top + 1)) for level in asked)
+
+
+def test_the_router_adds_shares_of_one_place_and_nothing_else(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    add = share_adder(Engine.for_params(ckks.params))
+    a0, a1, b = rng.uniform(-1, 1, (3, 64))
+
+    def share(x: np.ndarray) -> bytes:
+        return vector_to_bytes(encrypt_vector(ckks.secret, x, level=0))
+
+    piece = [PieceSpec(0, 0, 64)]
+    rank0 = OracleCall("rmsnorm", 3, [(0, 0), (1, 0)], [share(a0), share(b)], piece)
+    rank1 = OracleCall("rmsnorm", 3, [(0, 0)], [share(a1)], piece)
+    call, answers = merge_calls([rank0, rank1], add)
+    assert call.parts == [(0, 0), (1, 0)] and answers == [[0], [0]]
+    total, alone = (decrypt_vector(ckks.secret, vector_from_bytes(ckks.secret, blob)) for blob in call.blobs)
+    np.testing.assert_allclose(total, a0 + a1, atol=1e-9)
+    np.testing.assert_allclose(alone, b, atol=1e-9)
+    shorter = OracleCall("rmsnorm", 3, [(0, 0)], [share(a1[:32])], piece)  # another layout: both travel
+    assert len(merge_calls([rank0, shorter], add)[0].blobs) == 3
+    assert len(merge_calls([rank0, rank1])[0].blobs) == 3  # without an adder the key holder adds them
+    engine = Engine.for_params(ckks.params)  # a share mod-switched from level 1 keeps that level's scale
+    lifted = vector_to_bytes(for_key_holder(engine, encrypt_vector(ckks.secret, a1, level=1)))
+    assert len(merge_calls([rank0, OracleCall("rmsnorm", 3, [(0, 0)], [lifted], piece)], add)[0].blobs) == 3
+    refresh = OracleCall("refresh", -1, [(0, 0)], [share(a0)])
+    assert len(merge_calls([refresh, refresh], add)[0].blobs) == 2  # refreshes are per vector
