@@ -7,8 +7,9 @@ prompt, then routes what the ranks send back. The ranks never talk to each other
 the pool merges their shares of each oracle call into one call (`model.encrypted.merge_calls`), hands
 each rank its answers, relays the exchanges of the split sampler, and turns the ranks' token parts and
 rank 0's progress into protocol messages. Ciphertexts pass through here as bytes, except the shares
-several ranks hold of one place, which are added here (`model.encrypted.share_adder`: additions need no
-key) so that the key holder receives one ciphertext instead of one per rank.
+several ranks hold of one place, which are added here, and side-by-side shares, which are packed two to
+a ciphertext (`model.encrypted.share_combiner`: neither needs a key), so the key holder receives fewer
+ciphertexts.
 
 With `threads=True` the ranks run as threads of this process (tests: the same routing, no spawn cost;
 TenSEAL holds the GIL, so threads give no speed).
@@ -30,12 +31,12 @@ from app.compute_rank import Channel, Rank, master_main, warm
 from crypto.engine import Engine
 from crypto.params import CKKSParams
 from model.encrypted import (
-    AddShares,
+    Combine,
     OracleCall,
     WorkerWeights,
     merge_calls,
     positions_of,
-    share_adder,
+    share_combiner,
     split_answers,
 )
 from model.encrypted_rank import RankRequest
@@ -93,7 +94,7 @@ class ComputePool:
         self._ready_event = threading.Event()
         self._jobs: queue.Queue[tuple[int, Any]] = queue.Queue()
         self._keys: dict[str, queue.Queue[tuple[int, bool, int, str]]] = {}
-        self._adders: dict[str, AddShares] = {}  # session -> sums its ranks' shares of a place (merge_calls)
+        self._combiners: dict[str, Combine] = {}  # session -> fewer ciphertexts per call (merge_calls)
         self._job_lock = threading.Lock()
         self._job = 0
         self._locks = [threading.Lock() for _ in range(self.world)]
@@ -223,10 +224,10 @@ class ComputePool:
         if refused:
             self.drop_keys(session)
             raise JobFailed(refused[0][2], refused[0][3])
-        self._adders[session] = share_adder(Engine.for_params(params))
+        self._combiners[session] = share_combiner(Engine.for_params(params))
 
     def drop_keys(self, session: str) -> None:
-        self._adders.pop(session, None)
+        self._combiners.pop(session, None)
         for rank in range(self.world):
             try:
                 self._send(rank, ("drop", session))
@@ -297,7 +298,7 @@ class ComputePool:
                 pending.setdefault(seq, {})[rank] = (what, payload)
                 if len(pending[seq]) == self.world and failure is None:
                     try:
-                        self._resolve(job, seq, pending.pop(seq), oracle, token, self._adders.get(session))
+                        self._resolve(job, seq, pending.pop(seq), oracle, token, self._combiners.get(session))
                     except BaseException as exc:  # noqa: BLE001 - stop the ranks first, then raise
                         failure = exc
                         self.cancel.set()
@@ -325,7 +326,7 @@ class ComputePool:
         shares: dict[int, tuple[str, Any]],
         oracle: Callable[[OracleCall], list[bytes]],
         token: Callable[[int, dict[str, Any], list[bytes]], None],
-        add: AddShares | None,
+        combine: Combine | None,
     ) -> None:
         kinds = {what for what, _ in shares.values()}
         payloads = [shares[rank][1] for rank in range(self.world)]
@@ -333,7 +334,7 @@ class ComputePool:
             raise JobFailed(4500, f"the worker's compute processes are out of step ({sorted(kinds)})")
         kind = kinds.pop()
         if kind == "oracle":
-            call, answers = merge_calls(payloads, add)
+            call, answers = merge_calls(payloads, combine)
             for rank, blobs in enumerate(split_answers(answers, oracle(call))):
                 self._send(rank, ("result", job, seq, blobs))
         elif kind == "exchange":

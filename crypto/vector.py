@@ -128,7 +128,8 @@ def _laid_out(
     engine: Engine | None,
     period: int,
     copies: int,
-) -> tuple[Engine, list[FloatArray], EncVector]:
+    packed: bool = False,
+) -> tuple[Engine, list[npt.NDArray[Any]], EncVector]:
     """The plaintext pieces of `encrypt_vector`'s layout, and the vector's shape (with no ciphertexts)."""
     eng = engine if engine is not None else Engine.for_key_holder(secret)
     slots = secret.params.slot_count
@@ -151,10 +152,51 @@ def _laid_out(
         c = arr.size
     else:
         pieces = chunk_values(arr, c)
+    pack = packed and len(pieces) > 1
+    if pack:
+        pieces = _pack_pieces(pieces, slots)
     shape = EncVector(
-        (None,) * len(pieces), int(arr.size), c, lvl, True, period if copies > 1 else 0, copies, secret.ring
+        (None,) * len(pieces),
+        int(arr.size),
+        c,
+        lvl,
+        True,
+        period if copies > 1 else 0,
+        copies,
+        secret.ring,
+        pack,
     )
     return eng, pieces, shape
+
+
+def _pack_pieces(pieces: list[FloatArray], slots: int) -> list[npt.NDArray[Any]]:
+    """Pairs of pieces as complex slots a/2 + i c/2 with c = b / (i * monomial): the worker's `unpack`
+    reads a as z + conj(z) and b as (z - conj(z)) * X^(N/2), without a level or a rescale."""
+    towards = -1j / monomial_slots(slots)  # c_j = -s_j b_j when X^(N/2) multiplies slot j by i s_j
+    out: list[npt.NDArray[Any]] = []
+    for k in range(0, len(pieces), 2):
+        z = np.zeros(slots, dtype=np.complex128)
+        z[: pieces[k].size] = pieces[k] / 2
+        if k + 1 < len(pieces):
+            b = pieces[k + 1]
+            z[: b.size] += 1j * (towards[: b.size] * b) / 2
+        out.append(z)
+    return out
+
+
+def unpack(engine: Engine, vec: EncVector) -> EncVector:
+    """A packed vector from the key holder (`encrypt_vector_bytes(..., packed=True)`) as ordinary
+    ciphertexts, at the same level and scale: one conjugation (the plan's conjugation key) per pair."""
+    if not vec.packed:
+        return vec
+    monomial = engine.encode(monomial_slots(engine.slots), vec.level, scale=1.0)
+    cts = []
+    for k, z in enumerate(vec.cts):
+        conj = engine.conjugate(z)
+        cts.append(engine.add(z, conj))  # 2 Re z = a
+        if 2 * k + 1 < -(-vec.length // vec.chunk):
+            cts.append(engine.mul_plain(engine.sub(z, conj), monomial))  # 2i Im z times X^(N/2) = b
+    return replace(vec, cts=tuple(cts), packed=False)
 
 
 def encrypt_vector(
@@ -194,15 +236,17 @@ def encrypt_vector_bytes(
     engine: Engine | None = None,
     period: int = 0,
     copies: int = 1,
+    packed: bool = False,
 ) -> bytes:
-    """`vector_to_bytes(encrypt_vector(...))` with every ciphertext *seeded*: half the bytes.
+    """`vector_to_bytes(encrypt_vector(...))` with every ciphertext *seeded*: half the bytes; `packed`
+    puts two chunks in each ciphertext (half again; the worker needs the conjugation key to `unpack`).
 
     A symmetric encryption's second polynomial is uniformly random; SEAL can write the seed that
     generates it instead (`Encryptor.encrypt_symmetric` returning a Serializable), and every loader
     regenerates it, so only the key holder's fresh ciphertexts can travel this way. Encrypt at the level
     the first use needs (`level`): a seeded ciphertext mod-switched later would be expanded again.
     """
-    eng, pieces, shape = _laid_out(secret, values, chunk, level, engine, period, copies)
+    eng, pieces, shape = _laid_out(secret, values, chunk, level, engine, period, copies, packed)
     seeded = [seal_to_bytes(secret.encryptor.encrypt_symmetric(eng.encode(p, shape.level))) for p in pieces]
     return frame_chunks([_header(shape)] + seeded)
 

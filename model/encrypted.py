@@ -20,8 +20,8 @@ ciphertexts in the worker's processes (model/encrypted_rank.py), `world` of them
   row blocks give partial sums, and the residual stream stays a sum of shares. The ranks never add each
   other's shares, so they never wait for each other except at the oracle (and twice per sampler step, to
   pass the prefix-sum carry and the shifted last value); the worker's router adds the shares of one place
-  as it merges the call (`merge_calls` with `share_adder`), and the key holder adds the rest as it
-  decrypts.
+  as it merges the call (`merge_calls` with `share_combiner`, which also packs side-by-side shares two
+  to a ciphertext), and the key holder adds the rest as it decrypts.
 
 An `OracleCall` carries, besides the ciphertexts, where each input share goes (`parts`: position and
 offset in the function's input) and what each rank needs back (`pieces`: a slice of the output, its
@@ -45,7 +45,7 @@ from crypto import arith
 from crypto.engine import Engine
 from crypto.matmul import MatmulPlan, PlainMatrix, plan_matmul, prepare
 from crypto.params import CKKSParams
-from crypto.vector import vector_from_bytes, vector_to_bytes
+from crypto.vector import EncVector, monomial_slots, vector_from_bytes, vector_to_bytes
 from model.errors import InputError
 from model.forward import LlamaShape, PreparedModel
 
@@ -100,18 +100,18 @@ class OracleCall:
     pieces: list[PieceSpec] = field(default_factory=list)
 
 
-AddShares = Callable[[list[bytes]], list[bytes]]  # shares of one place -> their sum (or them, unchanged)
+Places = list[tuple[int, int]]
+Combine = Callable[[Places, list[bytes]], tuple[Places, list[bytes]]]  # (parts, blobs) -> fewer of them
 
 
 def merge_calls(
-    calls: Sequence[OracleCall], add: AddShares | None = None
+    calls: Sequence[OracleCall], combine: Combine | None = None
 ) -> tuple[OracleCall, list[list[int]]]:
     """Every rank's share of one call -> one call, and for each rank the indices of its answers.
 
     Identical pieces asked for by several ranks are encrypted once and handed to each of them. With
-    `add` (`share_adder`), shares that several ranks hold of the same place (a decoded position's
-    residual stream: o and one half of down on one rank, the other half on another) travel as one
-    ciphertext, their sum, instead of one per rank.
+    `combine` (`share_combiner`), the inputs travel in fewer ciphertexts: shares several ranks hold of
+    one place as their sum, and two one-ciphertext shares side by side in one ciphertext.
 
     Raises:
         InputError: the ranks disagree on the function or the layer (they must run in lockstep).
@@ -127,8 +127,8 @@ def merge_calls(
             answers.append(list(range(at, at + len(c.blobs))))
             at += len(c.blobs)
         return OracleCall(first.fn, first.layer, parts, blobs), answers
-    if add is not None:
-        parts, blobs = _add_shares(parts, blobs, add)
+    if combine is not None:
+        parts, blobs = combine(parts, blobs)
     index: dict[PieceSpec, int] = {}
     for c in calls:
         for spec in c.pieces:
@@ -137,36 +137,79 @@ def merge_calls(
     return OracleCall(first.fn, first.layer, parts, blobs, list(index)), answers
 
 
-def _add_shares(
-    parts: list[tuple[int, int]], blobs: list[bytes], add: AddShares
-) -> tuple[list[tuple[int, int]], list[bytes]]:
-    places: dict[tuple[int, int], list[bytes]] = {}
-    for place, blob in zip(parts, blobs, strict=True):
-        places.setdefault(place, []).append(blob)
-    summed = [
-        (place, blob)
-        for place, shares in places.items()
-        for blob in (add(shares) if len(shares) > 1 else shares)
-    ]
-    return [place for place, _ in summed], [blob for _, blob in summed]
+def share_combiner(engine: Engine) -> Combine:
+    """`merge_calls`'s `combine` over a keyless engine of the session's parameters (it adds and multiplies
+    by a monomial: no key needed), on shares at level 0 as the ranks send them:
+
+    - shares of one place with the same layout and scale become their sum (a decoded position's
+      residual stream: o and one half of down on one rank, the other half on another);
+    - a one-ciphertext share and the one that starts where it ends (attention's q then kv, swiglu's gate
+      then up) become one packed vector of both (`crypto.vector.for_key_holder` explains packing): the
+      key holder reads it as the two side by side.
+
+    Anything else passes unchanged (a share mod-switched down from another level keeps that level's
+    scale, so it does not add to the others)."""
+
+    def combine(parts: Places, blobs: list[bytes]) -> tuple[Places, list[bytes]]:
+        places: dict[tuple[int, int], list[tuple[EncVector, bytes]]] = {}
+        for place, blob in zip(parts, blobs, strict=True):
+            places.setdefault(place, []).append((vector_from_bytes(engine, blob, level=0), blob))
+        out: list[Share] = []
+        for place, shares in places.items():
+            vecs = [vec for vec, _ in shares]
+            if len(vecs) > 1 and _addable(vecs):
+                total = vecs[0]
+                for vec in vecs[1:]:
+                    total = arith.add(engine, total, vec)
+                out.append((place, total, None))
+            else:
+                out += [(place, vec, blob) for vec, blob in shares]
+        paired = _pair_neighbours(engine, out)
+        return [place for place, _, _ in paired], [
+            blob if blob is not None else vector_to_bytes(vec) for _, vec, blob in paired
+        ]
+
+    return combine
 
 
-def share_adder(engine: Engine) -> AddShares:
-    """`merge_calls`'s `add` over a keyless engine of the session's parameters (additions need no key):
-    shares of the same layout and scale, all at level 0, come back as one vector; others come back
-    unchanged (a share mod-switched down from another level keeps that level's scale)."""
+def _addable(vecs: list[EncVector]) -> bool:
+    return len({ct.scale for v in vecs for ct in v.cts}) == 1 and all(v.same_layout(vecs[0]) for v in vecs)
 
-    def add(shares: list[bytes]) -> list[bytes]:
-        vecs = [vector_from_bytes(engine, blob, level=0) for blob in shares]
-        scales = {ct.scale for v in vecs for ct in v.cts}
-        if len(scales) > 1 or any(not v.same_layout(vecs[0]) for v in vecs[1:]):
-            return shares
-        total = vecs[0]
-        for vec in vecs[1:]:
-            total = arith.add(engine, total, vec)
-        return [vector_to_bytes(total)]
 
-    return add
+def _single(vec: EncVector) -> bool:
+    return len(vec.cts) == 1 and not vec.packed and vec.copies == 1
+
+
+Share = tuple[tuple[int, int], EncVector, bytes | None]  # place, vector, its bytes if unchanged
+
+
+def _pair_neighbours(engine: Engine, shares: list[Share]) -> list[Share]:
+    """Pack each one-ciphertext share with the share that starts where it ends (no longer than it)."""
+    starts = {place: i for i, (place, _, _) in enumerate(shares)}
+    taken: set[int] = set()
+    monomial = None
+    out: list[Share] = []
+    for i, share in enumerate(shares):
+        if i in taken:
+            continue
+        (position, offset), a, _ = share
+        j = starts.get((position, offset + a.length))
+        if j is not None and j not in taken and j != i:
+            b = shares[j][1]
+            if _single(a) and _single(b) and b.length <= a.length and _addable_rings(a, b):
+                if monomial is None:
+                    monomial = engine.encode(monomial_slots(engine.slots), 0, scale=1.0)
+                ct = engine.add(a.cts[0], engine.mul_plain(b.cts[0], monomial))
+                pair = EncVector((ct,), a.length + b.length, a.length, 0, False, ring=a.ring, packed=True)
+                out.append(((position, offset), pair, None))
+                taken |= {i, j}
+                continue
+        out.append(share)
+    return out
+
+
+def _addable_rings(a: EncVector, b: EncVector) -> bool:
+    return a.ring == b.ring and a.level == b.level and a.cts[0].scale == b.cts[0].scale
 
 
 def split_answers(answers: list[list[int]], blobs: Sequence[bytes]) -> list[list[bytes]]:

@@ -26,7 +26,7 @@ from crypto.engine import Engine
 from crypto.keys import PublicContext
 from crypto.matmul import matmul
 from crypto.ops import CkksOps
-from crypto.vector import EncVector, for_key_holder, vector_from_bytes, vector_to_bytes
+from crypto.vector import EncVector, for_key_holder, unpack, vector_from_bytes, vector_to_bytes
 from model.encrypted import (
     MATMUL_LEVEL,
     REFRESHES,
@@ -231,7 +231,7 @@ class RankBackend:
         into = self.public if ring == 0 else self.public.tail
         if into is None:
             raise InputError("a refresh into the sampler tail, but the session's preset has none")
-        return vector_from_bytes(into, blob, self.engines[ring].top_level)
+        return unpack(self.engines[ring], vector_from_bytes(into, blob, self.engines[ring].top_level))
 
     def wanted(self, into: Consumer, layer: int) -> list[PieceSpec]:
         """The input pieces this rank's next products need, laid out for their plans."""

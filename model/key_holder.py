@@ -64,6 +64,7 @@ class KeyHolderSide:
         self.tsp = True
         self.functions = KeyHolderFunctions(shape)
         self.evaluated: dict[str, int] = {}  # what this side computed for the worker, by function
+        self.packs = False  # the worker holds the conjugation key: refreshes travel two chunks a ciphertext
         self._public: dict[tuple[tuple[int, ...], bool], bytes] = {}
 
     # --- keys and the conversation's cache ----------------------------------------------------------
@@ -71,6 +72,7 @@ class KeyHolderSide:
     def public_context(self, galois_steps: list[int], conjugate: bool) -> bytes:
         """The public keys for a worker's rotation plan (kept, so a reconnect uploads the same bytes)."""
         plan_key = (tuple(sorted(galois_steps)), conjugate)
+        self.packs = bool(conjugate)
         if plan_key not in self._public:
             plan = RotationPlan.of(galois_steps, self.secret.params.slot_count, conjugate)
             self._public = {plan_key: public_context_bytes(self.secret, plan)}
@@ -176,7 +178,16 @@ class KeyHolderSide:
         source = self.rings[ring]
         vec = vector_from_bytes(source, blob, level=0)
         values = decrypt_vector(source, vec)
-        return encrypt_vector_bytes(self.rings[into], values, chunk=vec.chunk, engine=self.engines[into])
+        # packed only into the session's parameters (the tail has no conjugation key); the worker's
+        # conjugation adds ~2e-10 per value, against 1e-7 the step can bear (never on q: the prefix
+        # sum would add 49,152 of them up)
+        return encrypt_vector_bytes(
+            self.rings[into],
+            values,
+            chunk=vec.chunk,
+            engine=self.engines[into],
+            packed=into == 0 and self.packs,
+        )
 
     def _assemble(self, call: OracleCall, width: int) -> FloatArray:
         """Add every input share at its place; every value of every row must be covered."""

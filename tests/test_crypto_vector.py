@@ -7,6 +7,7 @@ import json
 import pytest
 
 from crypto import arith, poly
+from crypto.ops import sampler_rotation_plan
 from crypto.vector import (
     decrypt_vector,
     deserialize_decrypt_decode,
@@ -15,6 +16,7 @@ from crypto.vector import (
     encrypt_vector_bytes,
     for_key_holder,
     frame_chunks,
+    unpack,
     vector_from_bytes,
     vector_from_chunks,
     vector_nbytes,
@@ -22,7 +24,7 @@ from crypto.vector import (
     vector_to_bytes,
     vector_to_chunks,
 )
-from model.errors import LayoutError, WireFormatError
+from model.errors import LayoutError, MissingRotationKey, WireFormatError
 from tests.conftest import assert_close
 
 ATOL = 1e-9
@@ -106,6 +108,22 @@ def test_vectors_travel_to_the_key_holder_two_chunks_per_ciphertext(ckks, rng, r
     header = json.loads(chunks[0])
     with pytest.raises(WireFormatError, match="need 3 ciphertexts, got 2"):  # a false claim of no packing
         vector_from_chunks(secret, [json.dumps({**header, "packed": False}).encode(), *chunks[1:]])
+
+
+def test_the_key_holder_packs_two_chunks_a_ciphertext_and_the_worker_unpacks_them(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    x = rng.uniform(-1, 1, 3 * 4096 - 7)
+    worker = ckks.engine(sampler_rotation_plan(ckks.params.slot_count))  # holds the conjugation key
+    plain, packed = (encrypt_vector_bytes(ckks.secret, x, level=2, packed=p) for p in (False, True))
+    assert len(packed) < 0.7 * len(plain)
+    vec = vector_from_bytes(ckks.secret, packed, level=2)
+    assert vec.packed and len(vec.cts) == 2
+    back = unpack(worker, vec)
+    assert (back.packed, len(back.cts), back.level) == (False, 3, 2) and unpack(worker, back) is back
+    # the conjugation's key switch adds ~1e-9 at the top level (key-switching noise over scale 2^49)
+    assert_close(decrypt_vector(ckks.secret, back), x, 5e-9)
+    assert_close(decrypt_vector(ckks.secret, poly.cubic(worker, back, (0.0, 1.0, 0.0, 1.0))), x + x**3, 2e-8)
+    with pytest.raises(MissingRotationKey):
+        unpack(ckks.engine(), vec)  # no conjugation key: the key holder must not pack for this worker
 
 
 def test_lower_level_encryption_is_tracked(ckks, rng) -> None:  # type: ignore[no-untyped-def]

@@ -31,7 +31,7 @@ from crypto.vector import (
     vector_from_bytes,
     vector_to_bytes,
 )
-from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec, merge_calls, share_adder
+from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec, merge_calls, share_combiner
 from model.errors import InputError, JobFailed, WireFormatError
 from model.forward import LlamaShape
 from model.generate import GenerationSettings, build_prompt, generate
@@ -230,8 +230,8 @@ def test_pieces_come_at_the_level_asked_for_and_another_level_is_refused(
     assert asked and all(level in (-1, *range(top + 1)) for level in asked)
 
 
-def test_the_router_adds_shares_of_one_place_and_nothing_else(ckks, rng) -> None:  # type: ignore[no-untyped-def]
-    add = share_adder(Engine.for_params(ckks.params))
+def test_the_router_adds_shares_of_one_place_and_packs_neighbours(ckks, rng) -> None:  # type: ignore[no-untyped-def]
+    add = share_combiner(Engine.for_params(ckks.params))
     a0, a1, b = rng.uniform(-1, 1, (3, 64))
 
     def share(x: np.ndarray) -> bytes:
@@ -253,3 +253,15 @@ def test_the_router_adds_shares_of_one_place_and_nothing_else(ckks, rng) -> None
     assert len(merge_calls([rank0, OracleCall("rmsnorm", 3, [(0, 0)], [lifted], piece)], add)[0].blobs) == 3
     refresh = OracleCall("refresh", -1, [(0, 0)], [share(a0)])
     assert len(merge_calls([refresh, refresh], add)[0].blobs) == 2  # refreshes are per vector
+    q, kv = rng.uniform(-1, 1, 64), rng.uniform(-1, 1, 40)  # attention's input: q, then kv after it
+    halves = [
+        OracleCall("attention", 3, [(2, 0)], [share(q)]),
+        OracleCall("attention", 3, [(2, 64)], [share(kv)]),
+    ]
+    call, _ = merge_calls(halves, add)
+    assert call.parts == [(2, 0)] and len(call.blobs) == 1  # one ciphertext: q real, kv imaginary
+    both = vector_from_bytes(ckks.secret, call.blobs[0])
+    assert both.packed and both.length == 104
+    np.testing.assert_allclose(decrypt_vector(ckks.secret, both), np.concatenate([q, kv]), atol=1e-9)
+    longer = OracleCall("attention", 3, [(2, 64)], [share(rng.uniform(-1, 1, 100))])  # longer than q: apart
+    assert len(merge_calls([halves[0], longer], add)[0].blobs) == 2
