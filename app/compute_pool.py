@@ -4,11 +4,11 @@
 first user (progress in `readiness`), then forks the others, which share its caches. The pool loads each
 session's public keys into every rank, and runs one reply at a time: it sends each rank its share of the
 prompt, then routes what the ranks send back. The ranks never talk to each other or to the key holder;
-the pool merges their shares of each oracle call into one call (`model.encrypted.merge_calls`), hands
+the pool merges their shares of each oracle call into one call (`model.encrypted_router.merge_calls`), hands
 each rank its answers, relays the exchanges of the split sampler, and turns the ranks' token parts and
 rank 0's progress into protocol messages. Ciphertexts pass through here as bytes, except the shares
 several ranks hold of one place, which are added here, and side-by-side shares, which are packed two to
-a ciphertext (`model.encrypted.share_combiner`: neither needs a key), so the key holder receives fewer
+a ciphertext (`model.encrypted_router.share_combiner`: neither needs a key), so the key holder receives fewer
 ciphertexts.
 
 With `threads=True` the ranks run as threads of this process (tests: the same routing, no spawn cost;
@@ -30,16 +30,9 @@ from typing import Any
 from app.compute_rank import Channel, Rank, master_main, warm
 from crypto.engine import Engine
 from crypto.params import CKKSParams
-from model.encrypted import (
-    Combine,
-    OracleCall,
-    WorkerWeights,
-    merge_calls,
-    positions_of,
-    share_combiner,
-    split_answers,
-)
+from model.encrypted import OracleCall, WorkerWeights, positions_of
 from model.encrypted_rank import RankRequest
+from model.encrypted_router import Combine, merge_calls, share_combiner, split_answers
 from model.errors import JobCancelled, JobFailed
 from model.generate import FinishReason
 

@@ -34,7 +34,7 @@ from app import protocol as p
 from app.replies import Telemetry
 from app.worker_admission import redact
 from app.worker_tls import client_tls, unreachable
-from crypto.vector import split_vector_bytes
+from crypto.vector_wire import split_vector_bytes
 from model.encrypted import OracleCall, PieceSpec
 from model.errors import ChatError, ProtocolError, UnknownSession, WorkerMismatch
 from model.repetition import RepetitionGuard

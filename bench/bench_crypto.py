@@ -30,7 +30,8 @@ from crypto.matmul import PlainMatrix, matmul, plan_matmul  # noqa: E402
 from crypto.ops import CkksOps, local_refresh, sampler_rotation_plan  # noqa: E402
 from crypto.params import CKKS_40, CKKS_DEFAULT, CKKSParams  # noqa: E402
 from crypto.prefix import prefix_sum  # noqa: E402
-from crypto.vector import decrypt_vector, encrypt_vector, vector_nbytes  # noqa: E402
+from crypto.vector import decrypt_vector, encrypt_vector  # noqa: E402
+from crypto.vector_wire import vector_nbytes  # noqa: E402
 from model.vector_ops import NumpyOps  # noqa: E402
 
 D, MLP, V, LAYERS, KV = 576, 1536, 49_152, 30, 192

@@ -26,7 +26,8 @@ from crypto.engine import Engine
 from crypto.keys import PublicContext
 from crypto.matmul import matmul
 from crypto.ops import CkksOps
-from crypto.vector import EncVector, for_key_holder, unpack, vector_from_bytes, vector_to_bytes
+from crypto.vector import EncVector, for_key_holder, unpack
+from crypto.vector_wire import vector_from_bytes, vector_to_bytes
 from model.encrypted import (
     MATMUL_LEVEL,
     REFRESHES,

@@ -25,7 +25,8 @@ import torch
 from crypto.engine import Engine
 from crypto.keys import RotationPlan, SecretContext, create_secret_context, public_context_bytes
 from crypto.params import preset
-from crypto.vector import EncVector, decrypt_vector, encrypt_vector_bytes, vector_from_bytes, vector_ring
+from crypto.vector import EncVector, decrypt_vector
+from crypto.vector_wire import encrypt_vector_bytes, vector_from_bytes, vector_ring
 from model.encrypted import ORACLE_FUNCTIONS, REFRESHES, OracleCall, PieceSpec, input_widths
 from model.errors import InputError
 from model.forward import KeyHolderFunctions, LlamaShape, NonLinear

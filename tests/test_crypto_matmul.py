@@ -8,7 +8,8 @@ import tenseal as ts
 
 from crypto.batch import batch_capacity, batch_stride, decrypt_batch, encrypt_batch, matmul_batch, plan_batch
 from crypto.matmul import PlainMatrix, matmul, plan_matmul
-from crypto.vector import decrypt_vector, encrypt_vector, vector_from_bytes, vector_to_bytes
+from crypto.vector import decrypt_vector, encrypt_vector
+from crypto.vector_wire import vector_from_bytes, vector_to_bytes
 from model.errors import LayoutError, LevelsExhausted, MissingRotationKey
 from tests.conftest import assert_close
 

@@ -6,7 +6,8 @@ import pytest
 
 from crypto import arith
 from crypto.poly import cubic
-from crypto.vector import decrypt_vector, encrypt_vector, vector_from_bytes, vector_to_bytes
+from crypto.vector import decrypt_vector, encrypt_vector
+from crypto.vector_wire import vector_from_bytes, vector_to_bytes
 from model.errors import LayoutError, LevelsExhausted
 from tests.conftest import assert_close
 

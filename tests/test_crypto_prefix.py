@@ -7,7 +7,8 @@ import pytest
 
 from crypto.ops import sampler_rotation_plan
 from crypto.prefix import prefix_sum, shift_right
-from crypto.vector import decrypt_slots, decrypt_vector, encrypt_vector, vector_from_bytes, vector_to_bytes
+from crypto.vector import decrypt_slots, decrypt_vector, encrypt_vector
+from crypto.vector_wire import vector_from_bytes, vector_to_bytes
 from model.errors import LevelsExhausted
 from tests.conftest import assert_close
 

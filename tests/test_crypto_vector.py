@@ -8,15 +8,12 @@ import pytest
 
 from crypto import arith, poly
 from crypto.ops import sampler_rotation_plan
-from crypto.vector import (
-    decrypt_vector,
+from crypto.vector import decrypt_vector, encrypt_vector, for_key_holder, unpack
+from crypto.vector_wire import (
     deserialize_decrypt_decode,
     encode_encrypt_serialize,
-    encrypt_vector,
     encrypt_vector_bytes,
-    for_key_holder,
     frame_chunks,
-    unpack,
     vector_from_bytes,
     vector_from_chunks,
     vector_nbytes,

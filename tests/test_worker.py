@@ -36,7 +36,8 @@ from crypto.keys import (
     public_context_bytes,
 )
 from crypto.params import CKKS_TEST, CKKSParams, preset
-from crypto.vector import decrypt_vector, encrypt_vector, vector_from_bytes, vector_to_bytes
+from crypto.vector import decrypt_vector, encrypt_vector
+from crypto.vector_wire import vector_from_bytes, vector_to_bytes
 from model.conversation import PublicPrefix
 from model.encrypted import OracleCall
 from tests.conftest import private_context_bytes
