@@ -40,7 +40,7 @@ from crypto.engine import Ciphertext, Engine
 from crypto.keys import RotationPlan, SecretContext
 from crypto.seal_io import seal_from_bytes, seal_to_bytes
 from crypto.vector import EncVector, decrypt_vector, encrypt_vector
-from model.errors import LevelsExhausted
+from model.errors import LayoutError, LevelsExhausted
 
 Refresh = Callable[[EncVector, int], EncVector]  # (vector, ring to re-encrypt into) -> fresh vector
 Cubic = tuple[float, float, float, float]
@@ -109,7 +109,9 @@ class CkksOps:
         self.refreshed_ciphertexts += len(a.cts)
         out = self._refresh(a, into)
         top = self.engines[into].top_level
-        if out.ring != into or out.level < top:
+        if out.ring != into:
+            raise LayoutError(f"a refresh into ring {into} came back in ring {out.ring}")
+        if out.level < top:
             raise LevelsExhausted("refresh", top, out.level)
         return out
 

@@ -53,7 +53,7 @@ class KeyHolderSide:
         self.engine = Engine.for_key_holder(self.secret)
         tail = self.secret.tail
         self.rings = [self.secret] if tail is None else [self.secret, tail]  # by ring
-        self.engines = [Engine.for_key_holder(r) for r in self.rings]
+        self.engines = [self.engine] + [Engine.for_key_holder(r) for r in self.rings[1:]]
         self.shape = shape
         self.embeddings = embeddings  # (V, d): public model data, used to embed the prompt
         self.perm = np.asarray(perm, dtype=np.int64)
