@@ -80,6 +80,7 @@ class Engine:
         self.plan = plan if plan is not None else RotationPlan()
         self.slots = params.slot_count
         self.counts: Counter[str] = Counter()
+        self._monomials: dict[int, Plaintext] = {}  # level -> X^(N/2) at scale 1
         # level -> parms_id and the prime dropped by a rescale at that level
         self._parms: list[list[int]] = []
         self._primes: list[int] = []
@@ -321,6 +322,14 @@ class Engine:
         self.counts["rotate"] += 1
         return out
 
+    def times_monomial(self, ct: Ciphertext) -> Ciphertext:
+        """`ct` times the monomial X^(N/2): every slot times i or -i (`monomial_slots`). Exact (a signed
+        shift of the coefficients): no level, no key, no noise, the scale unchanged."""
+        level = self.level(ct)
+        if level not in self._monomials:
+            self._monomials[level] = self.encode(monomial_slots(self.slots), level, scale=1.0)
+        return self.mul_plain(ct, self._monomials[level])
+
     def conjugate(self, ct: Ciphertext) -> Ciphertext:
         """Complex-conjugate every slot (needs the plan's conjugation key)."""
         if not self.plan.conjugate or self.galois_keys is None:
@@ -329,3 +338,9 @@ class Engine:
         self.evaluator.complex_conjugate(ct, self.galois_keys, out)
         self.counts["conjugate"] += 1
         return out
+
+
+def monomial_slots(slots: int) -> npt.NDArray[np.complex128]:
+    """The slots of the polynomial X^(N/2): i at even slots, -i at odd ones (SEAL orders slot j by the
+    root zeta^(3^j), and 3^j is 1 mod 4 for even j, 3 for odd j)."""
+    return np.where(np.arange(slots) % 2 == 0, 1j, -1j)

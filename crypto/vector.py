@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import tenseal.sealapi as sealapi
 
-from crypto.engine import Ciphertext, Engine
+from crypto.engine import Ciphertext, Engine, monomial_slots
 from crypto.keys import SecretContext
 from model.errors import LayoutError
 
@@ -171,13 +171,12 @@ def unpack(engine: Engine, vec: EncVector) -> EncVector:
     ciphertexts, at the same level and scale: one conjugation (the plan's conjugation key) per pair."""
     if not vec.packed:
         return vec
-    monomial = engine.encode(monomial_slots(engine.slots), vec.level, scale=1.0)
     cts = []
     for k, z in enumerate(vec.cts):
         conj = engine.conjugate(z)
         cts.append(engine.add(z, conj))  # 2 Re z = a
         if 2 * k + 1 < -(-vec.length // vec.chunk):
-            cts.append(engine.mul_plain(engine.sub(z, conj), monomial))  # 2i Im z times X^(N/2) = b
+            cts.append(engine.times_monomial(engine.sub(z, conj)))  # 2i Im z times X^(N/2) = b
     return replace(vec, cts=tuple(cts), packed=False)
 
 
@@ -218,20 +217,11 @@ def for_key_holder(engine: Engine, vec: EncVector) -> EncVector:
     low = vec if vec.level == 0 else vec.with_cts([engine.mod_switch(ct, 0) for ct in vec.cts], 0)
     if low.packed or len(low.cts) < 2:
         return low
-    monomial = engine.encode(monomial_slots(engine.slots), 0, scale=1.0)  # X^(N/2), exactly
     cts = [
-        engine.add(low.cts[k], engine.mul_plain(low.cts[k + 1], monomial))
-        if k + 1 < len(low.cts)
-        else low.cts[k]
+        engine.add(low.cts[k], engine.times_monomial(low.cts[k + 1])) if k + 1 < len(low.cts) else low.cts[k]
         for k in range(0, len(low.cts), 2)
     ]
     return replace(low, cts=tuple(cts), packed=True)
-
-
-def monomial_slots(slots: int) -> npt.NDArray[np.complex128]:
-    """The slots of the polynomial X^(N/2): i at even slots, -i at odd ones (SEAL orders slot j by the
-    root zeta^(3^j), and 3^j is 1 mod 4 for even j, 3 for odd j)."""
-    return np.where(np.arange(slots) % 2 == 0, 1j, -1j)
 
 
 def decrypt_slots(secret: SecretContext, ct: Ciphertext, engine: Engine | None = None) -> npt.NDArray[Any]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from crypto import arith
 from crypto.engine import Engine
-from crypto.vector import EncVector, monomial_slots
+from crypto.vector import EncVector
 from crypto.vector_wire import vector_from_bytes, vector_to_bytes
 from model.encrypted import REFRESHES, OracleCall, PieceSpec
 from model.errors import InputError
@@ -108,7 +108,6 @@ def _pair_neighbours(engine: Engine, shares: list[Share]) -> list[Share]:
     """Pack each one-ciphertext share with the share that starts where it ends (no longer than it)."""
     starts = {place: i for i, (place, _, _) in enumerate(shares)}
     taken: set[int] = set()
-    monomial = None
     out: list[Share] = []
     for i, share in enumerate(shares):
         if i in taken:
@@ -118,9 +117,7 @@ def _pair_neighbours(engine: Engine, shares: list[Share]) -> list[Share]:
         if j is not None and j not in taken and j != i:
             b = shares[j][1]
             if _single(a) and _single(b) and b.length <= a.length and _addable_rings(a, b):
-                if monomial is None:
-                    monomial = engine.encode(monomial_slots(engine.slots), 0, scale=1.0)
-                ct = engine.add(a.cts[0], engine.mul_plain(b.cts[0], monomial))
+                ct = engine.add(a.cts[0], engine.times_monomial(b.cts[0]))
                 pair = EncVector((ct,), a.length + b.length, a.length, 0, False, ring=a.ring, packed=True)
                 out.append(((position, offset), pair, None))
                 taken |= {i, j}
