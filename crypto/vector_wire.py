@@ -154,14 +154,14 @@ def vector_to_bytes(vec: EncVector) -> bytes:
     return frame_chunks(vector_to_chunks(vec))
 
 
-def vector_ring(data: bytes) -> int:
-    """The ring a `vector_to_bytes` blob says it is in (0 or 1), so a receiver holding both contexts can
-    load it under the right one (`vector_from_bytes` checks the claim against the ciphertexts).
+def vector_ring(chunks: Sequence[bytes]) -> int:
+    """The ring a vector's chunks (`split_vector_bytes`) say it is in (0 or 1), so a receiver holding both
+    contexts can load it under the right one (`vector_from_chunks` checks the claim against the
+    ciphertexts).
 
     Raises:
-        WireFormatError: truncated bytes, a malformed header, or a ring other than 0 and 1.
+        WireFormatError: a malformed header, or a ring other than 0 and 1.
     """
-    chunks = split_vector_bytes(data)
     try:
         ring = _whole(json.loads(chunks[0]), "ring") if chunks else -1
     except (ValueError, KeyError, TypeError) as exc:

@@ -226,12 +226,12 @@ class RankBackend:
 
     def refresh(self, vec: EncVector, ring: int) -> EncVector:
         """`vec` re-encrypted by the key holder at the top of `ring` (0: the session's, 1: the tail)."""
-        self.telemetry.refreshes += 1
-        sent = vector_to_bytes(for_key_holder(self.engines[vec.ring], vec))
-        (blob,) = self._oracle(OracleCall(REFRESHES[ring], -1, [(0, 0)], [sent]))
         into = self.public if ring == 0 else self.public.tail
         if into is None:
             raise InputError("a refresh into the sampler tail, but the session's preset has none")
+        self.telemetry.refreshes += 1
+        sent = vector_to_bytes(for_key_holder(self.engines[vec.ring], vec))
+        (blob,) = self._oracle(OracleCall(REFRESHES[ring], -1, [(0, 0)], [sent]))
         return unpack(self.engines[ring], vector_from_bytes(into, blob, self.engines[ring].top_level))
 
     def wanted(self, into: Consumer, layer: int) -> list[PieceSpec]:

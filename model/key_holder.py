@@ -26,7 +26,13 @@ from crypto.engine import Engine
 from crypto.keys import RotationPlan, SecretContext, create_secret_context, public_context_bytes
 from crypto.params import preset
 from crypto.vector import EncVector, decrypt_vector
-from crypto.vector_wire import encrypt_vector_bytes, vector_from_bytes, vector_ring
+from crypto.vector_wire import (
+    encrypt_vector_bytes,
+    split_vector_bytes,
+    vector_from_bytes,
+    vector_from_chunks,
+    vector_ring,
+)
 from model.encrypted import ORACLE_FUNCTIONS, REFRESHES, OracleCall, PieceSpec, input_widths
 from model.errors import InputError
 from model.forward import KeyHolderFunctions, LlamaShape, NonLinear
@@ -173,11 +179,12 @@ class KeyHolderSide:
 
     def _refresh(self, blob: bytes, into: int) -> bytes:
         """Decrypt a vector of either ring; re-encrypt it, seeded, at the top of ring `into`."""
-        ring = vector_ring(blob)
+        chunks = split_vector_bytes(blob)
+        ring = vector_ring(chunks)
         if ring >= len(self.rings):
             raise InputError(f"a vector of the sampler tail, but preset {self.preset!r} has no tail")
         source = self.rings[ring]
-        vec = vector_from_bytes(source, blob, level=0)
+        vec = vector_from_chunks(source, chunks, level=0)
         values = decrypt_vector(source, vec)
         # packed only into the session's parameters (the tail has no conjugation key); the worker's
         # conjugation adds ~2e-10 per value, against 1e-7 the step can bear (never on q: the prefix
