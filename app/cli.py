@@ -3,7 +3,7 @@
     python -m app                        # chat page on http://127.0.0.1:7860 with an in-process worker
     python -m app ui --worker-url 'ws://host:8765/?token=...'   # the page, with a remote worker
     python -m app worker --port 8765     # a model worker on 127.0.0.1:8765; prints its URL and token
-    python -m app pool --replicas 3      # worker replicas on Ray Serve behind one address (app/pool.py)
+    python -m app pool --replicas 3      # worker replicas on Ray Serve behind one address (app/pool/serve.py)
     python -m app chat "What is the capital of France?"
     python -m app chat --mode encrypted "Hi"       # starts an in-process worker unless --worker-url
     python -m app chat                   # interactive: one message per line, Ctrl-D to quit
@@ -24,17 +24,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from app.chat import CHAT_REPETITION_PENALTY, CHAT_TEMPERATURE, MODES, ChatService, ChatSettings
-from app.chat_encrypted import EncryptedSession
-from app.pool_cli import add_pool_arguments, run_pool
-from app.replies import ChatMemory
-from app.worker_admission import redact, with_token
-from app.worker_cli import add_policy_arguments, check_port, policy, report_warm_up
-from app.worker_relay import public_url, serve_relay
-from app.worker_tls import ENV_WORKER_CA, scheme, server_tls
-from model.errors import ChatError
+from app.chat.encrypted import EncryptedSession
+from app.chat.replies import ChatMemory
+from app.chat.service import (
+    CHAT_REPETITION_PENALTY,
+    CHAT_TEMPERATURE,
+    MODES,
+    ChatService,
+    ChatSettings,
+    start_local_worker,
+)
+from app.pool.cli import add_pool_arguments, run_pool
+from app.worker.admission import redact, with_token
+from app.worker.cli import add_policy_arguments, check_port, policy, report_warm_up
+from app.worker.relay import public_url, serve_relay
+from app.worker.tls import ENV_WORKER_CA, scheme, server_tls
+from core.errors import ChatError
 from model.loading import LoadedModel, load_chosen
-from model.ordering import OrderingProgress
+from model.tsp.ordering import OrderingProgress
 
 ENV_WORKER_URL = "HE_CHAT_WORKER_URL"
 
@@ -164,22 +171,6 @@ def make_service(args: argparse.Namespace, loaded: LoadedModel) -> ChatService:
     )
 
 
-def start_local_worker(service: ChatService, processes: int | None = None) -> Any:
-    """The embedded worker, in a process of its own on 127.0.0.1 (random port); returns it (.stop()).
-
-    Its compute processes start warming the weight caches at once (progress in the log and on the page).
-    """
-    from app.encrypted_worker import EmbeddedWorker, WorkerSpec
-
-    ordering = service.ordering
-    spec = WorkerSpec.from_loaded(
-        service.loaded, ordering.perm, ordering.order_id, processes, (service.preset,)
-    )
-    worker = EmbeddedWorker(spec)
-    service.worker_url = worker.url
-    return worker
-
-
 def _status(stage: str, done: int, total: int) -> None:
     sys.stderr.write(f"\r\033[K[{stage} {done}/{total}]")
     sys.stderr.flush()
@@ -283,8 +274,8 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
 
-    from app.encrypted_worker import EncryptedWorker, WorkerSpec
-    from app.worker import Worker, start
+    from app.worker.encrypted import EncryptedWorker, WorkerSpec
+    from app.worker.server import Worker, start
 
     check_port(args.port)
     _check_processes(args.processes)
@@ -320,7 +311,7 @@ def _check_processes(processes: int | None) -> None:
 
 
 def run_ui(args: argparse.Namespace) -> int:
-    from app.ui import build_ui
+    from app.chat.ui import build_ui
 
     check_port(args.port)
     _check_processes(args.processes)
@@ -352,14 +343,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["study"]:
-        from app.study_cli import main as study_main  # the user-study commands (app/study_cli.py)
+        from app.study.cli import main as study_main  # the user-study commands (app/study/cli.py)
 
         return study_main(arguments[1:])
     if not arguments or arguments[0] not in ("ui", "worker", "pool", "chat", "-h", "--help"):
         arguments = ["ui", *arguments]
     args = parser.parse_args(arguments)
     if getattr(args, "worker_ca", None):
-        os.environ[ENV_WORKER_CA] = args.worker_ca  # read where the key holder connects (app/worker_tls.py)
+        os.environ[ENV_WORKER_CA] = args.worker_ca  # read where the key holder connects (app/worker/tls.py)
     try:
         if args.command == "chat":
             return run_chat(args)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from model.errors import ModelPackageMissing
+from core.errors import ModelPackageMissing
 from model.loading import DEFAULT_MODEL_PIP, find_default_gguf
 
 

@@ -8,7 +8,7 @@ One binary websocket frame per message (STYLE.md rule 9):
 
 A message's `blobs` field carries the payload; every other field lives in the header. `decode` checks
 the version, the type tag, every field's type and every limit, and raises a `ProtocolError` subclass
-whose `code` is the close / error code (model/errors.py) — never a crash.
+whose `code` is the close / error code (core/errors.py) — never a crash.
 
 Conversation (DESIGN.md section 4):
 
@@ -42,7 +42,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias, get_type_hints
 
-from model.errors import (
+from core.errors import (
     ChatError,
     CryptoError,
     InputError,
@@ -200,7 +200,7 @@ class Done:
 @dataclass(frozen=True)
 class Error:
     type: ClassVar[str] = "error"
-    code: int  # 4000-4999, see model/errors.py
+    code: int  # 4000-4999, see core/errors.py
     message: str  # names the problem and the fix
     request: str = ""
 

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from app.evaluate_collapse import PROMPTS, tsp_order  # noqa: E402
-from app.evaluate_jobs import BLAS_THREADS, study_selector, unbatched_selector  # noqa: E402
+from app.research.collapse import PROMPTS, tsp_order  # noqa: E402
+from app.research.jobs import BLAS_THREADS, study_selector, unbatched_selector  # noqa: E402
 from model.batch_decode import BatchRequest, generate_batch  # noqa: E402
 from model.evaluation import generate_fixed_length  # noqa: E402
 from model.generate import build_prompt  # noqa: E402

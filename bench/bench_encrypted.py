@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import tenseal as ts  # noqa: E402
 
-from app.encrypted_worker import EmbeddedWorker, WorkerSpec  # noqa: E402
-from app.keyholder import KeyHolderClient, ReplyRequest, TokenEvent  # noqa: E402
+from app.chat.keyholder import KeyHolderClient, ReplyRequest, TokenEvent  # noqa: E402
+from app.worker.encrypted import EmbeddedWorker, WorkerSpec  # noqa: E402
 from model.generate import ExactSelector, GenerationSettings, build_prompt, generate  # noqa: E402
 from model.key_holder import KeyHolderSide  # noqa: E402
 from model.loading import build_tiny_model, load_default  # noqa: E402

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.worker_admission import WorkerAccess, new_token  # noqa: E402
+from app.worker.admission import WorkerAccess, new_token  # noqa: E402
 
 PROMPT = "Tell me about the sea."
 MACHINES = {"this machine (2 cores, 24 GiB)": (2, 24.0), "HF free Space (2 vCPU, 16 GB)": (2, 14.9)}
@@ -39,7 +39,7 @@ _service: Any = None
 
 def _client_init() -> None:
     global _service
-    from app.chat import ChatService
+    from app.chat.service import ChatService
     from model.loading import build_tiny_model
 
     logging.disable(logging.WARNING)
@@ -48,7 +48,7 @@ def _client_init() -> None:
 
 def _session(job: tuple[str, int, int]) -> float:
     """One session against `url`; returns its wall seconds."""
-    from app.chat import ChatSettings
+    from app.chat.service import ChatSettings
 
     url, seed, tokens = job
     began = time.perf_counter()
@@ -94,9 +94,9 @@ def measure(clients: Any, url: str, sessions: int, tokens: int, width: int) -> t
 
 
 def one_worker() -> Any:
-    from app.chat import ChatService
-    from app.encrypted_worker import EncryptedWorker, WorkerSpec
-    from app.worker import BackgroundWorker
+    from app.chat.service import ChatService
+    from app.worker.encrypted import EncryptedWorker, WorkerSpec
+    from app.worker.server import BackgroundWorker
     from model.loading import build_tiny_model
 
     tiny = build_tiny_model()
@@ -128,8 +128,8 @@ def main() -> None:
 
     import ray
 
-    from app.pool import GIB, PoolConfig, deploy, running_replicas, shutdown
-    from app.pool_front import BackgroundFront, PoolFront
+    from app.pool.front import BackgroundFront, PoolFront
+    from app.pool.serve import GIB, PoolConfig, deploy, running_replicas, shutdown
 
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start", flush=True)
     width = max(counts) * args.places

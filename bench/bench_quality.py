@@ -4,7 +4,7 @@
     python bench/bench_quality.py --penalties 1.0,1.1,1.2,1.3 --modes plain   # the sweep behind them
 
 Twenty everyday one-line requests (recipes, lists, explanations, letters), one 128-token reply each
-through the chat service (`app.chat.ChatService.reply`, the page's path) in plain and simulate mode.
+through the chat service (`app.chat.service.ChatService.reply`, the page's path) in plain and simulate mode.
 A reply loops when the evaluation module's loop rule finds a periodic suffix (`model.evaluation`:
 period <= 32, at least 48 tokens and 3 repeats). Besides the share of looping replies (with a 95%
 Wilson interval) it prints what a guard could cost: the share that end at EOS, the mean length, the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.chat import CHAT_REPETITION_PENALTY, CHAT_TEMPERATURE, ChatService, ChatSettings  # noqa: E402
+from app.chat.service import CHAT_REPETITION_PENALTY, CHAT_TEMPERATURE, ChatService, ChatSettings  # noqa: E402
 from model.evaluation import CollapseCriteria, score_generation, token_nll, wilson_interval  # noqa: E402
 from model.generate import build_prompt  # noqa: E402
 from model.loading import load_default  # noqa: E402

@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.chat import ChatService  # noqa: E402
-from app.keyholder import KeyHolderClient, ReplyRequest, TokenEvent  # noqa: E402
+from app.chat.keyholder import KeyHolderClient, ReplyRequest, TokenEvent  # noqa: E402
+from app.chat.service import ChatService  # noqa: E402
 from model.forward import LlamaShape  # noqa: E402
 from model.generate import build_prompt  # noqa: E402
 from model.key_holder import KeyHolderSide  # noqa: E402

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.errors import LayoutError
 from crypto.engine import Engine
 from crypto.vector import EncVector
-from model.errors import LayoutError
 
 
 def _check_layout(a: EncVector, b: EncVector, operation: str) -> None:

@@ -19,10 +19,10 @@ import numpy as np
 import numpy.typing as npt
 import tenseal.sealapi as sealapi
 
+from core.errors import LayoutError
 from crypto.engine import Ciphertext, Engine
 from crypto.keys import SecretContext
 from crypto.matmul import MatmulPlan, PlainMatrix, diagonal_sum, replicate
-from model.errors import LayoutError
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import tenseal.sealapi as sealapi
 
+from core.errors import LayoutError, LevelsExhausted, MissingRotationKey, ParamsError
 from crypto.keys import (
     PublicContext,
     PublicTail,
@@ -36,7 +37,6 @@ from crypto.keys import (
     seal_context_for,
 )
 from crypto.params import CKKSParams
-from model.errors import LayoutError, LevelsExhausted, MissingRotationKey, ParamsError
 
 Ciphertext = Any  # tenseal.sealapi.Ciphertext (untyped extension type)
 Plaintext = Any  # tenseal.sealapi.Plaintext

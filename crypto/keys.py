@@ -26,6 +26,7 @@ from typing import Any
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
+from core.errors import ParamsError, SecretKeyError, WireFormatError
 from crypto.keys_wire import MAGIC as MAGIC
 from crypto.keys_wire import PREFIX as _PREFIX
 from crypto.keys_wire import WIRE_VERSION as WIRE_VERSION
@@ -35,7 +36,6 @@ from crypto.keys_wire import load_galois_keys, load_relin_keys, split_public_byt
 from crypto.keys_wire import normalise_step as normalise_step
 from crypto.params import PRESETS, CKKSParams, sampler_tail
 from crypto.seal_io import seal_to_bytes
-from model.errors import ParamsError, SecretKeyError, WireFormatError
 
 
 class SecretContext:

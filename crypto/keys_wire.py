@@ -37,9 +37,9 @@ from typing import Any
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
+from core.errors import WireFormatError
 from crypto.params import CKKSParams
 from crypto.seal_io import seal_from_bytes
-from model.errors import WireFormatError
 
 MAGIC = b"HECKKS"
 WIRE_VERSION = 3

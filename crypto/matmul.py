@@ -46,12 +46,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from core.errors import LayoutError
 from crypto import arith
 from crypto.engine import Ciphertext, Engine, Plaintext
 from crypto.matmul_plan import MatmulPlan as MatmulPlan  # re-exported: callers plan and multiply
 from crypto.matmul_plan import plan_matmul as plan_matmul
 from crypto.vector import EncVector
-from model.errors import LayoutError
 
 FloatArray = npt.NDArray[np.float64]
 DEFAULT_CACHE_BYTES = 2 << 30  # per matrix: holds the LM head's 8,640 level-1 plaintexts (1.1 GB)

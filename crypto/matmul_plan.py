@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from core.errors import LayoutError
 from crypto.keys import RotationPlan
-from model.errors import LayoutError
 
 # Measured at N = 8192 on one core (DESIGN.md section 7): a rotation at the product's level (two primes),
 # a rotation one level lower, a rescale, and a product with a cached plaintext.

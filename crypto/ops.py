@@ -35,12 +35,12 @@ from typing import Protocol
 
 import tenseal.sealapi as sealapi
 
+from core.errors import LayoutError, LevelsExhausted
 from crypto import arith, poly, prefix
 from crypto.engine import Ciphertext, Engine
 from crypto.keys import RotationPlan, SecretContext
 from crypto.seal_io import seal_from_bytes, seal_to_bytes
 from crypto.vector import EncVector, decrypt_vector, encrypt_vector
-from model.errors import LayoutError, LevelsExhausted
 
 Refresh = Callable[[EncVector, int], EncVector]  # (vector, ring to re-encrypt into) -> fresh vector
 Cubic = tuple[float, float, float, float]

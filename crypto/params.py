@@ -37,7 +37,7 @@ from typing import Any
 
 import tenseal.sealapi as sealapi
 
-from model.errors import ParamsError
+from core.errors import ParamsError
 
 _MIN_PRIME_BITS = 17  # SEAL cannot find NTT-friendly primes much below this for N >= 4096
 _MAX_PRIME_BITS = 60  # SEAL's per-prime limit

@@ -32,10 +32,10 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from core.errors import LayoutError
 from crypto.engine import Ciphertext, Engine, Plaintext
 from crypto.keys import RotationPlan
 from crypto.vector import EncVector
-from model.errors import LayoutError
 
 PREFIX_DEPTH = 2
 SHIFT_DEPTH = 1

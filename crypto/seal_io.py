@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from model.errors import WireFormatError
+from core.errors import WireFormatError
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # websockets' default max message size; ciphertexts do not compress
 

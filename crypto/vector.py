@@ -34,9 +34,9 @@ import numpy as np
 import numpy.typing as npt
 import tenseal.sealapi as sealapi
 
+from core.errors import LayoutError
 from crypto.engine import Ciphertext, Engine, monomial_slots
 from crypto.keys import SecretContext
-from model.errors import LayoutError
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -19,12 +19,12 @@ from typing import Any, Protocol
 import numpy.typing as npt
 import tenseal.sealapi as sealapi
 
+from core.errors import LayoutError, WireFormatError
 from crypto.engine import Engine
 from crypto.keys import SecretContext
 from crypto.params import CKKSParams
 from crypto.seal_io import seal_from_bytes, seal_to_bytes
 from crypto.vector import EncVector, FloatArray, decrypt_vector, encrypt_vector, laid_out
-from model.errors import LayoutError, WireFormatError
 
 VECTOR_WIRE_VERSION = 3
 _U32 = struct.Struct(">I")

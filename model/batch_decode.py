@@ -37,8 +37,8 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface
 
+from core.errors import InputError
 from model.batch_sampler import NOTHING, BatchSelection, BatchSelector
-from model.errors import InputError
 from model.generate import DecodeSession
 from model.loading import LoadedModel
 from model.vector_ops import FloatArray

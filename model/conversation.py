@@ -27,7 +27,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from model.errors import InputError
+from core.errors import InputError
 from model.text import REPLACEMENT
 
 MAX_PROMPT_CHARS = 20_000  # a guard against pasting a book into the chat box; the token check follows

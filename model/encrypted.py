@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from core.errors import InputError
 from crypto.engine import Engine
 from crypto.matmul import MatmulPlan, PlainMatrix, plan_matmul, prepare
 from crypto.params import CKKSParams
-from model.errors import InputError
 from model.forward import LlamaShape, PreparedModel
 
 MATMUL_LEVEL = 1  # products run at level 1: the cheapest level that can still rescale

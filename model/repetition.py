@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.errors import InputError
+from core.errors import InputError
 from model.generate import Selection, Selector
 
 IntArray = npt.NDArray[np.int64]

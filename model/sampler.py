@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from model.errors import InputError
+from core.errors import InputError
 from model.vector_ops import Cubic, FloatArray, NumpyOps, VectorOps
 
 V = TypeVar("V")

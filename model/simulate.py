@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.errors import SamplerError
+from core.errors import SamplerError
 from model.generate import Selection
 from model.sampler import (
     NoisyOps,

@@ -1,0 +1,224 @@
+"""The encrypted pipeline on the tiny model: real CKKS, ranks in lockstep, the same tokens as simulate.
+
+The worker runs in-process (`EncryptedWorker(threads=True)`: the ranks are threads, so the routing of
+shares, the split sampler and the collectives are the real ones, without spawning processes; the process
+pool itself is tested in tests/app/worker/test_compute_pool.py)
+and the oracle is a direct call into the key holder
+(the websocket path is tested in tests/app/worker/test_server.py and tests/app/chat/test_service.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from app import protocol as p
+from app.chat.keyholder import ReplyRequest
+from app.worker.encrypted import EncryptedWorker, WorkerSpec
+from app.worker.session import JobContext
+from core.errors import InputError, JobFailed, WireFormatError
+from crypto.keys import load_public_context
+from crypto.params import preset
+from crypto.vector import decrypt_vector
+from crypto.vector_wire import encrypt_vector_bytes, vector_from_bytes, vector_to_bytes
+from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec
+from model.forward import LlamaShape
+from model.generate import GenerationSettings, build_prompt, generate
+from model.key_holder import KeyHolderSide
+from model.loading import LoadedModel
+from model.sampler import SamplerConfig
+from model.simulate import SimulateSelector
+
+PRESET = "default"
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "2+2="]
+
+
+def tiny_perm(vocab: int) -> np.ndarray:
+    return np.random.default_rng(42).permutation(vocab)  # any fixed order exercises the baking of pi
+
+
+def _worker(tiny: LoadedModel, ranks: int) -> EncryptedWorker:
+    spec = WorkerSpec.from_loaded(tiny, tiny_perm(tiny.model.config.vocab_size), "test-order", ranks)
+    model = EncryptedWorker(spec, threads=True)
+    assert model.pool.wait_ready(300)
+    return model
+
+
+@pytest.fixture(scope="module")
+def worker(tiny: LoadedModel) -> Iterator[EncryptedWorker]:
+    """Two ranks: the split sampler, its exchanges and the merged oracle calls."""
+    model = _worker(tiny, 2)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def single(tiny: LoadedModel) -> Iterator[EncryptedWorker]:
+    """One rank: the sampler on the whole vocabulary, nothing to exchange."""
+    model = _worker(tiny, 1)
+    yield model
+    model.close()
+
+
+def key_holder(tiny: LoadedModel, worker: EncryptedWorker, session: str) -> KeyHolderSide:
+    keys = KeyHolderSide(
+        PRESET, worker.shape, tiny.input_embeddings(), tiny_perm(tiny.model.config.vocab_size)
+    )
+    plan = worker.rotation_plan(PRESET)
+    worker.load_keys(session, keys.public_context(sorted(plan.steps), plan.conjugate), preset(PRESET))
+    return keys
+
+
+def run_in_process(
+    worker: EncryptedWorker,
+    keys: KeyHolderSide,
+    session: str,
+    prompt: list[int],
+    n: int,
+    seed: int,
+    start: int = 0,
+    calls: list[OracleCall] | None = None,
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """One encrypted reply with the oracle wired straight to the key holder (`calls` records its calls)."""
+    keys.begin_reply(1.0, True)
+    sampler = ReplyRequest(n, seed, temperature=1.0).sampler()
+    request = p.Generate(
+        session, "r", start, "", len(prompt), n, seed, 0, sampler, keys.encrypt_prompt(prompt)
+    )
+    tokens: list[int] = []
+    telemetry: list[dict[str, Any]] = []
+
+    def emit(message: p.Message) -> None:
+        if isinstance(message, p.Token):
+            tokens.append(keys.read_token(message.blobs))
+            telemetry.append(message.telemetry)
+
+    def answer(call: OracleCall) -> list[bytes]:
+        if calls is not None:
+            calls.append(call)
+        return keys.answer(call)
+
+    assert worker.run(JobContext(session, request, answer, emit, threading.Event())) == "length"
+    return tokens, telemetry
+
+
+def simulate(loaded: LoadedModel, perm: np.ndarray, prompt: list[int], n: int, seed: int) -> list[int]:
+    selector = SimulateSelector(loaded.input_embeddings(), perm, SamplerConfig(tsp=True, pp=True))
+    settings = GenerationSettings(max_new_tokens=n, temperature=1.0, seed=seed)
+    # generate() stops at EOS; the worker does not (the key holder cancels), so compare the common prefix
+    return [s.token_id for s in generate(loaded, prompt, selector, settings)]
+
+
+def test_encrypted_matches_simulate_token_for_token(tiny: LoadedModel, worker: EncryptedWorker) -> None:
+    perm = tiny_perm(tiny.model.config.vocab_size)
+    n = 6
+    seen: list[OracleCall] = []
+    for seed, text in enumerate(PROMPTS[:2]):
+        keys = key_holder(tiny, worker, f"s{seed}")
+        prompt = build_prompt(tiny, [{"role": "user", "content": text}])[
+            -9:
+        ]  # quick, and odd: 4 positions per rank and one split by block
+        encrypted, telemetry = run_in_process(worker, keys, f"s{seed}", prompt, n, seed, calls=seen)
+        expected = simulate(tiny, perm, prompt, n, seed)
+        assert encrypted[: len(expected)] == expected, f"prompt {text!r}"
+        assert len(encrypted) == n
+        assert keys.commit() == len(prompt) + n - 1  # every token but the last was fed back
+    calls = telemetry[-1]["oracle_calls"]
+    layers = tiny.model.config.num_hidden_layers
+    assert calls["rmsnorm"] == 2 * layers and calls["attention"] == layers and calls["swiglu"] == layers
+    assert calls["softmax"] == 1
+    # the default preset's sampler tail: 7 sharp cubics, shift and product, PP, the mixture in the
+    # session's parameters; the other 18 cubics two per refresh in the tail
+    assert (calls["refresh"], calls["refresh_tail"]) == (7 + 2 + 1, 9)
+    assert telemetry[-1]["bytes_to_key_holder"] > 0 and telemetry[-1]["rotations"] > 0
+    assert telemetry[-1]["processes"] == worker.pool.world
+    assert set(keys.evaluated) <= set(ORACLE_FUNCTIONS)
+    # the residual stream of a position split by block is a sum of two ranks' shares: the worker adds
+    # them, so every place reaches the key holder once
+    norms = [c for c in seen if c.fn == "rmsnorm"]
+    assert norms and all(len(set(c.parts)) == len(c.parts) for c in norms)
+    assert sum(len(c.parts) for c in norms[-2 * layers :]) == 2 * layers  # a decoded token: one each
+
+
+def test_a_continued_reply_equals_reading_everything_at_once(
+    tiny: LoadedModel, single: EncryptedWorker
+) -> None:
+    """The key holder's cache carries a conversation: prompt a, then b after it = the prompt a + b."""
+    prompt = build_prompt(tiny, [{"role": "user", "content": "Tell me a story."}])[-9:]
+    perm = tiny_perm(tiny.model.config.vocab_size)
+    expected = simulate(tiny, perm, prompt, 3, 3)
+    parts = key_holder(tiny, single, "parts")
+    run_in_process(single, parts, "parts", prompt[:5], 1, 0)
+    assert parts.commit() == 5  # the first reply's only token was shown, never fed back
+    continued, _ = run_in_process(single, parts, "parts", prompt[5:], 3, 3, start=5)
+    assert continued[: len(expected)] == expected
+
+
+def test_the_key_holder_refuses_calls_off_the_allow_list_and_out_of_shape(tiny: LoadedModel) -> None:
+    shape = LlamaShape.from_config(tiny.model.config)
+    keys = KeyHolderSide(PRESET, shape, tiny.input_embeddings(), tiny_perm(tiny.model.config.vocab_size))
+    with pytest.raises(InputError, match="not an allowed"):
+        keys.answer(OracleCall("argmax", -1, [(0, 0)], [b"x"]))
+    with pytest.raises(InputError, match="part positions"):
+        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [b"x", b"y"]))
+    blob = keys.encrypt_prompt([5])[0]  # 64 values: the tiny model's width
+    with pytest.raises(InputError, match="exceeds the width"):
+        keys.answer(OracleCall("rmsnorm", 0, [(0, 10)], [blob]))
+    with pytest.raises(InputError, match="uncovered"):
+        keys.answer(OracleCall("attention", 0, [(0, 0)], [blob]))
+    with pytest.raises(InputError, match="outside the output"):
+        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [blob], [PieceSpec(0, 0, 65)]))
+    with pytest.raises(InputError, match="do not fit"):
+        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [blob], [PieceSpec(0, 0, 64, 64, 100, 1)]))
+    tail = vector_from_bytes(
+        keys.secret.tail, keys.answer(OracleCall("refresh_tail", -1, [(0, 0)], [blob]))[0]
+    )
+    assert tail.ring == 1 and tail.level == 4  # the prompt's vector, re-encrypted in the sampler tail
+    with pytest.raises(WireFormatError, match="ring 3"):
+        keys.answer(OracleCall("refresh", -1, [(0, 0)], [blob.replace(b'"ring": 0', b'"ring": 3')]))
+    with pytest.raises(WireFormatError, match="sampler tail's parameters where one of the session's"):
+        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [vector_to_bytes(tail)]))
+    untailed = KeyHolderSide("test", shape, tiny.input_embeddings(), tiny_perm(tiny.model.config.vocab_size))
+    with pytest.raises(InputError, match="preset 'test' has no sampler tail"):
+        untailed.answer(OracleCall("refresh_tail", -1, [(0, 0)], [untailed.encrypt_prompt([5])[0]]))
+
+
+def test_the_worker_never_holds_a_secret_key(tiny: LoadedModel, worker: EncryptedWorker) -> None:
+    keys = key_holder(tiny, worker, "secret-check")
+    plan = worker.rotation_plan(PRESET)
+    public = load_public_context(keys.public_context(sorted(plan.steps), plan.conjugate))
+    assert not public.tenseal_context.is_private() and not public.tenseal_context.has_secret_key()
+    embed = tiny.input_embeddings()[torch.from_numpy(keys.perm)].numpy()
+    assert np.array_equal(WorkerSpec.from_loaded(tiny, keys.perm, "x").weights.embed[True], embed)
+
+
+def test_pieces_come_at_the_level_asked_for_and_another_level_is_refused(
+    tiny: LoadedModel, single: EncryptedWorker
+) -> None:
+    keys = key_holder(tiny, single, "levels")
+    keys.begin_reply(1.0, True)
+    top = keys.engine.top_level
+    asked: list[int] = []
+
+    def answer_one_level_up(call: OracleCall) -> list[bytes]:  # a key holder that ignores the level
+        blobs = keys.answer(call)
+        if call.fn != "rmsnorm":
+            return blobs
+        spec = call.pieces[0]
+        asked.append(spec.level)
+        values = decrypt_vector(keys.secret, vector_from_bytes(keys.secret, blobs[0]))
+        wrong = top if spec.level != top else 0
+        return [encrypt_vector_bytes(keys.secret, values, level=wrong, engine=keys.engine), *blobs[1:]]
+
+    sampler = ReplyRequest(1, 0, temperature=1.0).sampler()
+    request = p.Generate("levels", "r", 0, "", 2, 1, 0, 0, sampler, keys.encrypt_prompt([3, 4]))
+    job = JobContext("levels", request, answer_one_level_up, lambda message: None, threading.Event())
+    with pytest.raises(JobFailed, match=r"at level \d, expected level \d") as failed:
+        single.run(job)
+    assert failed.value.code == p.CODE_BAD_CIPHERTEXT  # the typed error the session reports
+    assert asked and all(level in (-1, *range(top + 1)) for level in asked)

@@ -1,0 +1,208 @@
+"""Evaluation metrics (single-step error, collapse detector, intervals) and the evaluation command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.research.report import CELLS
+from model.evaluation import (
+    NO_DRAW,
+    CollapseCriteria,
+    batched_one_hot,
+    bootstrap_mean_interval,
+    cosine_distance,
+    distinct_n,
+    exact_positions,
+    generate_fixed_length,
+    max_errors,
+    mcnemar_exact,
+    periodic_suffix,
+    score_generation,
+    single_step_draws,
+    token_nll,
+    wilson_interval,
+)
+from model.generate import DecodeSession, Selection, build_prompt
+from model.loading import LoadedModel
+from tests.conftest import assert_close
+
+USER = [{"role": "user", "content": "Name three colours."}]
+
+
+def test_periodic_suffix_finds_the_longest_loop() -> None:
+    assert periodic_suffix([1, 2, 3, 4, 5], 4) == (0, 0)
+    assert periodic_suffix([9, 1, 2, 1, 2, 1, 2], 4) == (6, 2)
+    assert periodic_suffix([5] * 10, 4) == (10, 1)
+    assert periodic_suffix([], 4) == (0, 0)
+
+
+def test_collapse_detector_flags_loops_and_implausible_text() -> None:
+    criteria = CollapseCriteria()
+    varied = list(range(300))
+    calm = np.full(300, 2.0)
+    assert not score_generation(varied, calm, criteria).collapsed(criteria)
+    looping = list(range(200)) + [7, 8, 9, 10] * 25  # 100-token loop of period 4
+    score = score_generation(looping, calm, criteria)
+    assert score.repetition(criteria) and score.loop_period == 4 and score.loop_tokens >= 100
+    short_loop = list(range(280)) + [7, 8] * 10  # 20 tokens: below min_loop_tokens
+    assert not score_generation(short_loop, calm, criteria).repetition(criteria)
+    spiky = calm.copy()
+    spiky[100:164] = 9.0  # one window of nonsense under the plain model
+    assert score_generation(varied, spiky, criteria).implausible(criteria)
+    spiky[100:164] = 5.0
+    assert not score_generation(varied, spiky, criteria).implausible(criteria)
+
+
+def test_distinct_n() -> None:
+    assert distinct_n([1, 2, 1, 2, 1, 2], 2) == 2 / 5
+    assert distinct_n([1, 2, 3, 4], 2) == 1.0
+
+
+def test_mcnemar_exact_is_the_two_sided_binomial_test_of_the_discordant_pairs() -> None:
+    assert mcnemar_exact(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)  # 0.109
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64) and mcnemar_exact(6, 0) == mcnemar_exact(0, 6)
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+
+
+def test_wilson_interval_known_values() -> None:
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and abs(high - 0.2775) < 1e-3
+    low, high = wilson_interval(5, 10)
+    assert abs(low - 0.2366) < 1e-3 and abs(high - 0.7634) < 1e-3
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_bootstrap_interval_covers_the_mean(rng: np.random.Generator) -> None:
+    values = rng.normal(3.0, 1.0, 400)
+    low, high = bootstrap_mean_interval(values, np.random.default_rng(0))
+    assert low < values.mean() < high and high - low < 0.4
+    assert all(math.isnan(v) for v in bootstrap_mean_interval([], np.random.default_rng(0)))
+
+
+def test_max_errors_and_cosine_distance() -> None:
+    weights = np.array([[0.0, 1.0, 0.0], [0.0, 0.7, 0.4], [0.0, 0.0, 0.0]])
+    targets = np.array([1, 1, NO_DRAW])
+    assert_close(max_errors(weights, targets), [0.0, 0.4, 0.0], atol=1e-15)
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    b = np.array([[1.0, 0.0], [-1.0, -1.0], [1.0, 0.0]])
+    assert_close(cosine_distance(a, b), [0.0, 2.0, 1.0], atol=1e-15)
+
+
+def test_exact_positions_marks_r_beyond_the_mass() -> None:
+    q = np.array([0.5, 0.0, 0.4])
+    assert exact_positions(q, np.array([0.2, 0.5, 0.95])).tolist() == [0, 2, NO_DRAW]
+
+
+def test_single_step_draws_are_exact_away_from_boundaries_and_not_near_them(rng: np.random.Generator) -> None:
+    q = np.array([0.3, 0.0, 0.0, 0.2, 0.5])
+    table = rng.normal(0, 1, (5, 8))
+    c = np.cumsum(q)
+    rs = np.array([0.1, 0.4, 0.9, c[0] - 1e-7])
+    draws = single_step_draws(q, table, rs, amp_rounds=3)
+    assert draws.targets.tolist() == [0, 3, 4, 0]
+    assert np.all(draws.error_raw[:3] < 1e-6) and np.all(draws.cosine_pp[:3] < 1e-9)
+    assert draws.error_raw[3] > 0.1 and draws.cosine_raw[3] > 1e-3 and draws.sum_raw[3] > 1.0
+    assert draws.error_pp[3] > 0.0
+
+
+def test_batched_one_hot_shape(rng: np.random.Generator) -> None:
+    assert batched_one_hot(rng.dirichlet(np.ones(30)), rng.random(7), 3).shape == (7, 30)
+
+
+class ArgmaxRecorder:
+    """A selector double: greedy, remembering whether EOS was ever allowed."""
+
+    def __init__(self, embeddings: torch.Tensor, eos: frozenset[int]) -> None:
+        self.embeddings = embeddings
+        self.eos = sorted(eos)
+        self.eos_allowed = False
+
+    def select(self, logits: torch.Tensor, r: float) -> Selection:
+        self.eos_allowed |= bool(torch.isfinite(logits[self.eos]).any())
+        token = int(torch.argmax(logits))
+        return Selection(token_id=token, embedding=self.embeddings[token])
+
+
+def test_fixed_length_generation_bans_eos_and_nll_matches_the_decode_logits(tiny: LoadedModel) -> None:
+    prompt = build_prompt(tiny, USER)
+    recorder = ArgmaxRecorder(tiny.input_embeddings(), tiny.eos_token_ids)
+    ticks: list[int] = []
+    tokens = generate_fixed_length(tiny, prompt, recorder, 12, seed=0, on_progress=ticks.append)
+    assert len(tokens) == 12 and sum(ticks) == 12 and not recorder.eos_allowed
+    nll = token_nll(tiny, prompt, tokens)
+    session = DecodeSession(tiny)
+    logits = session.prefill(prompt)
+    expected = []
+    for token in tokens:
+        expected.append(-float(torch.log_softmax(logits.double(), -1)[token]))
+        logits = session.step(tiny.input_embeddings()[token])
+    assert_close(nll, expected, atol=1e-4)
+
+
+def test_cli_writes_tables_plots_and_settings(
+    tiny: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.research import evaluate as evaluate_cli
+
+    monkeypatch.setattr(evaluate_cli, "RESULTS", tmp_path)
+    monkeypatch.setattr(evaluate_cli, "load_model", lambda args: tiny)
+    perm = np.random.default_rng(0).permutation(tiny.input_embeddings().shape[0])
+    from app.research import collapse as evaluate_collapse
+    from app.research import single_step as evaluate_single_step
+
+    for module in (evaluate_collapse, evaluate_single_step):
+        monkeypatch.setattr(module, "tsp_order", lambda loaded: (perm, "test permutation"))
+    args = [
+        "single-step",
+        "--tiny",
+        "--draws",
+        "64",
+        "--prompts",
+        "3",
+        "--prefix-tokens",
+        "1",
+        "--name",
+        "ss",
+    ]
+    assert evaluate_cli.main(args) == 0
+    summary = list(csv.DictReader((tmp_path / "ss" / "summary.csv").open()))
+    assert [(row["TSP"], row["PP"]) for row in summary] == list(CELLS)
+    assert (tmp_path / "ss" / "single_step.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "ss" / "settings.json").read_text())["draws"] == 64
+    args = ["collapse", "--tiny", "--n", "1", "--length", "8", "--conditions", "plain,both", "--name", "col"]
+    assert evaluate_cli.main(args) == 0
+    assert "| both |" in (tmp_path / "col" / "summary.md").read_text()
+    assert (tmp_path / "col" / "collapse.png").is_file()
+    assert (
+        evaluate_cli.main(["summarise", str(tmp_path / "col"), str(tmp_path / "col"), "--name", "merged"])
+        == 0
+    )
+    merged = list(csv.DictReader((tmp_path / "merged" / "summary.csv").open()))
+    assert [(row["condition"], row["n"]) for row in merged] == [
+        ("plain", "1"),
+        ("both", "1"),
+    ]  # no duplicates
+
+
+def test_cli_rejects_bad_arguments(
+    tiny: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.research import evaluate as evaluate_cli
+
+    monkeypatch.setattr(evaluate_cli, "RESULTS", tmp_path)
+    monkeypatch.setattr(evaluate_cli, "load_model", lambda args: tiny)
+    for conditions in ("plain,bogus", "pp,pp"):
+        with pytest.raises(SystemExit) as stop:
+            evaluate_cli.main(["collapse", "--tiny", "--conditions", conditions])
+        assert stop.value.code == 2 and "--conditions" in capsys.readouterr().err
+    assert evaluate_cli.main(["single-step", "--tiny", "--temperature", "9"]) == 2
+    assert "temperature" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_cli.main(["collapse", "--n", "0"])
