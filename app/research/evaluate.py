@@ -29,12 +29,13 @@ from pathlib import Path
 
 import torch
 
+from app.model_options import add_model_arguments, print_progress
 from app.research.collapse import run_collapse, run_summarise, run_sweep, tsp_order
 from app.research.jobs import CONDITIONS, ModelSource, StudyPool
 from app.research.single_step import run_single_step
 from core.errors import ChatError
 from model.batch_decode import MAX_BATCH
-from model.loading import LoadedModel, load_default
+from model.loading import LoadedModel
 from model.sampler import PRECISIONS
 
 RESULTS = Path("results")
@@ -45,9 +46,7 @@ def model_source(args: argparse.Namespace) -> ModelSource:
 
 
 def load_model(source: ModelSource) -> LoadedModel:
-    if source.tiny or source.path is not None:
-        return source.load()
-    return load_default(on_progress=lambda line: print(line, file=sys.stderr))
+    return source.load(print_progress)
 
 
 def integer(name: str, least: int, most: int | None = None) -> Callable[[str], int]:
@@ -125,9 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sweep", "collapse study over added noise and amp rounds"),
     ):
         sub = commands.add_parser(name, help=help_text)
-        source = sub.add_mutually_exclusive_group()
-        source.add_argument("--model-path", type=Path, help="a local transformers causal-LM directory")
-        source.add_argument("--tiny", action="store_true", help="the tiny random test model")
+        add_model_arguments(sub, cache_dir=False)
         sub.add_argument("--name", default=name, help="results/<name>/ receives the outputs")
         sub.add_argument(
             "--precision", choices=PRECISIONS, default="fp16", help="softmax precision (paper: fp16)"

@@ -26,11 +26,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from core.progress import OnProgress
 from model.batch_decode import BatchRequest, BatchResult, generate_batch
 from model.batch_sampler import NOTHING, BatchExact, BatchSelector, BatchSimulate
 from model.evaluation import CollapseCriteria, score_generation, token_nll
 from model.generate import ExactSelector, Selector
-from model.loading import LoadedModel, build_tiny_model, load_default, load_local
+from model.loading import LoadedModel, load_chosen
 from model.sampler import SamplerConfig
 from model.simulate import SimulateSelector, identity_perm
 
@@ -47,10 +48,8 @@ class ModelSource:
     tiny: bool = False
     path: Path | None = None
 
-    def load(self) -> LoadedModel:
-        if self.tiny:
-            return build_tiny_model()
-        return load_local(self.path) if self.path is not None else load_default()
+    def load(self, on_progress: OnProgress | None = None) -> LoadedModel:
+        return load_chosen(self.tiny, self.path, on_progress=on_progress)
 
 
 @dataclass(frozen=True)

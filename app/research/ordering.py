@@ -72,13 +72,10 @@ class _Bars:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    from model.loading import build_tiny_model, load_default, load_local
+    from app.model_options import print_progress
+    from model.loading import load_chosen
 
-    if args.model_path:
-        return load_local(args.model_path)
-    if args.model == "tiny":
-        return build_tiny_model()
-    return load_default(on_progress=lambda line: print(line, file=sys.stderr))
+    return load_chosen(args.model == "tiny", args.model_path or None, on_progress=print_progress)
 
 
 def _config(args: argparse.Namespace) -> OrderingConfig:

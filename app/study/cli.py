@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app.model_options import add_model_arguments
 from core.errors import ChatError, StudyStoreError
 
 
@@ -40,10 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--db", type=Path, required=True)
     generate = commands.add_parser("generate", help="generate the study's texts (resumable)")
     generate.add_argument("--db", type=Path, required=True)
-    source = generate.add_mutually_exclusive_group()
-    source.add_argument("--model-path", type=Path, help="a local transformers causal-LM directory")
-    source.add_argument("--tiny", action="store_true", help="the tiny random test model (fast, nonsense)")
-    generate.add_argument("--cache-dir", type=Path, help="where the converted default model is cached")
+    add_model_arguments(generate)
     generate.add_argument("--worker-url", default=os.environ.get("HE_CHAT_WORKER_URL"), help="encrypted mode")
     generate.add_argument("--preset", default="default", help="CKKS parameter preset (encrypted mode)")
     serve = commands.add_parser("serve", help="serve the participant page")
@@ -82,20 +80,15 @@ def run_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.chat.service import ChatService
+    from app.model_options import load_model
     from app.study.generate import GenerationProgress, check_settings, generate_texts
-    from model.loading import build_tiny_model, load_default, load_local
 
     store = _open(args.db)
     check_settings(store)
     if not store.missing_texts():
         print(f"all {len(store.texts())} texts are already generated", file=sys.stderr)
         return 0
-    if args.tiny:
-        loaded = build_tiny_model()
-    elif args.model_path is not None:
-        loaded = load_local(args.model_path)
-    else:
-        loaded = load_default(args.cache_dir, on_progress=lambda line: print(line, file=sys.stderr))
+    loaded = load_model(args)
     service = ChatService.create(loaded, args.worker_url, args.preset)
     worker = None
     bar = tqdm(total=0, unit="text", desc="study texts", file=sys.stderr)
