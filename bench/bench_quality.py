@@ -25,10 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.chat.service import CHAT_REPETITION_PENALTY, CHAT_TEMPERATURE, ChatService, ChatSettings  # noqa: E402
-from model.evaluation import CollapseCriteria, score_generation, token_nll, wilson_interval  # noqa: E402
+from model.evaluation import CollapseCriteria, score_generation, token_nll  # noqa: E402
 from model.generate import build_prompt  # noqa: E402
 from model.loading import load_default  # noqa: E402
 from model.repetition import NO_PENALTY  # noqa: E402
+from model.stats import wilson_interval  # noqa: E402
 
 REQUESTS = (
     "Give me a simple recipe for tomato soup.",

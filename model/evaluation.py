@@ -13,16 +13,16 @@ degenerate loop (a suffix that repeats with a short period) or when a stretch of
 itself finds implausible (a sliding-window mean negative log-likelihood above a threshold). Both read only
 the token ids and the plain model, so any condition (plain, simulate, encrypted) is scored the same way, and
 the plain condition measures the detector's false-positive rate. Distinct-n and the mean NLL are reported
-alongside, with bootstrap and Wilson intervals.
+alongside, with bootstrap and Wilson (`model.stats`) intervals.
 
 References: arXiv 2510.12343 (Fig. 10, collapse study); Holtzman et al. 2020 (degenerate repetition);
-Li et al. 2016 (distinct-n); Wilson 1927 (score interval).
+Li et al. 2016 (distinct-n).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,7 @@ import numpy.typing as npt
 import torch
 
 from core.errors import InputError
+from core.progress import OnProgress, Progress
 from model.generate import DecodeSession, Selection, Selector, decode
 from model.loading import LoadedModel
 from model.sampler import compose, one_hot_from_steps, post_process, step_polynomials
@@ -130,12 +131,13 @@ def single_step_draws(
     rs: FloatArray,
     amp_rounds: int,
     batch: int = 64,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> SingleStepDraws:
     """Run the circuit for every r on one ordered distribution q; `table` is W_pi (V, d) in the same order.
 
     Args:
-        on_progress: called with the number of draws finished after every batch.
+        on_progress: called after every batch with `Progress("draws", done, len(rs))`, `done` the draws
+            of this call finished so far.
     """
     norm_max = float(np.linalg.norm(table, axis=1).max())
     parts: list[tuple[FloatArray, ...]] = []
@@ -158,7 +160,7 @@ def single_step_draws(
             )
         )
         if on_progress is not None:
-            on_progress(len(t))
+            on_progress(Progress("draws", start + len(t), len(rs)))
     columns = [np.concatenate([p[i] for p in parts]) for i in range(5)]
     return SingleStepDraws(targets, *columns)
 
@@ -286,17 +288,6 @@ def score_generation(tokens: Sequence[int], nll: FloatArray, criteria: CollapseC
 # --- intervals ----------------------------------------------------------------------------------
 
 
-def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a proportion (95% by default); (0, 1) for no trials."""
-    if trials == 0:
-        return (0.0, 1.0)
-    phat = successes / trials
-    denom = 1 + z * z / trials
-    centre = (phat + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / trials + z * z / (4 * trials * trials)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def mcnemar_exact(only_first: int, only_second: int) -> float:
     """Two-sided exact McNemar p-value for paired yes/no outcomes (1.0 when no pair disagrees).
 
@@ -347,7 +338,7 @@ def generate_fixed_length(
     length: int,
     seed: int,
     ban_eos: bool = True,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> list[int]:
     """Generate exactly `length` displayed tokens with the KV-cached loop of `model.generate`.
 
@@ -356,7 +347,7 @@ def generate_fixed_length(
     `default_rng(seed).random()`, one per step, as in `generate`, so conditions with the same seed share it.
 
     Args:
-        on_progress: called with 1 after every generated token.
+        on_progress: called after every generated token with `Progress("tokens", done, length)`.
 
     Raises:
         InputError: the prompt plus `length` does not fit the context window.
@@ -375,5 +366,5 @@ def generate_fixed_length(
         assert step.selection.token_id is not None
         tokens.append(step.selection.token_id)
         if on_progress is not None:
-            on_progress(1)
+            on_progress(Progress("tokens", len(tokens), length))
     return tokens

@@ -32,9 +32,9 @@ from app.research.report import (
     plot_onsets,
     plot_sweep,
     summarise_collapse,
-    write_csv,
     write_settings,
 )
+from app.tables import write_csv
 from core.errors import InputError
 from model.batch_decode import BatchRequest
 from model.evaluation import CollapseCriteria

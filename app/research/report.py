@@ -1,4 +1,5 @@
-"""Tables and plots of the evaluation commands (app/research/evaluate.py): CSV, Markdown, settings, PNG.
+"""Tables and plots of the evaluation commands (app/research/evaluate.py): Markdown, settings, PNG (the CSV
+files are written with `app.tables.write_csv`).
 
 The summaries turn per-item rows (one per draw or per generation) into one row per cell or condition, with
 95% intervals (Wilson for shares, percentile bootstrap for means) written as "mean [low, high]".
@@ -6,7 +7,6 @@ The summaries turn per-item rows (one per draw or per generation) into one row p
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -15,18 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from model.evaluation import bootstrap_mean_interval, mcnemar_exact, wilson_interval
+from model.evaluation import bootstrap_mean_interval, mcnemar_exact
 from model.loading import LoadedModel, describe
+from model.stats import wilson_interval
 
 CELLS = (("off", "off"), ("off", "on"), ("on", "off"), ("on", "on"))  # (TSP, PP)
 COLOURS = {"plain": "#444", "neither": "#999", "pp": "#6a9", "tsp": "#69c", "both": "#36a"}
-
-
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:

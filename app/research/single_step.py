@@ -21,9 +21,10 @@ from app.research.report import (
     markdown_table,
     plot_bars,
     summarise_single_step,
-    write_csv,
     write_settings,
 )
+from app.tables import write_csv
+from core.progress import OnProgress, Progress
 from model.evaluation import NO_DRAW, single_step_draws
 from model.generate import DecodeSession, ExactSelector, build_prompt
 from model.loading import LoadedModel
@@ -39,6 +40,15 @@ def context_logits(loaded: LoadedModel, prompt: str, prefix_tokens: int) -> np.n
     for _ in range(prefix_tokens):
         logits = session.step(greedy.select(logits, 0.0).next_input())
     return logits.numpy().astype(np.float64)
+
+
+def _advance(bar: tqdm[Any], start: int) -> OnProgress:
+    """Show one call's draws on `bar`, which counted `start` draws before the call."""
+
+    def show(progress: Progress) -> None:
+        bar.update(start + progress.done - bar.n)
+
+    return show
 
 
 def run_single_step(args: argparse.Namespace, loaded: LoadedModel, folder: Path) -> None:
@@ -63,7 +73,9 @@ def run_single_step(args: argparse.Namespace, loaded: LoadedModel, folder: Path)
         )
         rs = rng.random(args.draws)
         for tsp, perm in orders.items():
-            draws = single_step_draws(p[perm], table[perm], rs, config.amp_rounds, on_progress=bar.update)
+            draws = single_step_draws(
+                p[perm], table[perm], rs, config.amp_rounds, on_progress=_advance(bar, bar.n)
+            )
             for pp in ("off", "on"):
                 cell = pooled.setdefault((tsp, pp), {"error": [], "cosine": [], "raw": [], "nodraw": []})
                 cell["error"].append(draws.error_pp if pp == "on" else draws.error_raw)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from app.research.report import CELLS
+from core.progress import Progress
 from model.evaluation import (
     NO_DRAW,
     CollapseCriteria,
@@ -27,7 +28,6 @@ from model.evaluation import (
     score_generation,
     single_step_draws,
     token_nll,
-    wilson_interval,
 )
 from model.generate import DecodeSession, Selection, build_prompt
 from model.loading import LoadedModel
@@ -71,14 +71,6 @@ def test_mcnemar_exact_is_the_two_sided_binomial_test_of_the_discordant_pairs() 
     assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
 
 
-def test_wilson_interval_known_values() -> None:
-    low, high = wilson_interval(0, 10)
-    assert low == 0.0 and abs(high - 0.2775) < 1e-3
-    low, high = wilson_interval(5, 10)
-    assert abs(low - 0.2366) < 1e-3 and abs(high - 0.7634) < 1e-3
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-
-
 def test_bootstrap_interval_covers_the_mean(rng: np.random.Generator) -> None:
     values = rng.normal(3.0, 1.0, 400)
     low, high = bootstrap_mean_interval(values, np.random.default_rng(0))
@@ -112,6 +104,12 @@ def test_single_step_draws_are_exact_away_from_boundaries_and_not_near_them(rng:
     assert draws.error_pp[3] > 0.0
 
 
+def test_single_step_draws_report_the_draws_done_after_every_batch(rng: np.random.Generator) -> None:
+    seen: list[Progress] = []
+    single_step_draws(rng.dirichlet(np.ones(6)), rng.normal(0, 1, (6, 4)), rng.random(5), 3, 2, seen.append)
+    assert seen == [Progress("draws", 2, 5), Progress("draws", 4, 5), Progress("draws", 5, 5)]
+
+
 def test_batched_one_hot_shape(rng: np.random.Generator) -> None:
     assert batched_one_hot(rng.dirichlet(np.ones(30)), rng.random(7), 3).shape == (7, 30)
 
@@ -133,9 +131,10 @@ class ArgmaxRecorder:
 def test_fixed_length_generation_bans_eos_and_nll_matches_the_decode_logits(tiny: LoadedModel) -> None:
     prompt = build_prompt(tiny, USER)
     recorder = ArgmaxRecorder(tiny.input_embeddings(), tiny.eos_token_ids)
-    ticks: list[int] = []
+    ticks: list[Progress] = []
     tokens = generate_fixed_length(tiny, prompt, recorder, 12, seed=0, on_progress=ticks.append)
-    assert len(tokens) == 12 and sum(ticks) == 12 and not recorder.eos_allowed
+    assert len(tokens) == 12 and not recorder.eos_allowed
+    assert ticks == [Progress("tokens", done, 12) for done in range(1, 13)]
     nll = token_nll(tiny, prompt, tokens)
     session = DecodeSession(tiny)
     logits = session.prefill(prompt)
