@@ -81,7 +81,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from app.chat.service import ChatService
     from app.model_options import load_model
-    from app.study.generate import GenerationProgress, check_settings, generate_texts
+    from app.study.generate import check_settings, generate_texts
+    from core.progress import Progress
 
     store = _open(args.db)
     check_settings(store)
@@ -95,12 +96,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
     last_refresh = 0.0
 
-    def on_progress(event: GenerationProgress) -> None:
+    def on_progress(event: Progress) -> None:
         nonlocal last_refresh
-        stage = f" {event.stage}" if event.stage else ""
-        bar.set_postfix_str(
-            f"{event.current} {event.tokens} tok{stage}" if event.current else "done", refresh=False
-        )
+        bar.set_postfix_str(event.note, refresh=False)
         now = time.monotonic()
         if event.done != bar.n or event.total != bar.total or now - last_refresh > 1.0:
             bar.total, bar.n, last_refresh = event.total, event.done, now
@@ -143,18 +141,20 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from app.study import analysis
+    from app.study.export import CSV_COLUMNS, export_rows
+    from app.study.report import condition_means, plot_means, preferences, render_markdown
     from app.study.simulate import SIMULATED_PREFIX
+    from app.tables import write_csv
 
     store = _open(args.db)
-    rows = analysis.export_rows(store.study, store.answers(), store.texts())
+    rows = export_rows(store.study, store.answers(), store.texts())
     if not rows:
         raise StudyStoreError(f"{args.db} has no answers yet; serve the study (or simulate raters) first")
     args.out.mkdir(parents=True, exist_ok=True)
-    analysis.write_csv(rows, args.out / "answers.csv")
-    means = analysis.condition_means(rows)
-    prefs = analysis.preferences(rows, [c.id for c in store.study.conditions])
-    analysis.plot_means(store.study, means, args.out / "means.png")
+    write_csv(args.out / "answers.csv", rows, CSV_COLUMNS)
+    means = condition_means(rows)
+    prefs = preferences(rows, [c.id for c in store.study.conditions])
+    plot_means(store.study, means, args.out / "means.png")
     simulated = {r["participant_id"] for r in rows if str(r["participant_id"]).startswith(SIMULATED_PREFIX)}
     notes = []
     if simulated:
@@ -164,7 +164,7 @@ def run_report(args: argparse.Namespace) -> int:
             "not human judgement."
         )
     texts = sorted(store.texts().values(), key=lambda t: (t.prompt_id, t.sample, t.condition_id))
-    text = analysis.render_markdown(store.study, rows, means, prefs, "means.png", notes, texts)
+    text = render_markdown(store.study, rows, means, prefs, "means.png", notes, texts)
     (args.out / "report.md").write_text(text, encoding="utf-8")
     print(text)
     print(f"wrote {args.out / 'report.md'}, means.png and answers.csv", file=sys.stderr)
@@ -229,12 +229,11 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "export":
-        from app.study import analysis
+        from app.study.export import CSV_COLUMNS, export_rows
+        from app.tables import write_csv
 
         store = _open(args.db)
-        count = analysis.write_csv(
-            analysis.export_rows(store.study, store.answers(), store.texts()), args.csv
-        )
+        count = write_csv(args.csv, export_rows(store.study, store.answers(), store.texts()), CSV_COLUMNS)
         print(f"wrote {count} rows to {args.csv}", file=sys.stderr)
         return 0
     return run_report(args)

@@ -13,64 +13,37 @@ dataclasses are frozen and round-trip as dicts (`Study.from_dict(study.to_dict()
      "invited": ["p-01", "p-02"]}  # optional: only these participant ids may take part; without it, any
                                     # well-formed id may (and the study's hash is as before the key existed)
 
-Setting ranges mirror `app.chat.service.ChatSettings`, which `app.study.generate` builds from each
-condition and which checks them again. This module imports neither torch nor Gradio, so it loads fast
-anywhere.
+The parts (`Condition`, `Prompt`, `Question`, `StudyDesign`) and their checks are in `app.study.parts`;
+this module holds the whole `Study`, its hash and its reading and writing. It imports neither torch nor
+Gradio, so it loads fast anywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
-from core.errors import InputError, StudyFileError, UnknownCondition
-from model.repetition import NO_PENALTY, check_penalty
+from app.study.parts import (
+    Condition,
+    Prompt,
+    Question,
+    StudyDesign,
+    check_id,
+    check_int,
+    check_text,
+)
+from core.errors import StudyFileError, UnknownCondition
+from model.repetition import NO_PENALTY
 
 STUDY_FORMAT = 1  # bump when the file layout changes incompatibly
-MODES = ("plain", "simulate", "encrypted")  # app.chat.service.MODES (not imported: that pulls in torch)
-DESIGNS = ("single", "pairwise")
-QUESTION_KINDS = ("likert", "text")
-MAX_NEW_TOKENS_LIMIT = 4096  # model.generate.MAX_NEW_TOKENS_LIMIT
-MAX_AMP_ROUNDS = 12  # model.sampler.MAX_AMP_ROUNDS; ChatSettings re-checks with the sampler's own constant
 MAX_SAMPLES = 100
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: `$` allows a final "\n"
-ID_FORM = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
 PARTICIPANT_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch; safe in URLs, file names and CSV
 PARTICIPANT_FORM = "1-64 letters, digits, '_' or '-'"
-RESERVED_QUESTION_IDS = ("preference",)  # the pairwise design's own question
-
-Design = Literal["single", "pairwise"]
-QuestionKind = Literal["likert", "text"]
-
-
-def _check_id(value: Any, where: str, pattern: re.Pattern[str] = ID_PATTERN, form: str = ID_FORM) -> str:
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise StudyFileError(f"{where} must be {form}; got {value!r}")
-    return value
-
-
-def _check_text(value: Any, where: str, allow_empty: bool = False) -> str:
-    if not isinstance(value, str) or (not allow_empty and not value.strip()):
-        raise StudyFileError(f"{where} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _check_int(value: Any, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise StudyFileError(f"{where} must be a whole number between {low} and {high}, got {value!r}")
-    return value
-
-
-def _check_bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise StudyFileError(f"{where} must be true or false, got {value!r}")
-    return value
 
 
 def _fields_from(cls: type, data: Any, where: str) -> dict[str, Any]:
@@ -84,121 +57,6 @@ def _fields_from(cls: type, data: Any, where: str) -> dict[str, Any]:
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(known)}"
         )
     return dict(data)
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One way of generating texts; raters never see its id."""
-
-    id: str  # names the condition in the database, the export and the report
-    mode: str = "simulate"  # plain / simulate / encrypted (DESIGN.md section 3)
-    temperature: float = 0.3  # the chat default; 0 = greedy (then every sample of a prompt is the same)
-    max_new_tokens: int = 40  # short texts keep rating quick and generation cheap
-    tsp: bool = True  # simulate/encrypted: TSP vocabulary order, the paper's first fix
-    pp: bool = True  # simulate/encrypted: the post-processing polynomial, the paper's second fix
-    amp_rounds: int = 3  # simulate/encrypted: rounds of g1^5; fewer rounds = blunter step, more collapse
-    repetition_penalty: float = NO_PENALTY  # every mode; 1 = off, as the paper (the chat's guard is opt-in)
-
-    def __post_init__(self) -> None:
-        where = f"condition {self.id!r}"
-        _check_id(self.id, "conditions[].id")
-        if self.mode not in MODES:
-            raise StudyFileError(f"{where}: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or not 0 <= t <= 5:
-            raise StudyFileError(f"{where}: temperature must be a number between 0 (greedy) and 5, got {t!r}")
-        _check_int(self.max_new_tokens, f"{where}: max_new_tokens", 1, MAX_NEW_TOKENS_LIMIT)
-        _check_bool(self.tsp, f"{where}: tsp")
-        _check_bool(self.pp, f"{where}: pp")
-        _check_int(self.amp_rounds, f"{where}: amp_rounds", 1, MAX_AMP_ROUNDS)
-        try:
-            check_penalty(self.repetition_penalty)
-        except InputError as exc:
-            raise StudyFileError(f"{where}: {exc}") from exc
-
-    def settings_dict(self, seed: int) -> dict[str, Any]:
-        """The `ChatSettings` fields for one text (the seed differs per prompt and sample)."""
-        return {
-            "mode": self.mode,
-            "temperature": float(self.temperature),
-            "max_new_tokens": self.max_new_tokens,
-            "seed": seed,
-            "tsp": self.tsp,
-            "pp": self.pp,
-            "amp_rounds": self.amp_rounds,
-            "repetition_penalty": float(self.repetition_penalty),
-        }
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One user message that every condition answers."""
-
-    id: str  # names the prompt in the export
-    text: str  # sent as the single user turn of the chat template, shown to raters
-
-    def __post_init__(self) -> None:
-        _check_id(self.id, "prompts[].id")
-        _check_text(self.text, f"prompt {self.id!r}: text")
-
-
-@dataclass(frozen=True)
-class Question:
-    """One rating question asked about each text (in the pairwise design, about each of A and B)."""
-
-    id: str  # the column name in the export
-    text: str  # what the rater reads
-    kind: str = "likert"  # likert (1..points) or text (free text)
-    points: int = 5  # likert: scale length; 5 or 7 are the usual choices
-    low: str = ""  # likert: the label of 1
-    high: str = ""  # likert: the label of `points`
-    required: bool = True  # a rater cannot submit without answering (free text is usually optional)
-
-    def __post_init__(self) -> None:
-        _check_id(self.id, "questions[].id")
-        where = f"question {self.id!r}"
-        if self.id in RESERVED_QUESTION_IDS:
-            raise StudyFileError(
-                f"{where}: the id {self.id!r} is reserved for the pairwise choice; rename it"
-            )
-        _check_text(self.text, f"{where}: text")
-        if self.kind not in QUESTION_KINDS:
-            raise StudyFileError(
-                f"{where}: kind must be one of {', '.join(QUESTION_KINDS)}, got {self.kind!r}"
-            )
-        _check_int(self.points, f"{where}: points", 2, 11)
-        _check_text(self.low, f"{where}: low", allow_empty=True)
-        _check_text(self.high, f"{where}: high", allow_empty=True)
-        _check_bool(self.required, f"{where}: required")
-
-
-@dataclass(frozen=True)
-class StudyDesign:
-    """How texts are put in front of raters."""
-
-    kind: str = "single"  # single: one text per item; pairwise: texts A and B of the same prompt and sample
-    pairs: tuple[tuple[str, str], ...] = ()  # pairwise: conditions to compare; empty = every pair
-    allow_tie: bool = True  # pairwise: offer "no preference" (forcing a choice adds noise, not signal)
-    preference_text: str = "Which reply is better overall?"  # pairwise: the choice question
-
-    def __post_init__(self) -> None:
-        if self.kind not in DESIGNS:
-            raise StudyFileError(f"design.kind must be one of {', '.join(DESIGNS)}, got {self.kind!r}")
-        if not isinstance(self.pairs, tuple):
-            raise StudyFileError(
-                f"design.pairs must be a list of [condition, condition] pairs, got {self.pairs!r}"
-            )
-        for pair in self.pairs:
-            if not isinstance(pair, tuple) or len(pair) != 2 or not all(isinstance(c, str) for c in pair):
-                raise StudyFileError(f"design.pairs entries must be [condition, condition], got {pair!r}")
-            if pair[0] == pair[1]:
-                raise StudyFileError(f"design.pairs compares {pair[0]!r} with itself; pick two conditions")
-        if self.pairs and self.kind != "pairwise":
-            raise StudyFileError(
-                'design.pairs is only used with "kind": "pairwise"; remove it or change kind'
-            )
-        _check_bool(self.allow_tie, "design.allow_tie")
-        _check_text(self.preference_text, "design.preference_text")
 
 
 @dataclass(frozen=True)
@@ -224,17 +82,17 @@ class Study:
             raise StudyFileError(
                 f"format must be {STUDY_FORMAT} (this app's study file version), got {self.format!r}"
             )
-        _check_id(self.id, "id")
-        _check_text(self.title, "title")
-        _check_text(self.consent, "consent")
-        _check_text(self.instructions, "instructions", allow_empty=True)
-        _check_text(self.description, "description", allow_empty=True)
-        _check_int(self.samples_per_prompt, "samples_per_prompt", 1, MAX_SAMPLES)
-        _check_int(self.seed, "seed", 0, 2**62)
+        check_id(self.id, "id")
+        check_text(self.title, "title")
+        check_text(self.consent, "consent")
+        check_text(self.instructions, "instructions", allow_empty=True)
+        check_text(self.description, "description", allow_empty=True)
+        check_int(self.samples_per_prompt, "samples_per_prompt", 1, MAX_SAMPLES)
+        check_int(self.seed, "seed", 0, 2**62)
         if not isinstance(self.invited, tuple):
             raise StudyFileError(f"invited must be a list of participant ids, got {self.invited!r:.60}")
         for index, participant_id in enumerate(self.invited):
-            _check_id(participant_id, f"invited[{index}]", PARTICIPANT_PATTERN, PARTICIPANT_FORM)
+            check_id(participant_id, f"invited[{index}]", PARTICIPANT_PATTERN, PARTICIPANT_FORM)
         for name, items, minimum in (("conditions", self.conditions, 1), ("prompts", self.prompts, 1)):
             if len(items) < minimum:
                 raise StudyFileError(f"{name} must list at least {minimum} entry; add one")

@@ -27,20 +27,24 @@ from typing import Any
 from app.chat.encrypted import EncryptedSession
 from app.chat.service import ChatService, ChatSettings
 from app.study.plan import TextKey, sample_seed, study_texts
-from app.study.store import StudyStore, TextRecord
+from app.study.records import TextRecord
+from app.study.store import StudyStore
 from core.errors import InputError, StudyFileError, StudyStoreError
+from core.progress import OnProgress, Progress
 from model.loading import LoadedModel, describe
 
+STAGE = "texts"  # the stage of every progress report: `done` of `total` texts are stored
 
-@dataclass(frozen=True)
-class GenerationProgress:
-    """One progress report: `done` of `total` texts are stored; `current` is being generated."""
 
-    done: int
-    total: int
-    current: str  # text id, "" when finished
-    tokens: int = 0  # tokens of the current text so far
-    stage: str = ""  # encrypted mode: what the worker is doing
+def text_note(text_id: str, tokens: int, worker_stage: str = "") -> str:
+    """What a progress report says about the text being generated: "sim/p1/0, 12 tokens[, stage]".
+
+    Args:
+        text_id: the text being generated.
+        tokens: its tokens so far (0 in the report made before it starts).
+        worker_stage: encrypted mode: what the worker is doing ("token: layer 3/30"); else "".
+    """
+    return f"{text_id}, {tokens} tokens" + (f", {worker_stage}" if worker_stage else "")
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ def _check_same_model(store: StudyStore, shared: dict[str, Any]) -> None:
 def generate_texts(
     store: StudyStore,
     service: ChatService,
-    on_progress: Callable[[GenerationProgress], None] | None = None,
+    on_progress: OnProgress | None = None,
     open_session: Callable[[], EncryptedSession] | None = None,
 ) -> GenerationSummary:
     """Generate and commit every missing text of the study.
@@ -117,7 +121,9 @@ def generate_texts(
     Args:
         store: the study database; texts already in it are kept.
         service: the chat service of the model that writes the texts.
-        on_progress: called before and during each text and once at the end.
+        on_progress: called with `Progress(STAGE, done, total, note)` before each text (note
+            `text_note(text_id, 0)`), on each of its updates (`text_note` with its tokens and the worker's
+            stage) and once at the end (note "done").
         open_session: makes the encrypted session, called once, only if an encrypted text is missing
             (default: `service.open_encrypted()`, which needs `service.worker_url`).
 
@@ -142,7 +148,7 @@ def generate_texts(
     session: EncryptedSession | None = None
     try:
         for key in missing:
-            report(GenerationProgress(done, total, key.text_id))
+            report(Progress(STAGE, done, total, text_note(key.text_id, 0)))
             condition = study.condition(key.condition_id)
             settings = ChatSettings(**condition.settings_dict(sample_seed(study, key.prompt_id, key.sample)))
             if settings.mode == "encrypted" and session is None:
@@ -152,7 +158,7 @@ def generate_texts(
             )
             store.put_text(record)
             done += 1
-        report(GenerationProgress(done, total, ""))
+        report(Progress(STAGE, done, total, "done"))
     finally:
         if session is not None:
             session.close()
@@ -168,7 +174,7 @@ def _generate_one(
     shared: dict[str, Any],
     done: int,
     total: int,
-    report: Callable[[GenerationProgress], None],
+    report: OnProgress,
 ) -> TextRecord:
     store_text = ""
     messages = [{"role": "user", "content": prompt_text}]
@@ -176,7 +182,7 @@ def _generate_one(
     for update in service.reply(messages, settings, session if settings.mode == "encrypted" else None):
         last = update
         store_text = update.text
-        report(GenerationProgress(done, total, key.text_id, update.tokens, update.stage))
+        report(Progress(STAGE, done, total, text_note(key.text_id, update.tokens, update.stage)))
     if last is None:
         raise StudyStoreError(f"generation of {key.text_id} produced no output")
     return TextRecord(

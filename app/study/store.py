@@ -14,6 +14,8 @@ Guarantees, and how they are kept:
 
 Every call opens its own short-lived connection, so the store is safe to share between threads and
 processes (Gradio workers, the generator and the exporter can run at the same time).
+
+The tables and the records read from them are in `app.study.records`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ from typing import Any
 from app.study.answers import check_participant, excerpt, normalise_answer
 from app.study.file import Study, canonical_json, study_hash
 from app.study.plan import ItemKey, TextKey, find_item, item_id, participant_sequence, study_texts
+from app.study.records import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    AnswerRecord,
+    TextRecord,
+    answer_from_row,
+    text_from_row,
+    text_values,
+)
 from core.errors import (
     AnswerConflict,
     OutOfOrderAnswer,
@@ -40,76 +51,11 @@ from core.errors import (
     TamperedItem,
 )
 
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000  # concurrent writers wait for each other this long before "database is locked"
-
-SCHEMA = """
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE texts (
-    text_id TEXT PRIMARY KEY,
-    condition_id TEXT NOT NULL,
-    prompt_id TEXT NOT NULL,
-    sample INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    finish TEXT NOT NULL,
-    tokens INTEGER NOT NULL,
-    seconds REAL NOT NULL,
-    settings_json TEXT NOT NULL,
-    provenance_json TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE participants (participant_id TEXT PRIMARY KEY, consented_at TEXT NOT NULL);
-CREATE TABLE answers (
-    answer_id TEXT PRIMARY KEY,
-    participant_id TEXT NOT NULL REFERENCES participants(participant_id),
-    item_id TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    prompt_id TEXT NOT NULL,
-    sample INTEGER NOT NULL,
-    conditions_json TEXT NOT NULL,
-    answer_json TEXT NOT NULL,
-    submitted_at TEXT NOT NULL,
-    UNIQUE (participant_id, item_id),
-    UNIQUE (participant_id, position)
-);
-"""
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-@dataclass(frozen=True)
-class TextRecord:
-    """One generated text with its full provenance."""
-
-    text_id: str  # "condition/prompt/sample"
-    condition_id: str
-    prompt_id: str
-    sample: int
-    text: str
-    finish: str  # why generation stopped: eos, length, ...
-    tokens: int
-    seconds: float
-    settings: dict[str, Any]  # the ChatSettings fields, seed included
-    provenance: dict[str, Any]  # model and ordering fingerprints, versions, time
-    created_at: str = ""
-
-
-@dataclass(frozen=True)
-class AnswerRecord:
-    """One committed answer."""
-
-    answer_id: str
-    participant_id: str
-    item_id: str
-    position: int  # 0-based place in the participant's sequence
-    prompt_id: str
-    sample: int
-    conditions: tuple[str, ...]  # as shown: (condition,) or (A, B)
-    answer: dict[str, Any]
-    submitted_at: str
 
 
 @dataclass(frozen=True)
@@ -235,40 +181,13 @@ class StudyStore:
         with self._write() as db:
             db.execute(
                 "INSERT OR IGNORE INTO texts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.text_id,
-                    record.condition_id,
-                    record.prompt_id,
-                    record.sample,
-                    record.text,
-                    record.finish,
-                    record.tokens,
-                    record.seconds,
-                    canonical_json(record.settings),
-                    canonical_json(record.provenance),
-                    record.created_at or _now(),
-                ),
+                text_values(record, _now()),
             )
 
     def texts(self) -> dict[str, TextRecord]:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM texts ORDER BY rowid").fetchall()
-        return {
-            row[0]: TextRecord(
-                text_id=row[0],
-                condition_id=row[1],
-                prompt_id=row[2],
-                sample=int(row[3]),
-                text=row[4],
-                finish=row[5],
-                tokens=int(row[6]),
-                seconds=float(row[7]),
-                settings=json.loads(row[8]),
-                provenance=json.loads(row[9]),
-                created_at=row[10],
-            )
-            for row in rows
-        }
+        return {row[0]: text_from_row(row) for row in rows}
 
     def missing_texts(self) -> list[TextKey]:
         """Texts the study needs that have not been generated yet, in generation order."""
@@ -430,10 +349,7 @@ class StudyStore:
                 "SELECT answer_id, participant_id, item_id, position, prompt_id, sample, conditions_json, "
                 "answer_json, submitted_at FROM answers ORDER BY participant_id, position"
             ).fetchall()
-        return [
-            AnswerRecord(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])), json.loads(r[7]), r[8])
-            for r in rows
-        ]
+        return [answer_from_row(row) for row in rows]
 
     def participants(self) -> dict[str, str]:
         """Participant id -> consent time."""

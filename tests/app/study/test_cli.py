@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from gradio_client import Client
 
-from app.study import analysis
 from app.study.cli import main
 from app.study.file import Study, save_study
 from app.study.plan import item_id, study_texts
+from app.study.records import AnswerRecord, TextRecord
 from app.study.simulate import HttpBackend, run_rater
-from app.study.store import AnswerRecord, StudyStore, TextRecord
+from app.study.store import StudyStore
+from app.tables import read_csv
 
 ROOT = Path(__file__).resolve().parents[3]
 DEMO = ROOT / "assets" / "studies" / "demo.json"
@@ -185,7 +186,7 @@ def test_validate_init_simulate_export_report(tmp_path: Path, capsys: pytest.Cap
         main(["simulate", "--db", str(db), "--raters", "3"]) == 0
     )  # simulated raters resume: no new answers
     assert main(["export", "--db", str(db), "--csv", str(tmp_path / "a.csv")]) == 0
-    rows = analysis.read_csv(tmp_path / "a.csv")
+    rows = read_csv(tmp_path / "a.csv")
     assert len(rows) == 3 * 6 * 2 and {r["participant_id"] for r in rows} == {"sim-001", "sim-002", "sim-003"}
     assert main(["report", "--db", str(db), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()

@@ -10,10 +10,12 @@ import pytest
 
 from app.chat.service import ChatService, ChatSettings
 from app.study.file import Study
-from app.study.generate import GenerationProgress, generate_texts
+from app.study.generate import STAGE, generate_texts
 from app.study.plan import sample_seed, study_texts
-from app.study.store import StudyStore, TextRecord
+from app.study.records import TextRecord
+from app.study.store import StudyStore
 from core.errors import InputError, StudyFileError, StudyStoreError
+from core.progress import Progress
 from model.loading import LoadedModel
 
 TOKENS = 3
@@ -49,9 +51,9 @@ class Interrupt(Exception):
 def test_generation_resumes_where_it_stopped(tmp_path: Path, service: ChatService) -> None:
     study = _study(tsp=False, pp=True)
     interrupted = StudyStore.create(tmp_path / "a.db", study)
-    events: list[GenerationProgress] = []
+    events: list[Progress] = []
 
-    def stop_at_third_text(event: GenerationProgress) -> None:
+    def stop_at_third_text(event: Progress) -> None:
         events.append(event)
         if event.done == 2:
             raise Interrupt
@@ -59,7 +61,9 @@ def test_generation_resumes_where_it_stopped(tmp_path: Path, service: ChatServic
     with pytest.raises(Interrupt):
         generate_texts(interrupted, service, stop_at_third_text)
     assert len(interrupted.texts()) == 2  # each text committed as soon as it was generated
-    assert [e.done for e in events if e.tokens == 0] == [0, 1, 2] and events[0].total == 4
+    starts = [e for e in events if e.note.endswith(", 0 tokens")]  # the report made before each text
+    assert [e.done for e in starts] == [0, 1, 2] and events[0].total == 4
+    assert all(e.stage == STAGE for e in events) and starts[0].note == "plain/hi/0, 0 tokens"
     summary = generate_texts(interrupted, service)
     assert (summary.generated, summary.skipped, summary.total) == (2, 2, 4)
     assert generate_texts(interrupted, service).generated == 0  # a finished study: nothing to do

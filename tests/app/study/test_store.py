@@ -13,7 +13,8 @@ import pytest
 
 from app.study.file import Study
 from app.study.plan import study_texts
-from app.study.store import SCHEMA_VERSION, StudyStore, TextRecord
+from app.study.records import SCHEMA_VERSION, TextRecord
+from app.study.store import StudyStore
 from core.errors import (
     AnswerConflict,
     InvalidAnswer,

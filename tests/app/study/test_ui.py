@@ -15,8 +15,9 @@ from gradio_client import Client
 
 from app.study.file import Study
 from app.study.plan import item_id, study_texts
+from app.study.records import TextRecord
 from app.study.simulate import HttpBackend, run_rater
-from app.study.store import StudyStore, TextRecord
+from app.study.store import StudyStore
 from app.study.ui import launch_study_page
 
 PARTICIPANTS = 20
