@@ -40,8 +40,8 @@ from app.worker.cli import add_policy_arguments, check_port, policy, report_warm
 from app.worker.relay import public_url, serve_relay
 from app.worker.tls import ENV_WORKER_CA, scheme, server_tls
 from core.errors import ChatError
+from core.progress import Progress
 from model.loading import LoadedModel
-from model.tsp.ordering import OrderingProgress
 
 ENV_WORKER_URL = "HE_CHAT_WORKER_URL"
 
@@ -141,7 +141,7 @@ class _OrderingBar:
         self.bar: Any = None
         self.stage = ""
 
-    def __call__(self, event: OrderingProgress) -> None:
+    def __call__(self, event: Progress) -> None:
         from tqdm import tqdm
 
         if event.total == 0:

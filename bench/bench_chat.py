@@ -55,7 +55,7 @@ from app.worker.server import Worker, WorkerLimits, start
 from model.encrypted import KeyHolderSide, worker_model_for
 from model.generate import build_prompt
 from model.loading import load_default
-from model.tsp.ordering import ordering_for_model
+from model.tsp.store import ordering_for_model
 runs, tokens = int(sys.argv[1]), int(sys.argv[2])
 loaded = load_default()
 ordering = ordering_for_model(loaded)

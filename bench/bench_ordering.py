@@ -32,7 +32,8 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
     start = time.perf_counter()
     from model.loading import load_default
-    from model.tsp.ordering import OrderingConfig, compute_ordering, embedding_fingerprint
+    from model.tsp.config import OrderingConfig
+    from model.tsp.ordering import compute_ordering, embedding_fingerprint
 
     loaded = load_default()
     embeddings = loaded.input_embeddings()

@@ -37,6 +37,7 @@ from typing import Any
 
 import tenseal.sealapi as sealapi
 
+from core.config import known_fields
 from core.errors import ParamsError
 
 _MIN_PRIME_BITS = 17  # SEAL cannot find NTT-friendly primes much below this for N >= 4096
@@ -132,7 +133,8 @@ class CKKSParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CKKSParams:
-        """Inverse of `to_dict` (validates)."""
+        """Inverse of `to_dict` (validates); an unknown key is a `ParamsError` naming it."""
+        d = known_fields(cls, d, ParamsError, "CKKS parameter(s)")
         try:
             return cls(
                 poly_modulus_degree=int(d["poly_modulus_degree"]),

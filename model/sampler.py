@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from core.config import dataclass_from_dict
 from core.errors import InputError
 from model.vector_ops import Cubic, FloatArray, NumpyOps, VectorOps
 
@@ -103,10 +104,8 @@ class SamplerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamplerConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InputError(f"unknown sampler setting(s) {sorted(unknown)}; remove them")
-        return cls(**data)
+        """Inverse of `to_dict`; an unknown key is an `InputError` naming it, not silently dropped."""
+        return dataclass_from_dict(cls, data, InputError, "sampler setting(s)")
 
 
 def _check_number(name: str, value: object, low: float, high: float, hint: str) -> None:

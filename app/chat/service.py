@@ -23,6 +23,7 @@ from app.chat.encrypted import EncryptedSession, encrypted_reply, read_ahead
 from app.chat.keyholder import Expected, KeyHolderClient, ReplyRequest
 from app.chat.replies import ChatMemory, ReplyUpdate
 from core.errors import InputError
+from core.progress import OnProgress
 from model.conversation import finish_turn, plan_turn
 from model.forward import LlamaShape
 from model.generate import (
@@ -38,7 +39,8 @@ from model.repetition import NO_PENALTY, Guarded, check_penalty, conversation_gu
 from model.sampler import SamplerConfig
 from model.simulate import SimulateSelector
 from model.text import StreamDecoder
-from model.tsp.ordering import Ordering, OrderingProgress, ordering_for_model
+from model.tsp.ordering import Ordering
+from model.tsp.store import ordering_for_model
 
 Mode = Literal["plain", "simulate", "encrypted"]
 MODES: tuple[Mode, ...] = ("plain", "simulate", "encrypted")
@@ -141,7 +143,7 @@ class ChatService:
         loaded: LoadedModel,
         worker_url: str | None = None,
         preset: str = DEFAULT_PRESET,
-        on_progress: Callable[[OrderingProgress], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> ChatService:
         """Load (or compute, once) the model's TSP order."""
         return cls(loaded, ordering_for_model(loaded, on_progress=on_progress), worker_url, preset)

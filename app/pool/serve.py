@@ -140,7 +140,7 @@ class WorkerReplica:
         from app.worker.encrypted import EncryptedWorker, WorkerSpec
         from app.worker.server import BackgroundWorker
         from model.loading import load_chosen
-        from model.tsp.ordering import ordering_for_model
+        from model.tsp.store import ordering_for_model
 
         began = time.perf_counter()
         logging.basicConfig(level=logging.WARNING)

@@ -41,7 +41,7 @@ from model.evaluation import CollapseCriteria
 from model.generate import build_prompt
 from model.loading import LoadedModel
 from model.sampler import SamplerConfig
-from model.tsp.ordering import ordering_for_model
+from model.tsp.store import ordering_for_model
 
 PROMPTS = (
     "Tell me a long story about a lighthouse keeper.",

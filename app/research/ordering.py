@@ -27,30 +27,20 @@ import numpy as np
 from tqdm import tqdm
 
 from core.errors import ChatError
-from model.tsp.ordering import (
-    CANDIDATE_RULES,
-    CONSTRUCTIONS,
-    METHODS,
-    Ordering,
-    OrderingConfig,
-    OrderingProgress,
-    cached_ordering_dir,
-    compute_ordering,
-    embedding_fingerprint,
-    load_ordering,
-    save_ordering,
-    shipped_ordering_dir,
-)
+from core.progress import Progress
+from model.tsp.config import CANDIDATE_RULES, CONSTRUCTIONS, METHODS, OrderingConfig
+from model.tsp.ordering import Ordering, compute_ordering, embedding_fingerprint
+from model.tsp.store import cached_ordering_dir, load_ordering, save_ordering, shipped_ordering_dir
 
 
 class _Bars:
-    """Turns OrderingProgress reports into one tqdm bar per stage (rate and ETA included)."""
+    """Turns Progress reports into one tqdm bar per stage (rate and ETA included)."""
 
     def __init__(self) -> None:
         self.stage = ""
         self.bar: Any = None
 
-    def __call__(self, progress: OrderingProgress) -> None:
+    def __call__(self, progress: Progress) -> None:
         if progress.total <= 0:
             tqdm.write(f"[{progress.stage}] {progress.note}")
             return

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from model.tsp import kernels as tsp_kernels
+from model.tsp import tour as tsp_tour
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -166,7 +166,7 @@ def _pools(ids: Any, extra: int) -> Any:
 
 def _pool_distances(rows: npt.NDArray[np.float32], pool: IntArray) -> FloatArray:
     """Cosine distances of the pools by the search's own distance function; +inf for padding."""
-    exact: FloatArray = tsp_kernels.list_distances(rows, np.maximum(pool, 0))
+    exact: FloatArray = tsp_tour.list_distances(rows, np.maximum(pool, 0))
     return np.where(pool >= 0, exact, np.inf)
 
 

@@ -1,7 +1,7 @@
 """Improving an open vocabulary path: local search, iterated local search, python-tsp windows.
 
-`PathSearch` holds the path and drives the compiled moves of `model.tsp.kernels` (2-opt, 3-opt and Or-opt on
-kNN candidate lists with a dirty-node FIFO, then seeded iterated local search) in chunks, so that the
+`PathSearch` holds the path and drives the compiled moves of `model.tsp.kernels` (2-opt, 3-opt and Or-opt
+on kNN candidate lists with a dirty-node FIFO, then seeded iterated local search) in chunks, so that the
 caller can report progress and stop at a deadline between chunks. `refine_windows` re-solves windows of
 consecutive positions with python-tsp (Lin-Kernighan on integer distances with both ends pinned).
 
@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model.tsp import kernels as k
+from model.tsp import tour as tsp_tour
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -38,11 +39,11 @@ class PathSearch:
         self.pos = np.empty(n + 1, np.int64)
         self.pos[self.tour] = np.arange(n + 1)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        exact = k.list_distances(self.rows, ids)  # the kernels' own distances, so pruning agrees
+        exact = tsp_tour.list_distances(self.rows, ids)  # the kernels' own distances, so pruning agrees
         order = np.argsort(exact, axis=1, kind="stable")
         self.nbr = np.ascontiguousarray(np.take_along_axis(ids, order, 1))
         self.nbr_d = np.ascontiguousarray(np.take_along_axis(exact, order, 1))
-        self.journal = np.zeros((k.JOURNAL, 4), np.int64)
+        self.journal = np.zeros((tsp_tour.JOURNAL, 4), np.int64)
         self.state = np.array([-1, 0], np.int64)  # journal length (-1: off), overflow count
         self.queue = np.zeros(n + 1, np.int64)
         self.queued = np.zeros(n + 1, np.uint8)

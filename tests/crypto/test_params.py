@@ -48,3 +48,12 @@ def test_refuses_invalid_parameters(kwargs: dict[str, object]) -> None:
 def test_unknown_preset_names_the_valid_ones() -> None:
     with pytest.raises(ParamsError, match="default"):
         preset("nope")
+
+
+def test_from_dict_refuses_unknown_keys_and_non_dicts() -> None:
+    with pytest.raises(ParamsError, match=r"unknown CKKS parameter\(s\) \['scale'\].*scale_bits"):
+        CKKSParams.from_dict({**CKKS_TEST.to_dict(), "scale": 2**24})
+    with pytest.raises(ParamsError, match="must be a dict"):
+        CKKSParams.from_dict([4096])  # type: ignore[arg-type]
+    with pytest.raises(ParamsError, match="invalid CKKS parameter dict"):
+        CKKSParams.from_dict({"poly_modulus_degree": 4096})  # missing keys: still its own message

@@ -230,8 +230,12 @@ def test_invalid_config_names_the_field(kwargs: dict[str, object], name: str) ->
 def test_config_round_trips_as_a_dict() -> None:
     config = SamplerConfig(tsp=False, pp=False, amp_rounds=5, softmax_precision="fp32", temperature=0.7)
     assert SamplerConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(InputError, match="unknown"):
+    with pytest.raises(
+        InputError, match=r"unknown sampler setting\(s\) \['bogus'\]; remove them .*temperature"
+    ):
         SamplerConfig.from_dict({**config.to_dict(), "bogus": 1})
+    with pytest.raises(InputError, match="must be a dict"):
+        SamplerConfig.from_dict([("tsp", True)])  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

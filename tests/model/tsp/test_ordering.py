@@ -1,13 +1,12 @@
-"""Tests for model/tsp/ordering.py (+ tsp_graph, tsp_improve) and app/research/ordering.py.
+"""Tests for model/tsp/ordering.py (the search driver, end to end) and app/research/ordering.py.
 
 Fast tests use small synthetic point sets whose optimal open path is known (points on a line, on a
-circle); anything that needs SmolLM2 is marked slow.
+circle). The graph, search and storage pieces have their own modules (test_graph, test_improve,
+test_kernels, test_tour, test_store, test_config).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +14,14 @@ import pytest
 import torch
 
 from app.research import ordering as ordering_cli
-from core.errors import InvalidPermutation, OrderingConfigError, OrderingFileError
-from model.tsp import graph as tsp_graph
-from model.tsp import ordering as ordering_module
+from core.errors import InvalidPermutation
+from model.tsp.config import OrderingConfig
 from model.tsp.ordering import (
-    Ordering,
-    OrderingConfig,
-    OrderingProgress,
     check_permutation,
     compute_ordering,
     embedding_fingerprint,
     identity_ordering,
-    load_ordering,
     mean_adjacent_distance,
-    ordering_for_embeddings,
-    save_ordering,
 )
 from tests.conftest import assert_close
 
@@ -132,27 +124,6 @@ def test_improved_path_is_shorter_than_greedy_and_above_the_lower_bounds(rng: np
     assert bound["held_karp"] <= length["final"]
 
 
-def test_bounds_never_exceed_a_known_optimum(rng: np.random.Generator) -> None:
-    t = np.sort(rng.uniform(-2.0, 2.0, size=150))
-    emb = np.stack([t, np.ones_like(t)], axis=1).astype(np.float32)
-    unit = tsp_graph.unit_rows(torch.from_numpy(emb))
-    optimum = tsp_graph.path_length(unit, np.arange(150))
-    ids, dists = tsp_graph.knn_lists(unit, 8, 16, 64, bf16_prefilter=False)
-    assert tsp_graph.two_neighbour_bound(dists) <= optimum + 1e-9
-    assert tsp_graph.held_karp_bound(ids, dists, upper=optimum * 1.1) <= optimum + 1e-9
-
-
-def test_knn_lists_match_brute_force(rng: np.random.Generator) -> None:
-    emb = rng.normal(size=(500, 16)).astype(np.float32)
-    unit = tsp_graph.unit_rows(torch.from_numpy(emb))
-    ids, dists = tsp_graph.knn_lists(unit, 6, 24, 128, bf16_prefilter=True)
-    sims = (unit @ unit.T).double().numpy()
-    np.fill_diagonal(sims, -np.inf)
-    expected = np.argsort(-sims, axis=1, kind="stable")[:, :6]
-    assert (ids == expected).mean() > 0.99  # bf16 shortlist, exact re-rank
-    assert_close(dists, 1.0 - np.take_along_axis(sims, ids, 1), atol=1e-6)
-
-
 def test_fingerprint_tracks_every_value_and_the_shape(rng: np.random.Generator) -> None:
     emb = rng.normal(size=(50, 8)).astype(np.float32)
     base = embedding_fingerprint(emb)
@@ -162,79 +133,6 @@ def test_fingerprint_tracks_every_value_and_the_shape(rng: np.random.Generator) 
     changed[17, 3] = np.nextafter(changed[17, 3], np.float32(np.inf))
     assert embedding_fingerprint(changed) != base
     assert embedding_fingerprint(emb.reshape(100, 4)) != base
-
-
-def test_save_load_round_trip_and_tampering(tmp_path: Path, rng: np.random.Generator) -> None:
-    emb = rng.normal(size=(120, 8)).astype(np.float32)
-    original = compute_ordering(emb, FAST)
-    command = "python -m app.research.ordering compute"
-    save_ordering(original, tmp_path / "o", model_name="toy", command=command)
-    loaded = load_ordering(tmp_path / "o")
-    assert np.array_equal(loaded.perm, original.perm) and np.array_equal(loaded.inv_perm, original.inv_perm)
-    assert loaded.config == original.config and loaded.fingerprint == original.fingerprint
-    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert manifest["command"].startswith("python -m app.research.ordering")
-    assert OrderingConfig.from_dict(manifest["config"]) == original.config
-    assert np.load(tmp_path / "o" / "perm.npy").dtype == np.int32
-    swapped = original.perm.copy()
-    swapped[[0, 1]] = swapped[[1, 0]]
-    np.save(tmp_path / "o" / "perm.npy", swapped)
-    with pytest.raises(OrderingFileError, match="SHA-256"):
-        load_ordering(tmp_path / "o")
-    with pytest.raises(OrderingFileError):
-        load_ordering(tmp_path / "missing")
-
-
-def test_fingerprint_mismatch_recomputes_into_the_cache(tmp_path: Path, rng: np.random.Generator) -> None:
-    old = rng.normal(size=(150, 8)).astype(np.float32)
-    new = old.copy()
-    new[0, 0] += 1.0
-    shipped = tmp_path / "shipped"
-    save_ordering(compute_ordering(old, FAST), shipped, model_name="toy")
-    before = (shipped / "perm.npy").read_bytes()
-    notes: list[OrderingProgress] = []
-    result = ordering_for_embeddings(
-        new, "toy", shipped, notes.append, cache_dir=tmp_path / "cache", config=FAST
-    )
-    assert result.fingerprint == embedding_fingerprint(new)
-    assert any("recomputing" in p.note for p in notes) and any(p.stage == "knn" for p in notes)
-    assert (shipped / "perm.npy").read_bytes() == before  # the shipped asset is never overwritten
-    cached = ordering_module.cached_ordering_dir("toy", result.fingerprint, tmp_path / "cache")
-    assert load_ordering(cached).fingerprint == result.fingerprint
-
-
-def test_matching_fingerprint_loads_without_computing(
-    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    emb = rng.normal(size=(150, 8)).astype(np.float32)
-    stored = compute_ordering(emb, FAST)
-    save_ordering(stored, tmp_path / "o", model_name="toy")
-
-    def refuse(*_args: object, **_kwargs: object) -> Ordering:
-        raise AssertionError("recomputed although the fingerprint matches")
-
-    monkeypatch.setattr(ordering_module, "compute_ordering", refuse)
-    result = ordering_for_embeddings(emb, "toy", tmp_path / "o", cache_dir=tmp_path / "cache")
-    assert np.array_equal(result.perm, stored.perm)
-
-
-def test_config_validation_and_dict_round_trip() -> None:
-    config = OrderingConfig(seed=7, kicks=5, window_size=64)
-    assert OrderingConfig.from_dict(json.loads(json.dumps(asdict(config)))) == config
-    for bad in (
-        {"method": "optimal"},
-        {"knn_k": 0},
-        {"knn_k": 20},  # alpha candidates come from the greedy_k (16) nearest rows
-        {"candidate_rule": "random"},
-        {"ascent_steps": -1},
-        {"window_size": 2},
-        {"candidates": 4},
-        {"time_budget_s": 0},
-    ):
-        with pytest.raises(OrderingConfigError):
-            OrderingConfig(**bad)  # type: ignore[arg-type]
-    with pytest.raises(OrderingConfigError, match="unknown"):
-        OrderingConfig.from_dict({"k": 3})
 
 
 def test_python_tsp_windows_keep_a_valid_and_not_longer_path(rng: np.random.Generator) -> None:
@@ -286,27 +184,3 @@ def test_cli_rejects_a_bad_setting_combination_before_loading_the_model(
     monkeypatch.setattr(ordering_cli, "_load_model", no_model)
     assert ordering_cli.main(["compute", "--knn-k", "20", "--out", str(tmp_path)]) == 2
     assert "raise greedy_k or shorten knn_k" in capsys.readouterr().err
-
-
-# --- the default model ---------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_shipped_asset_matches_the_default_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    from model.loading import DEFAULT_MODEL_NAME, load_default
-
-    loaded = load_default()
-    shipped = load_ordering(ordering_module.shipped_ordering_dir(DEFAULT_MODEL_NAME))
-    assert shipped.fingerprint == embedding_fingerprint(loaded.input_embeddings())
-    assert shipped.vocab_size == loaded.input_embeddings().shape[0]
-    quality = shipped.quality
-    assert quality["shorter_than_id"] >= 0.30
-    assert quality["length"]["final"] < quality["length"]["paper_greedy"]
-    monkeypatch.setattr(ordering_module, "compute_ordering", lambda *a, **k: pytest.fail("recomputed"))
-    via_model = ordering_module.ordering_for_model(loaded)
-    assert np.array_equal(via_model.perm, shipped.perm)
-    assert_close(
-        mean_adjacent_distance(loaded.input_embeddings(), shipped.perm),
-        quality["mean_distance"]["final"],
-        1e-9,
-    )
