@@ -7,11 +7,11 @@
 
 `compute` shows a tqdm bar with an ETA per stage, then the quality report and a few runs of consecutive
 tokens in id order and in the new order. Without --ship/--out it writes to the user cache (where
-`model.tsp.ordering.ordering_for_model` looks); --ship writes the repository asset
+`model.tsp.store.ordering_for_model` looks); --ship writes the repository asset
 assets/orderings/<model>/ with the command line that regenerates it. `inspect` loads a stored ordering,
 checks it against the model's embedding fingerprint and prints the same report (never recomputes).
 
-References: DESIGN.md section 2; model/tsp/ordering.py.
+References: DESIGN.md section 2; model/tsp/ordering.py (the search), model/tsp/store.py (the files).
 """
 
 from __future__ import annotations

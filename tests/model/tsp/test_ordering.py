@@ -1,4 +1,4 @@
-"""Tests for model/tsp/ordering.py (the search driver, end to end) and app/research/ordering.py.
+"""Tests for model/tsp/ordering.py (the search driver, end to end).
 
 Fast tests use small synthetic point sets whose optimal open path is known (points on a line, on a
 circle). The graph, search and storage pieces have their own modules (test_graph, test_improve,
@@ -7,13 +7,10 @@ test_kernels, test_tour, test_store, test_config).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from app.research import ordering as ordering_cli
 from core.errors import InvalidPermutation
 from model.tsp.config import OrderingConfig
 from model.tsp.ordering import (
@@ -157,30 +154,3 @@ def test_identity_ordering(rng: np.random.Generator) -> None:
     emb = rng.normal(size=(20, 4)).astype(np.float32)
     result = identity_ordering(emb)
     assert np.array_equal(result.perm, np.arange(20)) and result.fingerprint == embedding_fingerprint(emb)
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["compute", "--kicks", "-1"],
-        ["compute", "--method", "best"],
-        ["compute", "--candidate-rule", "x"],
-        ["inspect", "--run-length", "0"],
-        [],
-    ],
-)
-def test_cli_rejects_bad_arguments(argv: list[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        ordering_cli.main(argv)
-    assert exc.value.code == 2
-
-
-def test_cli_rejects_a_bad_setting_combination_before_loading_the_model(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    def no_model(_args: object) -> None:
-        raise AssertionError("the model was loaded before the settings were checked")
-
-    monkeypatch.setattr(ordering_cli, "_load_model", no_model)
-    assert ordering_cli.main(["compute", "--knn-k", "20", "--out", str(tmp_path)]) == 2
-    assert "raise greedy_k or shorten knn_k" in capsys.readouterr().err
