@@ -27,12 +27,12 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from core.progress import OnProgress, Progress
 from model.tsp import tour as tsp_tour
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 F = TypeVar("F", bound=Callable[..., Any])
-StepCallback = Callable[[int, int], None]  # (done, total)
 _REVERSE_EXTRA = 16  # rows that list a row, added to its own k nearest to form its pool
 
 
@@ -182,7 +182,7 @@ def _alphas(pool: Any, pool_d: Any, pi: Any, up: Any, heavy: Any, depth: Any, tr
 
 
 def ascent(
-    n: int, eu: IntArray, ev: IntArray, ew: FloatArray, steps: int, on_step: StepCallback | None = None
+    n: int, eu: IntArray, ev: IntArray, ew: FloatArray, steps: int, on_progress: OnProgress | None = None
 ) -> FloatArray:
     """Node penalties `pi` by subgradient ascent on the spanning trees of a sparse graph.
 
@@ -202,8 +202,8 @@ def ascent(
         pi += size * (0.7 * g + 0.3 * previous) if step else size * g
         previous = g
         size *= 0.95
-        if on_step:
-            on_step(step + 1, steps)
+        if on_progress:
+            on_progress(Progress("candidates", step + 1, steps))
     return pi
 
 
@@ -212,7 +212,7 @@ def alpha_lists(
     ids: IntArray,
     width: int,
     steps: int,
-    on_step: StepCallback | None = None,
+    on_progress: OnProgress | None = None,
 ) -> IntArray:
     """Each row's `width` alpha-nearest candidates, drawn from its kNN list and its reverse neighbours.
 
@@ -222,7 +222,7 @@ def alpha_lists(
         ids: (n, k) kNN lists.
         width: candidates kept per row (<= k).
         steps: subgradient ascent steps for the penalties (0: plain minimum spanning tree).
-        on_step: called with (ascent steps done, steps).
+        on_progress: gets Progress("candidates", ascent steps done, steps).
 
     Returns:
         (n, width) int64 candidate ids, best first.
@@ -235,7 +235,7 @@ def alpha_lists(
     a, b = np.repeat(np.arange(n), pool.shape[1])[valid], pool.ravel()[valid]
     keys, first = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_index=True)
     eu, ev, ew = keys // n, keys % n, pool_d.ravel()[valid][first]
-    pi = ascent(n, eu, ev, ew, steps, on_step)
+    pi = ascent(n, eu, ev, ew, steps, on_progress)
     w = ew + pi[eu] + pi[ev]
     chosen, _ = spanning_forest(n, eu, ev, w)
     levels = max(1, int(n).bit_length())

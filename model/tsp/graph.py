@@ -19,17 +19,15 @@ case study in local optimization" (1997) for greedy matching, neighbour lists an
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from core.progress import OnProgress, Progress
 from model.tsp.alpha import spanning_forest
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-StepCallback = Callable[[int, int], None]  # (done, total)
 
 
 def unit_rows(embeddings: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -46,7 +44,7 @@ def knn_lists(
     candidates: int,
     block_rows: int,
     bf16_prefilter: bool,
-    on_step: StepCallback | None = None,
+    on_progress: OnProgress | None = None,
 ) -> tuple[IntArray, FloatArray]:
     """The k nearest rows of every row under cosine distance, sorted by (distance, id).
 
@@ -56,7 +54,7 @@ def knn_lists(
         candidates: rows kept from the bfloat16 pass before exact re-ranking (>= k).
         block_rows: rows per block product; memory is about block_rows x V x 6 bytes.
         bf16_prefilter: False computes the block products in float32 (exact, 5-10x slower here).
-        on_step: called with (rows done, V) after every block.
+        on_progress: gets Progress("knn", rows done, V) after every block.
 
     Returns:
         (ids, dists), both (V, k): ids int64, dists float64 (exact float32 dot products).
@@ -79,8 +77,8 @@ def knn_lists(
         order = np.lexsort((cand_np, -exact), axis=-1)[:, :k]  # by similarity, then id
         ids[start : start + len(rows)] = np.take_along_axis(cand_np, order, 1)
         dists[start : start + len(rows)] = 1.0 - np.take_along_axis(exact, order, 1)
-        if on_step:
-            on_step(min(start + block_rows, n), n)
+        if on_progress:
+            on_progress(Progress("knn", min(start + block_rows, n), n))
     return ids, np.clip(dists, 0.0, 2.0)
 
 
@@ -98,7 +96,7 @@ def path_length(unit: torch.Tensor, perm: npt.NDArray[np.integer]) -> float:
 
 
 def greedy_nearest_neighbour(
-    unit: torch.Tensor, ids: IntArray, start: int, on_step: StepCallback | None = None
+    unit: torch.Tensor, ids: IntArray, start: int, on_progress: OnProgress | None = None
 ) -> IntArray:
     """The paper's greedy path: from `start`, always go to the nearest unvisited row (ties: lower id).
 
@@ -137,10 +135,10 @@ def greedy_nearest_neighbour(
         visited[nxt] = True
         order[step] = nxt
         cur = nxt
-        if on_step and (step & 2047) == 0:
-            on_step(step, n)
-    if on_step:
-        on_step(n, n)
+        if on_progress and (step & 2047) == 0:
+            on_progress(Progress("paper greedy", step, n))
+    if on_progress:
+        on_progress(Progress("paper greedy", n, n))
     return order
 
 
@@ -207,7 +205,7 @@ def greedy_edge(
     candidates: int,
     block_rows: int,
     bf16_prefilter: bool,
-    on_step: StepCallback | None = None,
+    on_progress: OnProgress | None = None,
 ) -> IntArray:
     """Greedy matching: shortest kNN edges first (degree <= 2, no cycle), then join the fragments.
 
@@ -231,8 +229,8 @@ def greedy_edge(
             heads = list(roots.values())
             pairs = np.array([[heads[0], heads[1]]], np.int64)
             frags.add_shortest(pairs[:, 0], pairs[:, 1:], np.zeros((1, 1)))
-        if on_step:
-            on_step(frags.edges, n - 1)
+        if on_progress:
+            on_progress(Progress("construction", frags.edges, n - 1))
     return frags.path()
 
 

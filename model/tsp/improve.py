@@ -12,18 +12,17 @@ Or-opt) and 5 (iterated LK); python-tsp 0.5 `solve_tsp_lin_kernighan`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from core.progress import OnProgress, Progress
 from model.tsp import kernels as k
 from model.tsp import tour as tsp_tour
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-StepCallback = Callable[[int, int], None]  # (done, total)
 _CHUNK_NODES = 1 << 14  # nodes examined between deadline checks in the first local search
 _CHUNK_KICKS = 1 << 11  # kicks between deadline checks
 
@@ -66,7 +65,7 @@ class PathSearch:
         cut = int(self.pos[self.n])
         return np.concatenate([self.tour[cut + 1 :], self.tour[:cut]])
 
-    def _run(self, deadline: float, on_step: StepCallback | None) -> float:
+    def _run(self, deadline: float, on_progress: OnProgress | None) -> float:
         gain, examined = 0.0, 0
         while self.qs[1] > 0:
             if time.perf_counter() > deadline:
@@ -74,26 +73,26 @@ class PathSearch:
             g, done = k.local_search(self._search(), _CHUNK_NODES)
             gain += g
             examined += done
-            if on_step:
-                on_step(examined, examined + int(self.qs[1]))
+            if on_progress:
+                on_progress(Progress("local search", examined, examined + int(self.qs[1])))
         return gain
 
-    def optimise(self, deadline: float, on_step: StepCallback | None = None) -> float:
+    def optimise(self, deadline: float, on_progress: OnProgress | None = None) -> float:
         """Local search from every node until no 2-opt / 3-opt / Or-opt / reopening move gains: total gain."""
         self.queued[: self.n] = 1
         self.queue[: self.n] = np.arange(self.n)
         self.qs[:] = (0, self.n)
-        gain = self._run(deadline, on_step)
+        gain = self._run(deadline, on_progress)
         for _ in range(8):  # each reopening is followed by a local repair; rarely more than one
             moved = k.reopen(self._search())
             if moved <= 0.0:
                 break
-            gain += moved + self._run(deadline, on_step)
+            gain += moved + self._run(deadline, on_progress)
         self.queued[:] = 0  # a deadline may leave nodes queued
         self.qs[:] = 0
         return gain
 
-    def kick(self, count: int, window: int, deadline: float, on_step: StepCallback | None = None) -> float:
+    def kick(self, count: int, window: int, deadline: float, on_progress: OnProgress | None = None) -> float:
         """Up to `count` iterated-local-search steps, in chunks, until `deadline`: total gain."""
         gain, done = 0.0, 0
         while done < count and time.perf_counter() <= deadline:
@@ -103,8 +102,8 @@ class PathSearch:
             done += step
             self.kicks_kept += kept
             self.kicks_unchecked += unchecked
-            if on_step:
-                on_step(done, count)
+            if on_progress:
+                on_progress(Progress("kicks", done, count))
         self.kicks_done += done
         return gain
 
@@ -115,7 +114,7 @@ def refine_windows(
     window: int,
     deadline: float,
     scale: float = 1e5,
-    on_step: StepCallback | None = None,
+    on_progress: OnProgress | None = None,
 ) -> tuple[IntArray, float]:
     """Re-solve windows of `window` consecutive positions (half-overlapping) with python-tsp.
 
@@ -161,6 +160,6 @@ def refine_windows(
             new = float(exact[order[:-1], order[1:]].sum())
             tour[start : start + window] = rows[order]
             gain += old - new
-        if on_step:
-            on_step(done + 1, len(starts))
+        if on_progress:
+            on_progress(Progress("windows", done + 1, len(starts)))
     return tour, gain

@@ -148,9 +148,6 @@ def compute_ordering(
         timings[stage] = round(now - clock, 3)
         clock = now
 
-    def steps(stage: str) -> tsp_graph.StepCallback:
-        return lambda done, total: report(Progress(stage, done, total))
-
     unit64 = tsp_graph.unit_rows(torch.from_numpy(array), torch.float64)  # (V, d): exact distances
     unit = unit64.float()  # (V, d): block products and exact re-ranking
     quality: dict[str, Any] = {"vocab_size": n, "dim": int(array.shape[1]), "method": config.method}
@@ -163,13 +160,13 @@ def compute_ordering(
     else:
         k = min(max(config.knn_k, config.greedy_k), n - 1)
         ids, dists = tsp_graph.knn_lists(
-            unit, k, config.candidates, config.block_rows, config.bf16_prefilter, steps("knn")
+            unit, k, config.candidates, config.block_rows, config.bf16_prefilter, report
         )
         lap("knn")
         gk = min(config.greedy_k, k)
         if config.method == "paper" or config.construction == "nearest_neighbour" or paper_reference:
             greedy = tsp_graph.greedy_nearest_neighbour(
-                unit, ids[:, :gk], config.start_token, steps("paper greedy")
+                unit, ids[:, :gk], config.start_token, report
             )
             lengths["paper_greedy"] = tsp_graph.path_length(unit64, greedy)
             lap("paper_greedy")
@@ -184,7 +181,7 @@ def compute_ordering(
                     config.candidates,
                     config.block_rows,
                     config.bf16_prefilter,
-                    steps("construction"),
+                    report,
                 )
                 lengths["construction"] = tsp_graph.path_length(unit64, first)
                 lap("construction")
@@ -197,7 +194,7 @@ def compute_ordering(
                     ids[:, :gk],
                     config.knn_k,
                     config.ascent_steps,
-                    steps("candidates"),
+                    report,
                 )
             else:
                 lists = ids[:, : config.knn_k]
@@ -241,15 +238,10 @@ def _improve(
     deadline = start + config.time_budget_s
     rows = unit.numpy()  # (V, d) float32 unit rows, shared with the search (no copy)
     search = tsp_improve.PathSearch(rows, first, ids, config.seed)
-    search.optimise(deadline, lambda d, t: report(Progress("local search", d, t)))
+    search.optimise(deadline, report)
     timings["local_search"] = round(time.perf_counter() - start, 3)
     mark = time.perf_counter()
-    search.kick(
-        config.kicks,
-        config.kick_window,
-        deadline,
-        lambda d, t: report(Progress("kicks", d, t)),
-    )
+    search.kick(config.kicks, config.kick_window, deadline, report)
     timings["kicks"] = round(time.perf_counter() - mark, 3)
     tour = search.path()
     if config.window_size:
@@ -259,7 +251,7 @@ def _improve(
             tour,
             config.window_size,
             deadline,
-            on_step=lambda d, t: report(Progress("windows", d, t)),
+            on_progress=report,
         )
         timings["windows"] = round(time.perf_counter() - mark, 3)
     quality["kicks"] = {

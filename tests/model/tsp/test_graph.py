@@ -86,7 +86,7 @@ def test_exact_knn_lists_are_the_brute_force_lists_with_ties_by_id(rng: np.rando
     unit = tsp_graph.unit_rows(torch.from_numpy(emb))
     steps: list[tuple[int, int]] = []
     ids, dists = tsp_graph.knn_lists(
-        unit, k, k, 16, bf16_prefilter=False, on_step=lambda d, t: steps.append((d, t))
+        unit, k, k, 16, bf16_prefilter=False, on_progress=lambda e: steps.append((e.done, e.total))
     )
     width = min(k, 39)
     assert ids.shape == dists.shape == (40, width)
@@ -145,7 +145,7 @@ def test_greedy_edge_joins_short_lists_into_one_path(rng: np.random.Generator, n
     unit = _unit(rng, n, 8)
     ids, dists = tsp_graph.knn_lists(unit, 2, 4, 64, bf16_prefilter=False)
     steps: list[tuple[int, int]] = []
-    path = tsp_graph.greedy_edge(unit, ids, dists, 4, 64, False, lambda d, t: steps.append((d, t)))
+    path = tsp_graph.greedy_edge(unit, ids, dists, 4, 64, False, lambda e: steps.append((e.done, e.total)))
     assert sorted(path.tolist()) == list(range(n))  # the fragments were joined into one path
     assert all(t == n - 1 for _, t in steps)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.progress import Progress
 from model.tsp import graph as tsp_graph
 from model.tsp.improve import PathSearch, refine_windows
 from tests.conftest import assert_close
@@ -61,10 +62,10 @@ def test_progress_reports_count_up_to_their_total(rng: np.random.Generator) -> N
     unit, ids = _instance(rng, 3000, 8)
     search = PathSearch(unit, rng.permutation(3000), ids)
     steps: list[tuple[int, int]] = []
-    search.optimise(float("inf"), lambda d, t: steps.append((d, t)))
+    search.optimise(float("inf"), lambda e: steps.append((e.done, e.total)))
     assert steps and all(0 < d <= t for d, t in steps)
     kicks: list[tuple[int, int]] = []
-    search.kick(5000, 12, float("inf"), lambda d, t: kicks.append((d, t)))
+    search.kick(5000, 12, float("inf"), lambda e: kicks.append((e.done, e.total)))
     assert kicks[-1] == (5000, 5000) and [d for d, _ in kicks] == sorted(d for d, _ in kicks)
     assert search.kicks_done == 5000
     assert 0 <= search.kicks_unchecked <= search.kicks_done and 0 <= search.kicks_kept <= search.kicks_done
@@ -87,14 +88,13 @@ def test_a_passed_deadline_stops_the_search_with_a_valid_path(rng: np.random.Gen
 def test_windows_never_lengthen_the_path_and_report_their_gain(rng: np.random.Generator, window: int) -> None:
     unit, _ = _instance(rng, 90, 5)
     tour = rng.permutation(90)
-    steps: list[tuple[int, int]] = []
-    new, gain = refine_windows(
-        unit.astype(np.float64), tour, window, float("inf"), on_step=lambda d, t: steps.append((d, t))
-    )
+    steps: list[Progress] = []
+    new, gain = refine_windows(unit.astype(np.float64), tour, window, float("inf"), on_progress=steps.append)
     assert _is_permutation(new, 90)
     assert gain > 0.0  # a random path has short windows to improve
     assert_close(_length(unit, tour) - _length(unit, new), gain, atol=1e-9)
-    assert steps[-1][0] == steps[-1][1] == len(range(0, 90 - window + 1, max(1, window // 2)))
+    windows = len(range(0, 90 - window + 1, max(1, window // 2)))
+    assert steps[-1] == Progress("windows", windows, windows)
     assert new[0] == tour[0] and new[-1] == tour[-1]  # every window keeps its two ends
 
 
