@@ -142,13 +142,3 @@ def test_warm_cache_is_keyed_by_the_contexts_real_parameters(ckks, rng) -> None:
         eng = Engine.for_params(other)
         assert eng.plaintext_id(1) != warm.plaintext_id(1)
         assert prepare(eng, mat, plan, 1) == eng.counts["encode"] == warmed  # a miss: encoded anew
-
-
-def test_engine_refuses_params_that_are_not_its_contexts(ckks_small) -> None:  # type: ignore[no-untyped-def]
-    from core.errors import ParamsError
-    from crypto.engine import Engine
-    from crypto.params import CKKSParams
-
-    liar = CKKSParams(8192, ckks_small.params.coeff_mod_bit_sizes, ckks_small.params.scale_bits)
-    with pytest.raises(ParamsError, match="its SEAL context has N=4096"):
-        Engine(liar, ckks_small.secret.seal_context)
