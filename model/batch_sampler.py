@@ -15,7 +15,7 @@ Why it is faster than B unbatched calls:
   table each. This dense product is what made the unbatched collapse command 5x slower per token than
   simulate decode (which has PP on, so its mixtures are sparse).
 
-With `noise_sigma > 0` (or `prefix_noise_sigma > 0`) each row draws the noise of `model.sampler.NoisyOps`
+With `noise_sigma > 0` (or `prefix_noise_sigma > 0`) each row draws the noise of `model.vector_ops.NoisyOps`
 (`PrefixNoisyOps`) from its own generator (given with the step), so a row gets the same draws as an
 unbatched selector built on that generator; S then runs on every entry.
 
@@ -32,9 +32,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.evaluation import RowwiseNumpyOps, cosine_distance
+from model.evaluation import cosine_distance
 from model.sampler import (
-    NoisyOps,
     Precision,
     SamplerConfig,
     compose,
@@ -44,7 +43,7 @@ from model.sampler import (
     step_polynomials,
 )
 from model.simulate import MIXTURE_TOLERANCE, MIXTURE_WEIGHT_FLOOR, check_perm
-from model.vector_ops import FloatArray
+from model.vector_ops import FloatArray, NoisyOps, NumpyOps, PrefixNoisyOps
 
 IntArray = npt.NDArray[np.int64]
 # OpenBLAS's float64 product rounds a row by where it falls in the kernel's blocks unless the row count is a
@@ -107,22 +106,7 @@ def exact_draws(c: FloatArray, rs: FloatArray) -> IntArray:
     return np.asarray(j, dtype=np.int64)
 
 
-class RowwiseNoisyOps(NoisyOps, RowwiseNumpyOps):
-    """`NoisyOps` on `RowwiseNumpyOps` (noise after the prefix sum, every cubic and product), one generator
-    per row: its overrides call on to the row-wise operations, only the draws are made here."""
-
-    def __init__(self, sigma: float, rngs: Sequence[np.random.Generator]) -> None:
-        self.sigma = sigma
-        self.rngs = rngs
-
-    def _noisy(self, a: FloatArray) -> FloatArray:  # the draws of NoisyOps, row by row
-        noise = np.stack([rng.normal(0.0, self.sigma, size=a.shape[1]) for rng in self.rngs])
-        return np.asarray(a + noise, dtype=np.float64)
-
-
-def step_values_deduplicated(
-    ops: RowwiseNumpyOps, c: FloatArray, rs: FloatArray, amp_rounds: int
-) -> FloatArray:
+def step_values_deduplicated(ops: NumpyOps, c: FloatArray, rs: FloatArray, amp_rounds: int) -> FloatArray:
     """s = S(c - r) row-wise; S runs once per run of equal neighbouring c_j (exact: S is element-wise).
 
     The runs of all rows go through S as one flat vector (no padding to the longest row) and are repeated
@@ -189,12 +173,15 @@ class BatchSimulate:
         clean_c = np.cumsum(q, axis=1)
         if config.input_noise_sigma > 0:
             q = q + np.stack([rng.normal(0.0, config.input_noise_sigma, size=q.shape[1]) for rng in noise])
-        ops = RowwiseNoisyOps(config.noise_sigma, noise) if config.noise_sigma > 0 else RowwiseNumpyOps()
+        ops = (
+            NoisyOps(config.noise_sigma, noise, skip_zero_terms=True)
+            if config.noise_sigma > 0
+            else NumpyOps(skip_zero_terms=True)
+        )
         if config.noise_sigma > 0:  # every entry gets its own noise: nothing to share
             s = compose(ops, ops.prefix_sum(q) - rs[:, None], step_polynomials(config.amp_rounds))
         elif config.prefix_noise_sigma > 0:  # PrefixNoisyOps' draws, row by row; S on every entry
-            sigma = config.prefix_noise_sigma
-            c = clean_c + sigma * np.stack([rng.standard_normal(size=q.shape[1]) for rng in noise])
+            c = PrefixNoisyOps(config.prefix_noise_sigma, noise).perturb(clean_c)
             s = compose(ops, ops.sub(c, rs[:, None]), step_polynomials(config.amp_rounds))
         else:
             c = clean_c if config.input_noise_sigma == 0 else ops.prefix_sum(q)

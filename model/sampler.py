@@ -7,9 +7,8 @@ code runs on float64 arrays (`NumpyOps`, simulate mode) and on CKKS ciphertexts 
 backend). It contains no numpy call; every operation goes through `ops`.
 
 `exact_one_hot` is the twin with a true step function (inverse-transform sampling), used by tests
-and the evaluation as the target `e_k`. `NoisyOps` wraps `NumpyOps` with the Gaussian CKKS-noise
-model of DESIGN.md's noise-budget table (noise on c - r and after every polynomial); `PrefixNoisyOps`
-puts the noise on c - r alone, where the encrypted sampler's error is.
+and the evaluation as the target `e_k`. The Gaussian CKKS-noise models of DESIGN.md's noise-budget
+table (`NoisyOps`, `PrefixNoisyOps`) live beside `NumpyOps` in `model.vector_ops`.
 
 References: DESIGN.md section 2; Rho et al., arXiv 2510.12343 (2025), Fig. 10 and their released
 sampling code (whose cyclic roll for `s_{-1}` we deliberately do not copy).
@@ -25,7 +24,7 @@ import numpy as np
 
 from core.config import dataclass_from_dict
 from core.errors import InputError
-from model.vector_ops import Cubic, FloatArray, NumpyOps, VectorOps
+from model.vector_ops import Cubic, FloatArray, VectorOps
 
 V = TypeVar("V")
 
@@ -233,43 +232,3 @@ def round_to_fp16(x: FloatArray) -> FloatArray:
     _, exponent = np.frexp(x)
     quantum = np.ldexp(1.0, np.maximum(exponent, FP16_MIN_EXPONENT) - FP16_MANTISSA_BITS)
     return np.asarray(np.rint(x / quantum) * quantum, dtype=np.float64)
-
-
-class PrefixNoisyOps(NumpyOps):
-    """`NumpyOps` plus Gaussian noise of std `sigma` on the prefix sum alone, so on `c - r`.
-
-    The noise of the encrypted sampler at the default preset: its prefix sum's error (DESIGN.md section 2);
-    the polynomials contract their own, much smaller, rounding error.
-    """
-
-    def __init__(self, sigma: float, rng: np.random.Generator) -> None:
-        self.sigma = sigma
-        self.rng = rng
-
-    def prefix_sum(self, a: FloatArray) -> FloatArray:
-        c = super().prefix_sum(a)
-        return c + self.sigma * self.rng.standard_normal(size=c.shape)
-
-
-class NoisyOps(NumpyOps):
-    """`NumpyOps` plus Gaussian noise of std `sigma` after the prefix sum, every cubic and every product.
-
-    The prefix-sum noise is the noise on `c - r` of DESIGN.md's noise-budget table; the rest models the
-    rescale error each CKKS multiplication adds.
-    """
-
-    def __init__(self, sigma: float, rng: np.random.Generator) -> None:
-        self.sigma = sigma
-        self.rng = rng
-
-    def _noisy(self, a: FloatArray) -> FloatArray:
-        return a + self.rng.normal(0.0, self.sigma, size=a.shape)
-
-    def prefix_sum(self, a: FloatArray) -> FloatArray:
-        return self._noisy(super().prefix_sum(a))
-
-    def cubic(self, a: FloatArray, coeffs: Cubic) -> FloatArray:
-        return self._noisy(super().cubic(a, coeffs))
-
-    def mul(self, a: FloatArray, b: FloatArray) -> FloatArray:
-        return self._noisy(super().mul(a, b))

@@ -29,16 +29,14 @@ import torch
 from core.errors import SamplerError
 from model.generate import Selection
 from model.sampler import (
-    NoisyOps,
     Precision,
-    PrefixNoisyOps,
     SamplerConfig,
     approx_one_hot,
     exact_one_hot,
     exact_position,
     probabilities,
 )
-from model.vector_ops import FloatArray, NumpyOps
+from model.vector_ops import FloatArray, NoisyOps, NumpyOps, PrefixNoisyOps
 
 IntArray = npt.NDArray[np.int64]
 MIXTURE_WEIGHT_FLOOR = 1e-18  # weights at or below this are left out of the mixture sum ...
@@ -209,9 +207,9 @@ class SimulateSelector:
 def noise_ops(config: SamplerConfig, rng: np.random.Generator) -> NumpyOps:
     """The backend of the configured noise model: every step, c - r alone, or none."""
     if config.noise_sigma > 0:
-        return NoisyOps(config.noise_sigma, rng)
+        return NoisyOps(config.noise_sigma, [rng])
     if config.prefix_noise_sigma > 0:
-        return PrefixNoisyOps(config.prefix_noise_sigma, rng)
+        return PrefixNoisyOps(config.prefix_noise_sigma, [rng])
     return NumpyOps()
 
 

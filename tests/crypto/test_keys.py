@@ -13,7 +13,6 @@ import tenseal.sealapi as sealapi
 
 from core.errors import MissingRotationKey, ParamsError, SecretKeyError, WireFormatError
 from crypto import keys
-from crypto.engine import Engine
 from crypto.keys import (
     RotationPlan,
     create_secret_context,
@@ -95,13 +94,6 @@ def test_loader_rejects_malformed_bytes(ckks_small, mutate: str) -> None:  # typ
         data = data[:5]
     with pytest.raises(WireFormatError):
         load_public_context(bytes(data))
-
-
-def test_key_holder_engine_has_no_galois_keys(ckks_small) -> None:  # type: ignore[no-untyped-def]
-    eng = Engine.for_key_holder(ckks_small.secret)
-    v = encrypt_vector(ckks_small.secret, [1.0, 2.0])
-    with pytest.raises(MissingRotationKey):
-        eng.rotate(v.cts[0], 1)
 
 
 # --- the worker derives the parameters from the context, never from the header ------------------

@@ -1,4 +1,4 @@
-"""Vector x plaintext matrix for any shape (incl. input and output longer than the slots), and batches."""
+"""Vector x plaintext matrix for any shape (incl. input and output longer than the slots)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 import tenseal as ts
 
 from core.errors import LayoutError, LevelsExhausted, MissingRotationKey
-from crypto.batch import batch_capacity, batch_stride, decrypt_batch, encrypt_batch, matmul_batch, plan_batch
 from crypto.matmul import PlainMatrix, matmul, plan_matmul
 from crypto.vector import decrypt_vector, encrypt_vector
 from crypto.vector_wire import vector_from_bytes, vector_to_bytes
@@ -110,27 +109,6 @@ def test_errors(ckks, rng) -> None:  # type: ignore[no-untyped-def]
         matmul(eng, encrypt_vector(ckks.secret, x[:9]), PlainMatrix(w), plan)
 
 
-@pytest.mark.parametrize("m,n", [(576, 576), (64, 100), (30, 7)])
-def test_batch_matches_numpy_and_chains(ckks, rng, m: int, n: int) -> None:  # type: ignore[no-untyped-def]
-    slots = ckks.params.slot_count
-    stride = max(batch_stride(m, n), batch_stride(n, n))
-    tokens = min(3, slots // stride)
-    assert batch_capacity(m, n, slots) >= tokens >= 1
-    plan = (
-        plan_batch(m, n, slots, tokens, stride)
-        .rotation_plan()
-        .union(plan_batch(n, n, slots, tokens, stride).rotation_plan())
-    )
-    eng = ckks.engine(plan)
-    xs = rng.uniform(-1, 1, (tokens, m))
-    w1, w2 = rng.uniform(-1, 1, (m, n)) / np.sqrt(m), rng.uniform(-1, 1, (n, n)) / np.sqrt(n)
-    y = matmul_batch(eng, encrypt_batch(ckks.secret, xs, stride), PlainMatrix(w1))
-    assert_close(decrypt_batch(ckks.secret, y), xs @ w1, 1e-7)
-    z = matmul_batch(eng, y, PlainMatrix(w2))
-    assert z.level == 0
-    assert_close(decrypt_batch(ckks.secret, z), xs @ w1 @ w2, 1e-7)
-
-
 def test_zero_matrix_gives_zero(ckks, rng) -> None:  # type: ignore[no-untyped-def]
     plan = plan_matmul(20, 10, ckks.params.slot_count)
     eng = ckks.engine(plan.rotation_plan())
@@ -164,13 +142,3 @@ def test_warm_cache_is_keyed_by_the_contexts_real_parameters(ckks, rng) -> None:
         eng = Engine.for_params(other)
         assert eng.plaintext_id(1) != warm.plaintext_id(1)
         assert prepare(eng, mat, plan, 1) == eng.counts["encode"] == warmed  # a miss: encoded anew
-
-
-def test_engine_refuses_params_that_are_not_its_contexts(ckks_small) -> None:  # type: ignore[no-untyped-def]
-    from core.errors import ParamsError
-    from crypto.engine import Engine
-    from crypto.params import CKKSParams
-
-    liar = CKKSParams(8192, ckks_small.params.coeff_mod_bit_sizes, ckks_small.params.scale_bits)
-    with pytest.raises(ParamsError, match="its SEAL context has N=4096"):
-        Engine(liar, ckks_small.secret.seal_context)

@@ -1,29 +1,24 @@
 """The encrypted pipeline on the tiny model: real CKKS, ranks in lockstep, the same tokens as simulate.
 
-The worker runs in-process (`EncryptedWorker(threads=True)`: the ranks are threads, so the routing of
-shares, the split sampler and the collectives are the real ones, without spawning processes; the process
-pool itself is tested in tests/app/worker/test_compute_pool.py)
-and the oracle is a direct call into the key holder
+The worker runs in-process (`app.worker.in_process`: the ranks are threads, so the routing of shares, the
+split sampler and the collectives are the real ones, without spawning processes; the process pool itself
+is tested in tests/app/worker/test_compute_pool.py) and the oracle is a direct call into the key holder
 (the websocket path is tested in tests/app/worker/test_server.py and tests/app/chat/test_service.py).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from app import protocol as p
-from app.chat.keyholder import ReplyRequest
 from app.worker.encrypted import EncryptedWorker, WorkerSpec
-from app.worker.session import JobContext
+from app.worker.in_process import open_session, reply_job, run_reply, start_worker
 from core.errors import InputError, JobFailed, WireFormatError
 from crypto.keys import load_public_context
-from crypto.params import preset
 from crypto.vector import decrypt_vector
 from crypto.vector_wire import encrypt_vector_bytes, vector_from_bytes, vector_to_bytes
 from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec
@@ -42,17 +37,10 @@ def tiny_perm(vocab: int) -> np.ndarray:
     return np.random.default_rng(42).permutation(vocab)  # any fixed order exercises the baking of pi
 
 
-def _worker(tiny: LoadedModel, ranks: int) -> EncryptedWorker:
-    spec = WorkerSpec.from_loaded(tiny, tiny_perm(tiny.model.config.vocab_size), "test-order", ranks)
-    model = EncryptedWorker(spec, threads=True)
-    assert model.pool.wait_ready(300)
-    return model
-
-
 @pytest.fixture(scope="module")
 def worker(tiny: LoadedModel) -> Iterator[EncryptedWorker]:
     """Two ranks: the split sampler, its exchanges and the merged oracle calls."""
-    model = _worker(tiny, 2)
+    model = start_worker(tiny, tiny_perm(tiny.model.config.vocab_size), "test-order", 2)
     yield model
     model.close()
 
@@ -60,51 +48,13 @@ def worker(tiny: LoadedModel) -> Iterator[EncryptedWorker]:
 @pytest.fixture(scope="module")
 def single(tiny: LoadedModel) -> Iterator[EncryptedWorker]:
     """One rank: the sampler on the whole vocabulary, nothing to exchange."""
-    model = _worker(tiny, 1)
+    model = start_worker(tiny, tiny_perm(tiny.model.config.vocab_size), "test-order", 1)
     yield model
     model.close()
 
 
 def key_holder(tiny: LoadedModel, worker: EncryptedWorker, session: str) -> KeyHolderSide:
-    keys = KeyHolderSide(
-        PRESET, worker.shape, tiny.input_embeddings(), tiny_perm(tiny.model.config.vocab_size)
-    )
-    plan = worker.rotation_plan(PRESET)
-    worker.load_keys(session, keys.public_context(sorted(plan.steps), plan.conjugate), preset(PRESET))
-    return keys
-
-
-def run_in_process(
-    worker: EncryptedWorker,
-    keys: KeyHolderSide,
-    session: str,
-    prompt: list[int],
-    n: int,
-    seed: int,
-    start: int = 0,
-    calls: list[OracleCall] | None = None,
-) -> tuple[list[int], list[dict[str, Any]]]:
-    """One encrypted reply with the oracle wired straight to the key holder (`calls` records its calls)."""
-    keys.begin_reply(1.0, True)
-    sampler = ReplyRequest(n, seed, temperature=1.0).sampler()
-    request = p.Generate(
-        session, "r", start, "", len(prompt), n, seed, 0, sampler, keys.encrypt_prompt(prompt)
-    )
-    tokens: list[int] = []
-    telemetry: list[dict[str, Any]] = []
-
-    def emit(message: p.Message) -> None:
-        if isinstance(message, p.Token):
-            tokens.append(keys.read_token(message.blobs))
-            telemetry.append(message.telemetry)
-
-    def answer(call: OracleCall) -> list[bytes]:
-        if calls is not None:
-            calls.append(call)
-        return keys.answer(call)
-
-    assert worker.run(JobContext(session, request, answer, emit, threading.Event())) == "length"
-    return tokens, telemetry
+    return open_session(worker, tiny, tiny_perm(tiny.model.config.vocab_size), session, PRESET)
 
 
 def simulate(loaded: LoadedModel, perm: np.ndarray, prompt: list[int], n: int, seed: int) -> list[int]:
@@ -123,7 +73,10 @@ def test_encrypted_matches_simulate_token_for_token(tiny: LoadedModel, worker: E
         prompt = build_prompt(tiny, [{"role": "user", "content": text}])[
             -9:
         ]  # quick, and odd: 4 positions per rank and one split by block
-        encrypted, telemetry = run_in_process(worker, keys, f"s{seed}", prompt, n, seed, calls=seen)
+        reply, finish = run_reply(worker, keys, f"s{seed}", prompt, n, seed, record=True)
+        encrypted, telemetry = reply.tokens, reply.telemetry
+        seen += reply.calls
+        assert finish == "length"
         expected = simulate(tiny, perm, prompt, n, seed)
         assert encrypted[: len(expected)] == expected, f"prompt {text!r}"
         assert len(encrypted) == n
@@ -153,10 +106,10 @@ def test_a_continued_reply_equals_reading_everything_at_once(
     perm = tiny_perm(tiny.model.config.vocab_size)
     expected = simulate(tiny, perm, prompt, 3, 3)
     parts = key_holder(tiny, single, "parts")
-    run_in_process(single, parts, "parts", prompt[:5], 1, 0)
+    assert run_reply(single, parts, "parts", prompt[:5], 1, 0)[1] == "length"
     assert parts.commit() == 5  # the first reply's only token was shown, never fed back
-    continued, _ = run_in_process(single, parts, "parts", prompt[5:], 3, 3, start=5)
-    assert continued[: len(expected)] == expected
+    continued, finish = run_reply(single, parts, "parts", prompt[5:], 3, 3, start=5)
+    assert finish == "length" and continued.tokens[: len(expected)] == expected
 
 
 def test_the_key_holder_refuses_calls_off_the_allow_list_and_out_of_shape(tiny: LoadedModel) -> None:
@@ -201,7 +154,6 @@ def test_pieces_come_at_the_level_asked_for_and_another_level_is_refused(
     tiny: LoadedModel, single: EncryptedWorker
 ) -> None:
     keys = key_holder(tiny, single, "levels")
-    keys.begin_reply(1.0, True)
     top = keys.engine.top_level
     asked: list[int] = []
 
@@ -215,9 +167,7 @@ def test_pieces_come_at_the_level_asked_for_and_another_level_is_refused(
         wrong = top if spec.level != top else 0
         return [encrypt_vector_bytes(keys.secret, values, level=wrong, engine=keys.engine), *blobs[1:]]
 
-    sampler = ReplyRequest(1, 0, temperature=1.0).sampler()
-    request = p.Generate("levels", "r", 0, "", 2, 1, 0, 0, sampler, keys.encrypt_prompt([3, 4]))
-    job = JobContext("levels", request, answer_one_level_up, lambda message: None, threading.Event())
+    job = reply_job(keys, "levels", [3, 4], 1, 0, oracle=answer_one_level_up).job
     with pytest.raises(JobFailed, match=r"at level \d, expected level \d") as failed:
         single.run(job)
     assert failed.value.code == p.CODE_BAD_CIPHERTEXT  # the typed error the session reports

@@ -12,14 +12,10 @@ from model.sampler import (
     F1,
     F_SHARPEN,
     G1,
-    NoisyOps,
-    PrefixNoisyOps,
     SamplerConfig,
     approx_one_hot,
-    compose,
     exact_one_hot,
     exact_position,
-    one_hot_from_steps,
     post_process,
     probabilities,
     round_to_fp16,
@@ -176,28 +172,6 @@ def test_temperature_zero_is_one_hot_at_the_argmax(rng: np.random.Generator) -> 
     logits = rng.normal(0, 1, 100)
     p = probabilities(logits, 0.0, "fp16", renormalize=False)
     assert p.sum() == 1.0 and p[int(np.argmax(logits))] == 1.0
-
-
-def test_noise_sigma_zero_is_the_noiseless_path_and_positive_sigma_changes_values(
-    rng: np.random.Generator,
-) -> None:
-    q = rng.dirichlet(np.full(500, 0.2))
-    clean = approx_one_hot(OPS, q, 0.37, 3, pp=True)
-    silent = approx_one_hot(NoisyOps(0.0, np.random.default_rng(5)), q, 0.37, 3, pp=True)
-    assert np.array_equal(clean, silent)
-    noisy = approx_one_hot(NoisyOps(1e-5, np.random.default_rng(5)), q, 0.37, 3, pp=True)
-    assert not np.array_equal(clean, noisy)
-    again = approx_one_hot(NoisyOps(1e-5, np.random.default_rng(5)), q, 0.37, 3, pp=True)
-    assert np.array_equal(noisy, again)  # seeded
-
-
-def test_prefix_noise_lands_on_c_minus_r_alone(rng: np.random.Generator) -> None:
-    q = rng.dirichlet(np.full(500, 0.2))
-    noisy = approx_one_hot(PrefixNoisyOps(1e-5, np.random.default_rng(5)), q, 0.37, 3, pp=True)
-    c = np.cumsum(q) + 1e-5 * np.random.default_rng(5).standard_normal(500)  # the same draws, on c only
-    by_hand = post_process(OPS, one_hot_from_steps(OPS, compose(OPS, c + -0.37, step_polynomials(3))))
-    assert np.array_equal(noisy, by_hand)
-    assert not np.array_equal(noisy, approx_one_hot(OPS, q, 0.37, 3, pp=True))
 
 
 def test_post_process_is_the_sharpening_cubic() -> None:

@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from app import protocol as p
-from app.chat.keyholder import ReplyRequest
 from app.worker.encrypted import EncryptedWorker, WorkerSpec
+from app.worker.in_process import open_session, reply_job
 from app.worker.session import JobContext
 from core.errors import JobCancelled, JobFailed
 from crypto.params import CKKS_DEFAULT
@@ -46,20 +46,10 @@ def pool_worker(tiny: LoadedModel) -> Iterator[EncryptedWorker]:
 def _job(
     tiny: LoadedModel, worker: EncryptedWorker, session: str, n: int
 ) -> tuple[KeyHolderSide, JobContext, list[int]]:
-    keys = KeyHolderSide("default", worker.shape, tiny.input_embeddings(), np.arange(worker.vocab))
-    plan = worker.rotation_plan("default")
-    worker.load_keys(session, keys.public_context(sorted(plan.steps), plan.conjugate), CKKS_DEFAULT)
-    keys.begin_reply(1.0, True)
+    keys = open_session(worker, tiny, np.arange(worker.vocab), session, "default")
     prompt = build_prompt(tiny, [{"role": "user", "content": "Hi there"}])[-4:]
-    sampler = ReplyRequest(n, 5, temperature=1.0).sampler()
-    request = p.Generate(session, "r", 0, "", len(prompt), n, 5, 0, sampler, keys.encrypt_prompt(prompt))
-    tokens: list[int] = []
-
-    def emit(message: p.Message) -> None:
-        if isinstance(message, p.Token):
-            tokens.append(keys.read_token(message.blobs))
-
-    return keys, JobContext(session, request, keys.answer, emit, threading.Event()), tokens
+    reply = reply_job(keys, session, prompt, n, 5)
+    return keys, reply.job, reply.tokens
 
 
 def test_the_ranks_warm_first_then_reply_as_simulate_does(
