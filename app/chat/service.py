@@ -23,6 +23,7 @@ from app.chat.encrypted import EncryptedSession, encrypted_reply, read_ahead
 from app.chat.keyholder import Expected, KeyHolderClient, ReplyRequest
 from app.chat.replies import ChatMemory, ReplyUpdate
 from core.errors import InputError
+from core.progress import OnProgress
 from model.conversation import finish_turn, plan_turn
 from model.forward import LlamaShape
 from model.generate import (
@@ -174,7 +175,7 @@ class ChatService:
         vocab = int(self.loaded.model.config.vocab_size)
         return Expected(model=self.loaded.name, vocab=vocab, ordering=self.ordering.order_id)
 
-    def open_encrypted(self, on_progress: Callable[[str, int, int], None] | None = None) -> EncryptedSession:
+    def open_encrypted(self, on_progress: OnProgress | None = None) -> EncryptedSession:
         """Create keys and connect to the worker (keys are uploaded once per session).
 
         Raises:
@@ -213,7 +214,7 @@ class ChatService:
         session: EncryptedSession,
         memory: ChatMemory,
         should_stop: Callable[[], bool] | None = None,
-        on_progress: Callable[[str, int, int], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> int:
         """Encrypted mode, after a reply: read the next turn's opening markers while the user types
         (`app.chat.encrypted.read_ahead`). Returns the positions read; other modes read nothing (their

@@ -161,7 +161,7 @@ class EncryptedWorker:
             g.blobs,
             request,
             job.oracle,
-            lambda stage, done, total: job.emit(p.Progress(g.request, stage, done, total)),
+            lambda update: job.emit(p.Progress(g.request, update.stage, update.done, update.total)),
             lambda index, tel, blobs: job.emit(p.Token(g.request, index, tel, blobs)),
             job.cancelled,
         )
@@ -173,7 +173,8 @@ class EncryptedWorker:
 def _serve(spec: WorkerSpec, conn: Any) -> None:
     """The embedded worker's process: the server on 127.0.0.1, its pool; stop on "stop" or a closed pipe."""
     from app.worker.admission import with_token
-    from app.worker.server import Worker, start
+    from app.worker.background import start
+    from app.worker.server import Worker
 
     model = EncryptedWorker(spec)
 

@@ -24,6 +24,7 @@ from app.chat.ui import build_ui
 from app.chat.ui_parts import Keyring, OpenKeyrings, read_settings, stream_reply
 from app.chat.ui_view import ReplyView
 from core.errors import InputError
+from core.progress import Progress
 from model.generate import MAX_PROMPT_CHARS
 from model.loading import LoadedModel
 
@@ -315,7 +316,7 @@ class _ReadingService:
     def read_ahead(self, messages: Any, reply: str, settings: Any, session: Any, memory: Any,
                    should_stop: Any, on_progress: Any) -> int:  # fmt: skip
         self.read_for.append(reply)
-        on_progress("reading ahead (5 positions): layer 3/30", 3, 30)
+        on_progress(Progress("reading ahead (5 positions): layer 3/30", 3, 30))
         self.reading.set()
         while not should_stop():
             time.sleep(0.01)

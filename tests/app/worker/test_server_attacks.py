@@ -28,8 +28,7 @@ from app.chat.keyholder import (
     printable,
     worker_telemetry,
 )
-from app.worker.admission import WorkerAccess, redact
-from app.worker.server import WorkerLimits
+from app.worker.admission import WorkerAccess, WorkerLimits, redact
 from app.worker.session import JobContext
 from crypto.params import preset
 from tests.app.worker.test_server import (
