@@ -56,14 +56,14 @@ def test_the_key_upload_reports_its_progress_as_progress_records(served: Loopbac
     client.close()
 
 
-def test_reconnect_opens_a_new_session_with_the_same_keys(served: LoopbackWorker) -> None:
+def test_reconnect_opens_a_new_session_for_the_same_secret_key(served: LoopbackWorker) -> None:
     math = CounterMath()
     client = KeyHolderClient(served.url, math)
-    first, uploaded = client.welcome.session, client.key_bytes
+    first = client.welcome.session
     assert tokens(reply(client, [4], 1)) == [5]
     heard: list[Progress] = []
     client.reconnect(on_progress=heard.append)
-    assert client.welcome.session != first and client.key_bytes == uploaded and not client.closed
+    assert client.welcome.session != first and client.key_bytes > 0 and not client.closed
     assert heard[-1].stage == "uploading keys" and heard[-1].done == heard[-1].total
     assert tokens(reply(client, [4], 2)) == [5, 6]  # the same secret key reads the new session's tokens
     client.close()
