@@ -50,6 +50,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOKENIZER_ASSET = ASSETS / "tokenizer"
 
 
+
 @dataclass
 class LoadedModel:
     """A causal LM ready for generation, with its tokenizer and where it came from."""
