@@ -32,14 +32,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from app import protocol as p
-from app.worker.admission import (
-    ReplyLine,
-    WorkerAccess,
-    WorkerLimits,
-    check_generate,
-    new_token,
-    ordinal,
-)
+from app.worker.admission import ReplyLine, WorkerAccess, WorkerLimits, check_generate, new_token, ordinal
 from app.worker.session import Session, WorkerModel, budget_spent, deadline, job_context
 from core.errors import (
     AccessDenied,
