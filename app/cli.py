@@ -163,8 +163,8 @@ def make_service(args: argparse.Namespace, loaded: LoadedModel) -> ChatService:
     )
 
 
-def _status(stage: str, done: int, total: int) -> None:
-    sys.stderr.write(f"\r\033[K[{stage} {done}/{total}]")
+def _status(update: Progress) -> None:
+    sys.stderr.write(f"\r\033[K[{update.stage} {update.done}/{update.total}]")
     sys.stderr.flush()
 
 
@@ -182,7 +182,7 @@ def _answer(
             note = f"{update.seconds:.0f} s" + (
                 f", first token after {update.first_token_seconds:.0f} s" if update.tokens else ""
             )
-            _status(f"{update.stage} ({note})", *update.progress)
+            _status(Progress(f"{update.stage} ({note})", *update.progress))
             continue
         if settings.mode == "encrypted":
             sys.stderr.write("\r\033[K")
@@ -242,7 +242,7 @@ def run_chat(args: argparse.Namespace) -> int:
             if not message:
                 continue
             if ahead is not None and ahead.is_alive():
-                _status("finishing the read-ahead of this turn's opening markers", 0, 1)
+                _status(Progress("finishing the read-ahead of this turn's opening markers", 0, 1))
                 ahead.join()
             try:
                 turn = [*history, {"role": "user", "content": message}]
@@ -266,8 +266,9 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
 
+    from app.worker.background import start
     from app.worker.encrypted import EncryptedWorker, WorkerSpec
-    from app.worker.server import Worker, start
+    from app.worker.server import Worker
 
     check_port(args.port)
     _check_processes(args.processes)

@@ -43,6 +43,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias, get_type_hints
 
 from core.errors import (
+    CODE_BAD_CIPHERTEXT,
+    CODE_BAD_REQUEST,
+    CODE_INTERNAL,
+    CODE_SECRET_KEY,
     ChatError,
     CryptoError,
     InputError,
@@ -54,8 +58,6 @@ from core.errors import (
     UnknownMessageType,
     VersionMismatch,
 )
-from model.generate import MAX_NEW_TOKENS_LIMIT
-from model.sampler import SamplerConfig
 
 PROTOCOL_VERSION = 3  # 3: the reply queue; 2: continued conversations, public prefixes, share layouts
 MAX_HEADER_BYTES = 64 * 1024  # JSON headers are small; anything bigger is garbage or an attack
@@ -147,7 +149,7 @@ class OracleRequest:
     type: ClassVar[str] = "oracle_request"
     request: str
     call: int  # sequence number within the request; the reply echoes it
-    fn: str  # one of model.encrypted.ORACLE_FUNCTIONS (the key holder refuses anything else)
+    fn: str  # one of model.oracle.ORACLE_FUNCTIONS (the key holder's client refuses anything else)
     layer: int  # decoder layer for per-layer functions (attention's KV cache), else -1
     parts: list[list[int]]
     pieces: list[list[int]]
@@ -350,14 +352,9 @@ def decode(frame: bytes | str, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     return message
 
 
-CODE_SECRET_KEY = 4005  # a context holding a secret key was sent to the worker
-CODE_BAD_CIPHERTEXT = 4006  # bytes that are not a ciphertext of this session's context
-CODE_BAD_REQUEST = 4009  # valid frame, invalid values (settings out of range)
-CODE_INTERNAL = 4500  # a worker bug; the session is closed, the worker keeps serving others
-
-
 def error_message(exc: BaseException, request: str = "") -> Error:
-    """The `Error` message for an exception, with its code (4500 for anything unexpected)."""
+    """The `Error` message for an exception, with its code from core/errors.py's table (CODE_INTERNAL,
+    4500, for anything unexpected)."""
     if isinstance(exc, ProtocolError | JobFailed):
         code = exc.code
     elif isinstance(exc, ParamsError):
@@ -374,42 +371,3 @@ def error_message(exc: BaseException, request: str = "") -> Error:
     if len(message) > MAX_ERROR_MESSAGE:
         message = message[: MAX_ERROR_MESSAGE - 1] + "…"
     return Error(code=code, message=message, request=request[:MAX_STRING])
-
-
-def check_generate(msg: Generate, window: int, prefixes: dict[str, int]) -> None:
-    """Every field of a Generate in range, before any work (InputError, 4009, names the field).
-
-    Args:
-        window: the model's context window.
-        prefixes: the worker's public prefixes, id -> positions.
-    """
-    if not 1 <= msg.positions <= window or msg.positions != len(msg.blobs):
-        raise InputError(
-            f"positions must be 1..{window} and match the {len(msg.blobs)} ciphertexts sent, "
-            f"got {msg.positions}"
-        )
-    if msg.start < 0 or msg.start + msg.positions + 1 > window:
-        raise InputError(
-            f"start {msg.start} + {msg.positions} new positions leave no room for a reply in the context "
-            f"window of {window}; clear the conversation"
-        )
-    if msg.prefix:
-        if msg.prefix not in prefixes:
-            raise InputError(
-                f"unknown public prefix {msg.prefix[:80]!r}; use one from this worker's Welcome (or none)"
-            )
-        if msg.start < prefixes[msg.prefix]:
-            raise InputError(f"start {msg.start} is inside the public prefix of {prefixes[msg.prefix]}")
-    most = min(MAX_NEW_TOKENS_LIMIT, window)
-    if not 0 <= msg.max_new_tokens <= most:
-        raise InputError(
-            f"max_new_tokens must be 0..{most}, the context window (0 reads the positions ahead and "
-            f"predicts nothing), got {msg.max_new_tokens}"
-        )
-    if not 0 <= msg.seed < 2**63 or not 0 <= msg.first_index <= MAX_NEW_TOKENS_LIMIT:
-        raise InputError("seed must be 0..2^63-1 and first_index 0..the reply limit")
-    config = SamplerConfig.from_dict(dict(msg.sampler))  # InputError names a bad field
-    if config.noise_sigma or config.input_noise_sigma or config.prefix_noise_sigma:
-        raise InputError(
-            "noise_sigma, input_noise_sigma and prefix_noise_sigma are simulation settings; send 0"
-        )

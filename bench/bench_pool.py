@@ -95,8 +95,8 @@ def measure(clients: Any, url: str, sessions: int, tokens: int, width: int) -> t
 
 def one_worker() -> Any:
     from app.chat.service import ChatService
+    from app.worker.background import BackgroundWorker
     from app.worker.encrypted import EncryptedWorker, WorkerSpec
-    from app.worker.server import BackgroundWorker
     from model.loading import build_tiny_model
 
     tiny = build_tiny_model()

@@ -33,7 +33,8 @@ wire error or a close code.
     │   ├── WorkerBusy              4007 (a second generation while one runs)
     │   ├── OutOfOrder              4008
     │   ├── LimitExceeded           4010 (session memory or count limits, deadlines, compute budget)
-    │   └── AccessDenied            4011 (no or wrong access token, or a web page that is not allowed)
+    │   ├── AccessDenied            4011 (no or wrong access token, or a web page that is not allowed)
+    │   └── UnknownOracleFunction   4000 (a worker asks the key holder for a function off the allow-list)
     └── StudyError                  user studies (app/study_*.py)
         ├── StudyFileError          a study definition that does not validate
         │   └── UnknownCondition    a design names a condition the file does not define
@@ -41,8 +42,13 @@ wire error or a close code.
         └── AnswerError             a submitted answer that cannot be stored (nothing is written)
             ├── ParticipantError, TamperedItem, OutOfOrderAnswer, AnswerConflict, InvalidAnswer
 
-This module lives in `model/` because `model/` and `crypto/` are the two pure libraries and both
-may import it; `app/` raises the protocol errors.
+Close and error codes live here too, in one table (the section "wire codes" below): every code the
+worker sends in an `Error` message or a websocket close is a `ProtocolError` subclass's `code` or a
+named `CODE_*` constant, each with its meaning on its line; app/protocol.py maps an exception to its
+code, the worker closes with it and the page titles it.
+
+This module lives in `core/` so that every package may import it: `model/` and `crypto/` (the two pure
+libraries) raise their errors, `app/` raises the protocol errors.
 """
 
 from __future__ import annotations
@@ -181,42 +187,68 @@ class WorkerMismatch(ChatError):
     """The worker serves another model, vocabulary order or CKKS preset than the key holder expects."""
 
 
+class WorkerUnavailable(ChatError):
+    """The worker cannot be reached or went away; the message says where it was looked for."""
+
+
+class WorkerError(ChatError):
+    """The worker answered with an Error message: its close or error `code` (the table above) and text."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        super().__init__(f"worker error {code}: {message}")
+
+
 class ProtocolError(ChatError):
     """A wire message that cannot be accepted. `code` is the websocket close / error code (4000-4999)."""
 
-    code = 4000
-
-
-class MessageTooLarge(ProtocolError):
-    code = 4003
+    code = 4000  # a frame that does not parse as a message of this protocol (closes the connection)
 
 
 class UnknownMessageType(ProtocolError):
-    code = 4001
+    code = 4001  # a type tag this protocol does not define (closes the connection)
 
 
 class VersionMismatch(ProtocolError):
-    code = 4002
+    code = 4002  # another protocol version (closes the connection)
+
+
+class MessageTooLarge(ProtocolError):
+    code = 4003  # a frame over the size limit (closes the connection)
 
 
 class UnknownSession(ProtocolError):
-    code = 4004
-
-
-class OutOfOrder(ProtocolError):
-    code = 4008
+    code = 4004  # a session id this worker does not hold, or one that expired
 
 
 class WorkerBusy(ProtocolError):
-    code = 4007
+    code = 4007  # the worker is busy with other replies and cannot take this one now (the session is fine)
+
+
+class OutOfOrder(ProtocolError):
+    code = 4008  # a message the conversation does not allow now (before Hello, a second Hello, ...)
 
 
 class LimitExceeded(ProtocolError):
-    code = 4010
+    code = 4010  # a limit of the worker: session memory or counts, deadlines, byte caps, compute budget
 
 
 class AccessDenied(ProtocolError):
-    code = 4011
+    code = 4011  # no or a wrong access token, or a web page the worker does not allow (closes)
+
+
+class UnknownOracleFunction(ProtocolError):
+    """An oracle request for a function off the allow-list (model/oracle.py); the key holder refuses it."""
+
+
+# --- wire codes: the rest of the table (the ProtocolError codes above are the other half) ----------------
+
+CODE_SECRET_KEY = 4005  # a context holding a secret key was sent to the worker (SecretKeyError)
+CODE_BAD_CIPHERTEXT = 4006  # bytes that are not a ciphertext or key of this session's context (CryptoError)
+CODE_BAD_REQUEST = 4009  # a valid frame with invalid values: settings out of range (InputError, ParamsError)
+CODE_INTERNAL = 4500  # a worker bug; the reply or session ends, the worker keeps serving the others
+CODE_SERVICE_RESTART = 1012  # RFC 6455: the worker behind a pool went away; reconnect
+CODE_TRY_AGAIN = 1013  # RFC 6455: no worker can take the connection right now; try again shortly
 
 
 # --- study (app/study_*.py: user studies with human raters) ---------------------------------------

@@ -48,8 +48,6 @@ from crypto.params import CKKSParams
 from model.forward import LlamaShape, PreparedModel
 
 MATMUL_LEVEL = 1  # products run at level 1: the cheapest level that can still rescale
-REFRESHES = ("refresh", "refresh_tail")  # by the ring re-encrypted into (crypto.vector.EncVector.ring)
-ORACLE_FUNCTIONS = (*REFRESHES, "rmsnorm", "attention", "swiglu", "final_norm", "softmax")
 LAYER_MATRICES = ("q", "kv", "o", "gate", "up", "down")
 # Decode: the block that runs on each rank when one position is split by block (rank % world).
 BLOCK_RANKS = {"q": 0, "kv": 1, "o": 0, "gate": 0, "up": 1, "down.0": 0, "down.1": 1}

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.errors import InputError
+from core.progress import Progress
 from crypto import arith
 from crypto.engine import Engine
 from crypto.keys import PublicContext
@@ -31,7 +32,6 @@ from crypto.vector import EncVector, for_key_holder, unpack
 from crypto.vector_wire import vector_from_bytes, vector_to_bytes
 from model.encrypted import (
     MATMUL_LEVEL,
-    REFRESHES,
     Layout,
     OracleCall,
     PieceSpec,
@@ -39,8 +39,9 @@ from model.encrypted import (
     WorkerWeights,
     input_widths,
 )
-from model.forward import Consumer, NonLinear, forward
+from model.forward import Consumer, forward
 from model.generate import FinishReason, Selection, decode
+from model.oracle import REFRESHES, NonLinear
 from model.sampler import SamplerConfig, approx_one_hot
 
 CONSUMERS: dict[str, tuple[str, ...]] = {
@@ -69,7 +70,7 @@ class RankLink(Protocol):
         """Collective: this rank's part of the token's one-hot vector."""
         ...
 
-    def progress(self, stage: str, done: int, total: int) -> None:
+    def progress(self, update: Progress) -> None:
         """Where the reply is (only rank 0's reports reach the key holder)."""
         ...
 
@@ -290,13 +291,13 @@ class RankSession:
         layers = self.weights.shape.layers
         total = layers + 3 if head else layers  # the layers, then LM head and softmax, sampler, mixture
 
-        def on_layer(index: int) -> None:
+        def on_layer(done: Progress) -> None:  # before each layer: a Cancel stops the pass here
             self.link.check()
-            self.link.progress(f"{stage}: layer {index + 1}/{layers}", index, total)
+            self.link.progress(Progress(f"{stage}: layer {done.done + 1}/{layers}", done.done, total))
 
         out = forward(self.backend, self.weights, x, on_layer, head)
         if head:
-            self.link.progress("sampler", layers + 1, total)
+            self.link.progress(Progress("sampler", layers + 1, total))
         return out
 
     def prefill(self, x: Shares, positions: int) -> Shares:
@@ -335,7 +336,8 @@ class RankSelector:
         """This rank's share of the next input embedding: its chunks of I' times their rows of W_pi."""
         backend, link = self.backend, self.backend.link
         start = time.perf_counter()
-        link.progress("mixture embedding", backend.layout.shape.layers + 2, backend.layout.shape.layers + 3)
+        layers = backend.layout.shape.layers
+        link.progress(Progress("mixture embedding", layers + 2, layers + 3))
         ready = self.ops.ensure_levels(one_hot, MATMUL_LEVEL)
         ((_, block),) = backend.layout.work(f"mixture.{backend.order}", link.rank, link.world, 1)
         matrix = self.caches.matrix(block)

@@ -19,7 +19,8 @@ from crypto import arith
 from crypto.engine import Engine
 from crypto.vector import EncVector
 from crypto.vector_wire import vector_from_bytes, vector_to_bytes
-from model.encrypted import REFRESHES, OracleCall, PieceSpec
+from model.encrypted import OracleCall, PieceSpec
+from model.oracle import REFRESHES
 
 Places = list[tuple[int, int]]
 Combine = Callable[[Places, list[bytes]], tuple[Places, list[bytes]]]  # (parts, blobs) -> fewer of them

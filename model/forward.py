@@ -2,9 +2,9 @@
 
 This is the pipeline the encrypted mode runs (DESIGN.md section 4). Every step with weights is a
 `Backend.linear` (the worker computes it on ciphertexts); every non-linear step is a `Backend.apply` of
-one of `NONLINEAR` (in encrypted mode the worker asks the key holder to evaluate it through the oracle).
-Running the same steps with `PlainBackend` is the plaintext twin, tested against transformers' own
-forward pass.
+one of `NONLINEAR` (model/oracle.py, the allow-list: in encrypted mode the worker asks the key holder to
+evaluate it through the oracle). Running the same steps with `PlainBackend` is the plaintext twin,
+tested against transformers' own forward pass.
 
 Offline preparation (`PreparedModel.from_loaded`) moves work off the key holder and the sampler:
 - RMSNorm gains are folded into the matrices that follow them, so `rmsnorm` is the bare x / rms(x);
@@ -19,7 +19,7 @@ References: transformers' LlamaModel (RMSNorm, RoPE, grouped-query attention, Sw
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -28,11 +28,9 @@ import numpy.typing as npt
 import torch
 
 from core.errors import InputError
+from core.progress import OnProgress, Progress
 from model.loading import LoadedModel
-
-NonLinear = Literal["rmsnorm", "attention", "swiglu", "final_norm"]
-NONLINEAR: tuple[NonLinear, ...] = ("rmsnorm", "attention", "swiglu", "final_norm")
-"""What the key holder evaluates for the worker (plus the logits' softmax, which the sampler owns)."""
+from model.oracle import NONLINEAR, NonLinear
 
 T = TypeVar("T")
 
@@ -330,18 +328,20 @@ def forward(
     backend: Backend[T],
     prepared: ModelWeights,
     x: T,
-    on_layer: Callable[[int], None] | None = None,
+    on_progress: OnProgress | None = None,
     head: bool = True,
 ) -> T:
     """Input embeddings of T new positions (T, d) -> logits of the last position in TSP order, (1, V).
 
-    `on_layer(i)` is called before layer i (progress reports and cancellation checks). With `head` False
-    the pass stops after the last layer and returns its output (T, d): the positions are read into the
-    attention cache and nothing is predicted (a read-ahead of text that is known before it is needed).
+    `on_progress` hears `Progress("layers", i, layers)` before layer i: i layers are done (the encrypted
+    worker reports it to the key holder and checks for a Cancel there). With `head` False the pass stops
+    after the last layer and returns its output (T, d): the positions are read into the attention cache
+    and nothing is predicted (a read-ahead of text that is known before it is needed).
     """
-    for index in range(prepared.shape.layers):
-        if on_layer is not None:
-            on_layer(index)
+    layers = prepared.shape.layers
+    for index in range(layers):
+        if on_progress is not None:
+            on_progress(Progress("layers", index, layers))
         x = decoder_layer(backend, prepared, index, x)
     if not head:
         return x

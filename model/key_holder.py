@@ -34,8 +34,9 @@ from crypto.vector_wire import (
     vector_from_chunks,
     vector_ring,
 )
-from model.encrypted import ORACLE_FUNCTIONS, REFRESHES, OracleCall, PieceSpec, input_widths
-from model.forward import KeyHolderFunctions, LlamaShape, NonLinear
+from model.encrypted import OracleCall, PieceSpec, input_widths
+from model.forward import KeyHolderFunctions, LlamaShape
+from model.oracle import ORACLE_FUNCTIONS, REFRESHES, NonLinear
 from model.repetition import RepetitionGuard
 from model.sampler import Precision, probabilities
 

@@ -31,13 +31,12 @@ from typing import Any
 from app.chat.keyholder import (
     DoneEvent,
     KeyHolderClient,
-    ProgressEvent,
     ReplyRequest,
     TokenEvent,
-    WorkerError,
-    WorkerUnavailable,
 )
 from app.chat.replies import ChatMemory, ReplyUpdate, WireReport
+from core.errors import WorkerError, WorkerUnavailable
+from core.progress import OnProgress, Progress
 from model.conversation import (
     PublicPrefix,
     Turn,
@@ -170,7 +169,7 @@ def encrypted_reply(
             stream = session.client.generate(new_ids, start, turn.base.prefix, resumed, should_stop, guard)
             try:
                 for event in stream:
-                    if isinstance(event, ProgressEvent):
+                    if isinstance(event, Progress):
                         yield update(stage=event.stage, done=(event.done, event.total))
                     elif isinstance(event, TokenEvent) and ended is not None:
                         hidden, pad = hidden + 1, request.max_new_tokens - ended
@@ -224,7 +223,7 @@ def read_ahead(
     session: EncryptedSession,
     memory: ChatMemory,
     should_stop: Callable[[], bool] | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> int:
     """After a reply: read the next turn's opening markers into the cache (see the module docstring).
 
@@ -248,8 +247,8 @@ def read_ahead(
     stream = session.client.generate(ids, len(state.ids), state.prefix, ahead, should_stop)
     try:
         for event in stream:
-            if isinstance(event, ProgressEvent) and on_progress is not None:
-                on_progress(event.stage, event.done, event.total)
+            if isinstance(event, Progress) and on_progress is not None:
+                on_progress(event)
             elif isinstance(event, DoneEvent):
                 read = event.reason != "cancelled"
     except (WorkerError, WorkerUnavailable) as exc:  # busy with another session, or gone: not needed

@@ -7,7 +7,7 @@ ciphertexts go over the wire.
 
     client = KeyHolderClient(url, math, expect)   # connects, checks the Welcome, uploads keys (chunked)
     for event in client.generate(new_ids, start, prefix, request, should_stop):
-        ...                                       # TokenEvent / ProgressEvent, until the reply ends
+        ...                                       # TokenEvent / Progress, until the reply ends (DoneEvent)
     client.close()
 
 The key holder refuses a worker whose model, vocabulary size, order or preset differ from its own
@@ -15,7 +15,9 @@ The key holder refuses a worker whose model, vocabulary size, order or preset di
 permutation, silently. Closing the generator early (the user pressed Stop, or the key holder saw EOS),
 or `should_stop` turning true while the worker computes, sends Cancel and waits for the worker's Done,
 so the connection is ready for the next reply. `reconnect` opens a new connection to the same worker
-and uploads the same public keys again: the conversation lives on this side and survives it.
+and uploads the same public keys again: the conversation lives on this side and survives it. An oracle
+request is checked as it is parsed (`oracle_call`): a function off the allow-list (model/oracle.py) stops
+the reply with `UnknownOracleFunction` before anything is decrypted.
 """
 
 from __future__ import annotations
@@ -34,25 +36,22 @@ from app import protocol as p
 from app.chat.replies import Telemetry
 from app.worker.admission import redact
 from app.worker.tls import client_tls, unreachable
-from core.errors import ChatError, ProtocolError, UnknownSession, WorkerMismatch
+from core.errors import (
+    ChatError,
+    ProtocolError,
+    UnknownSession,
+    WorkerError,
+    WorkerMismatch,
+    WorkerUnavailable,
+)
+from core.progress import OnProgress, Progress
 from crypto.vector_wire import split_vector_bytes
 from model.encrypted import OracleCall, PieceSpec
+from model.oracle import check_function
 from model.repetition import RepetitionGuard
 from model.sampler import SamplerConfig
 
 POLL_SECONDS = 0.2  # while waiting for the worker, how often Stop is looked at
-
-
-class WorkerUnavailable(ChatError):
-    """The worker cannot be reached or went away; the message says where it was looked for."""
-
-
-class WorkerError(ChatError):
-    """The worker answered with an Error message."""
-
-    def __init__(self, error: p.Error) -> None:
-        self.code = error.code
-        super().__init__(f"worker error {error.code}: {printable(error.message)}")
 
 
 class KeyHolderMath(Protocol):
@@ -113,18 +112,11 @@ class TokenEvent:
 
 
 @dataclass(frozen=True)
-class ProgressEvent:
-    stage: str
-    done: int
-    total: int
-
-
-@dataclass(frozen=True)
 class DoneEvent:
     reason: str
 
 
-Event = TokenEvent | ProgressEvent | DoneEvent
+Event = TokenEvent | Progress | DoneEvent  # Progress: where the worker is (its Progress message)
 
 
 def printable(text: str, limit: int = p.MAX_ERROR_MESSAGE) -> str:
@@ -156,6 +148,22 @@ def worker_telemetry(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def oracle_call(message: p.OracleRequest) -> OracleCall:
+    """The call an oracle request asks for, checked before the key holder evaluates anything.
+
+    Raises:
+        UnknownOracleFunction: the function is not on the allow-list (model/oracle.py).
+        ProtocolError: a part is not a [position, offset] pair.
+        InputError: a piece is not [position, start, stop, period, copies, level].
+    """
+    fn = check_function(message.fn)
+    if any(len(part) != 2 for part in message.parts):
+        raise ProtocolError("an oracle request's parts must be [position, offset] pairs")
+    parts = [(part[0], part[1]) for part in message.parts]
+    pieces = [PieceSpec.from_list(piece) for piece in message.pieces]
+    return OracleCall(fn, message.layer, parts, message.blobs, pieces)
+
+
 def _ciphertext_preview(blobs: list[bytes]) -> str:
     """The first 32 bytes of the token's first SEAL ciphertext (past our framing and JSON header)."""
     try:
@@ -174,7 +182,7 @@ class KeyHolderClient:
         math: KeyHolderMath,
         expect: Expected = Expected(),
         open_timeout: float = 10.0,
-        on_progress: Callable[[str, int, int], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> None:
         self.math = math
         self.url = url
@@ -183,7 +191,7 @@ class KeyHolderClient:
         self.closed = False
         self._open(on_progress)
 
-    def _open(self, on_progress: Callable[[str, int, int], None] | None) -> None:
+    def _open(self, on_progress: OnProgress | None) -> None:
         tls = client_tls(self.url)  # None for ws://
         try:
             self.conn: ClientConnection = connect(
@@ -204,7 +212,7 @@ class KeyHolderClient:
             self.close()
             raise
 
-    def reconnect(self, on_progress: Callable[[str, int, int], None] | None = None) -> None:
+    def reconnect(self, on_progress: OnProgress | None = None) -> None:
         """A new connection to the same worker (a restarted one): Hello, the checks, the same keys again.
 
         Raises:
@@ -264,7 +272,7 @@ class KeyHolderClient:
                     f"the worker at {redact(self.url)} no longer knows this session "
                     f"({printable(message.message)})"
                 )
-            raise WorkerError(message)
+            raise WorkerError(message.code, printable(message.message))
         return message, len(frame)
 
     def _expect(self, kind: type[Any], timeout: float = 600.0) -> Any:
@@ -278,14 +286,14 @@ class KeyHolderClient:
         welcome: p.Welcome = self._expect(p.Welcome, timeout=60)
         return welcome
 
-    def _upload_keys(self, on_progress: Callable[[str, int, int], None] | None) -> int:
+    def _upload_keys(self, on_progress: OnProgress | None) -> int:
         data = self.math.public_context(self.welcome.galois_steps, self.welcome.conjugate)
         size = self.welcome.key_chunk_bytes
         chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
         for index, chunk in enumerate(chunks):
             self._send(p.KeyChunk(self.welcome.session, index, len(chunks), [chunk]))
             if on_progress:
-                on_progress("uploading keys", index + 1, len(chunks))
+                on_progress(Progress("uploading keys", index + 1, len(chunks)))
         accepted: p.KeysAccepted = self._expect(p.KeysAccepted)
         return accepted.bytes
 
@@ -339,17 +347,12 @@ class KeyHolderClient:
                 local.bytes_down += size
                 if isinstance(message, p.OracleRequest):
                     start_answer = time.perf_counter()
-                    if any(len(part) != 2 for part in message.parts):
-                        raise ProtocolError("an oracle request's parts must be [position, offset] pairs")
-                    parts = [(part[0], part[1]) for part in message.parts]
-                    pieces = [PieceSpec.from_list(piece) for piece in message.pieces]
-                    call = OracleCall(message.fn, message.layer, parts, message.blobs, pieces)
-                    answer = self.math.answer(call)
+                    answer = self.math.answer(oracle_call(message))
                     local.oracle_seconds += time.perf_counter() - start_answer
                     sent = self._send(p.OracleReply(self.welcome.session, request_id, message.call, answer))
                     local.count(message.fn, sent, size)
                 elif isinstance(message, p.Progress):
-                    yield ProgressEvent(printable(message.stage, 120), message.done, message.total)
+                    yield Progress(printable(message.stage, 120), message.done, message.total)
                 elif isinstance(message, p.Token):
                     now = time.perf_counter()
                     token = self.math.read_token(message.blobs)

@@ -176,7 +176,7 @@ class ChatService:
         vocab = int(self.loaded.model.config.vocab_size)
         return Expected(model=self.loaded.name, vocab=vocab, ordering=self.ordering.order_id)
 
-    def open_encrypted(self, on_progress: Callable[[str, int, int], None] | None = None) -> EncryptedSession:
+    def open_encrypted(self, on_progress: OnProgress | None = None) -> EncryptedSession:
         """Create keys and connect to the worker (keys are uploaded once per session).
 
         Raises:
@@ -215,7 +215,7 @@ class ChatService:
         session: EncryptedSession,
         memory: ChatMemory,
         should_stop: Callable[[], bool] | None = None,
-        on_progress: Callable[[str, int, int], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> int:
         """Encrypted mode, after a reply: read the next turn's opening markers while the user types
         (`app.chat.encrypted.read_ahead`). Returns the positions read; other modes read nothing (their

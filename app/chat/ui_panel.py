@@ -2,8 +2,8 @@
 
 Rendered as Markdown from the session's `Keyring` after every reply update: the public-key upload size,
 bytes each way for the last token, the first bytes of the token's ciphertext blob, the CKKS parameters
-and security level, the worker's time by stage, and which allow-listed functions the key holder
-evaluated for the worker (DESIGN.md section 4: everything else ran on ciphertexts).
+and security level, the worker's time by stage, and which allow-listed functions (model/oracle.py) the
+key holder evaluated for the worker (DESIGN.md section 4: everything else ran on ciphertexts).
 """
 
 from __future__ import annotations
@@ -16,16 +16,7 @@ from app.chat.ui_view import BADGE, plain, seconds_text
 from app.worker.admission import redact
 from core.errors import ChatError
 from crypto.params import CKKSParams
-
-ORACLE_FUNCTIONS = {
-    "refresh": "decrypt and re-encrypt at the top level (stands in for bootstrapping)",
-    "refresh_tail": "decrypt and re-encrypt in the sampler's coarser, deeper parameters (bootstrapping)",
-    "rmsnorm": "RMS normalisation",
-    "attention": "attention core (scores, softmax, weighted sum)",
-    "swiglu": "SwiGLU activation",
-    "final_norm": "final normalisation",
-    "softmax": "softmax of the logits",
-}
+from model.oracle import DESCRIPTIONS
 
 
 def _mb(n: int) -> str:
@@ -75,7 +66,7 @@ def worker_panel(ring: Keyring, worker_url: str | None) -> str:
     rows.append(f"- **The prompt of this reply:** {_positions(wire)}")
     lines.append("**What went over the wire (last encrypted token)**\n\n" + "\n".join(rows))
     calls = [
-        f"- **{plain(fn)}** ×{n}: {ORACLE_FUNCTIONS.get(fn, 'an allow-listed function')}"
+        f"- **{plain(fn)}** ×{n}: {DESCRIPTIONS.get(fn, 'an allow-listed function')}"
         for fn, n in sorted(wire.oracle_calls.items(), key=lambda kv: -kv[1])
     ]
     lines.append(

@@ -24,21 +24,29 @@ from functools import partial
 from typing import Any
 
 from app.chat.encrypted import EncryptedSession
-from app.chat.keyholder import WorkerError, WorkerUnavailable
 from app.chat.replies import ChatMemory, WireReport
 from app.chat.service import ChatService, ChatSettings
 from app.chat.ui_view import BADGE, ReplyView, plain
-from core.errors import ChatError, InputError, WorkerMismatch
+from core.errors import (
+    AccessDenied,
+    ChatError,
+    InputError,
+    LimitExceeded,
+    WorkerBusy,
+    WorkerError,
+    WorkerMismatch,
+    WorkerUnavailable,
+)
+from core.progress import Progress
 from model.repetition import NO_PENALTY
 
 log = logging.getLogger(__name__)
 
 KEY_TTL_SECONDS = 30 * 60  # keys are forgotten after 30 minutes without a reply (Gradio's State TTL)
-WORKER_BUSY_CODE = 4007  # the worker is generating someone else's reply: the session itself is fine
-TITLES = {
-    WORKER_BUSY_CODE: "The worker is busy with other replies",
-    4010: "The worker's limits stopped this",  # deadlines, byte caps, the session's compute budget
-    4011: "The worker refused this connection",  # its access token, or a web page it does not allow
+TITLES = {  # by wire code (core/errors.py)
+    WorkerBusy.code: "The worker is busy with other replies",
+    LimitExceeded.code: "The worker's limits stopped this",
+    AccessDenied.code: "The worker refused this connection",
 }
 
 
@@ -65,8 +73,8 @@ class ReadAhead:
         finally:
             ring.lock.release()
 
-    def _progress(self, stage: str, done: int, total: int) -> None:
-        self.stage = stage
+    def _progress(self, update: Progress) -> None:
+        self.stage = update.stage
 
     @property
     def running(self) -> bool:
@@ -202,12 +210,12 @@ def error_title(exc: BaseException) -> str:
 
 def _open_session(service: ChatService, ring: Keyring) -> Iterator[str]:
     """Create keys and upload them in a thread, yielding a progress line; leaves the session in `ring`."""
-    progress: list[tuple[str, int, int]] = []
+    progress: list[Progress] = []
     failure: list[BaseException] = []
 
     def work() -> None:
         try:
-            session = service.open_encrypted(lambda stage, done, total: progress.append((stage, done, total)))
+            session = service.open_encrypted(progress.append)
             ring.session, ring.key_bytes = session, session.client.key_bytes
         except BaseException as exc:  # handed to the page below
             failure.append(exc)
@@ -217,8 +225,9 @@ def _open_session(service: ChatService, ring: Keyring) -> Iterator[str]:
     while thread.is_alive():
         thread.join(0.25)
         if progress:
-            stage, done, total = progress[-1]
-            yield f"Secret key created on the key holder; {stage} to the worker: part {done} of {total}…"
+            last = progress[-1]
+            part = f"part {last.done} of {last.total}"
+            yield f"Secret key created on the key holder; {last.stage} to the worker: {part}…"
         else:
             yield "Creating your secret key and public keys (once per session)…"
     if failure:

@@ -36,14 +36,12 @@ from websockets.typing import Origin
 from app import protocol as p
 from app.worker.admission import WorkerAccess, with_token
 from app.worker.tls import scheme, server_options
-from core.errors import AccessDenied, ChatError, LimitExceeded
+from core.errors import CODE_SERVICE_RESTART, CODE_TRY_AGAIN, AccessDenied, ChatError, LimitExceeded
 
 log = logging.getLogger("he_chat.pool")
 ASSIGN_SECONDS = 30.0  # a place the count says is free must be given within this (Serve routes in ms)
 POLL_SECONDS = 2.0  # how often the front asks Serve how many replicas run
 HELLO_SECONDS = 5.0  # a refused connection's Hello is awaited this long, so the answer is read as one
-CODE_SERVICE_RESTART = 1012  # RFC 6455: the replica went away; reconnect
-CODE_TRY_AGAIN = 1013
 
 
 @dataclass

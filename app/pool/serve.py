@@ -137,8 +137,8 @@ class WorkerReplica:
     def __init__(self, config: PoolConfig) -> None:
         from ray.util import get_node_ip_address
 
+        from app.worker.background import BackgroundWorker
         from app.worker.encrypted import EncryptedWorker, WorkerSpec
-        from app.worker.server import BackgroundWorker
         from model.loading import load_chosen
         from model.tsp.store import ordering_for_model
 

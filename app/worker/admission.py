@@ -12,7 +12,9 @@ user's own browser (any page can open `ws://127.0.0.1:<port>`). So every connect
 Replies take turns: one runs (it uses every core), the others wait in a first-come line and are told
 their place (`Progress` with stage `protocol.QUEUE_STAGE`); read-aheads never wait in it.
 Each session also has a compute budget (seconds of replies), so one client cannot hold the worker
-for ever by asking again and again.
+for ever by asking again and again. And a reply is asked for within the model's limits: `check_generate`
+range-checks every field of a Generate (positions, the context window, the public prefix, the sampler's
+settings) before any work.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from app import protocol as p
-from core.errors import AccessDenied
+from core.errors import AccessDenied, InputError
+from model.generate import MAX_NEW_TOKENS_LIMIT
+from model.sampler import SamplerConfig
 
 TOKEN_PARAMETER = "token"
 S = TypeVar("S")
@@ -148,3 +152,42 @@ def ordinal(place: int) -> str:
     """1 -> "1st", 2 -> "2nd", 11 -> "11th", 23 -> "23rd"."""
     suffix = "th" if 10 <= place % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(place % 10, "th")
     return f"{place}{suffix}"
+
+
+def check_generate(msg: p.Generate, window: int, prefixes: dict[str, int]) -> None:
+    """Every field of a Generate in range, before any work (InputError, 4009, names the field).
+
+    Args:
+        window: the model's context window.
+        prefixes: the worker's public prefixes, id -> positions.
+    """
+    if not 1 <= msg.positions <= window or msg.positions != len(msg.blobs):
+        raise InputError(
+            f"positions must be 1..{window} and match the {len(msg.blobs)} ciphertexts sent, "
+            f"got {msg.positions}"
+        )
+    if msg.start < 0 or msg.start + msg.positions + 1 > window:
+        raise InputError(
+            f"start {msg.start} + {msg.positions} new positions leave no room for a reply in the context "
+            f"window of {window}; clear the conversation"
+        )
+    if msg.prefix:
+        if msg.prefix not in prefixes:
+            raise InputError(
+                f"unknown public prefix {msg.prefix[:80]!r}; use one from this worker's Welcome (or none)"
+            )
+        if msg.start < prefixes[msg.prefix]:
+            raise InputError(f"start {msg.start} is inside the public prefix of {prefixes[msg.prefix]}")
+    most = min(MAX_NEW_TOKENS_LIMIT, window)
+    if not 0 <= msg.max_new_tokens <= most:
+        raise InputError(
+            f"max_new_tokens must be 0..{most}, the context window (0 reads the positions ahead and "
+            f"predicts nothing), got {msg.max_new_tokens}"
+        )
+    if not 0 <= msg.seed < 2**63 or not 0 <= msg.first_index <= MAX_NEW_TOKENS_LIMIT:
+        raise InputError("seed must be 0..2^63-1 and first_index 0..the reply limit")
+    config = SamplerConfig.from_dict(dict(msg.sampler))  # InputError names a bad field
+    if config.noise_sigma or config.input_noise_sigma or config.prefix_noise_sigma:
+        raise InputError(
+            "noise_sigma, input_noise_sigma and prefix_noise_sigma are simulation settings; send 0"
+        )

@@ -27,7 +27,8 @@ from dataclasses import replace
 from typing import Any
 
 from app.worker.compute_rank import Channel, Rank, master_main, warm
-from core.errors import JobCancelled, JobFailed
+from core.errors import CODE_INTERNAL, JobCancelled, JobFailed
+from core.progress import OnProgress, Progress
 from crypto.engine import Engine
 from crypto.params import CKKSParams
 from model.encrypted import OracleCall, WorkerWeights, positions_of
@@ -37,7 +38,6 @@ from model.generate import FinishReason
 
 log = logging.getLogger("he_chat.worker")
 KEY_LOAD_SECONDS = 300.0  # a rank busy with a long product answers a key upload at its next collective
-Progress = Callable[[str, int, int], None]
 
 
 class _QueueChannel:
@@ -150,13 +150,15 @@ class ComputePool:
                 self.channels[rank].send(message)
         except (OSError, ValueError) as exc:
             self._lost(rank)
-            raise JobFailed(4500, f"{self.failed}; the worker restarts its compute processes") from exc
+            raise JobFailed(
+                CODE_INTERNAL, f"{self.failed}; the worker restarts its compute processes"
+            ) from exc
 
     def _lost(self, rank: int) -> None:
         self.failed = self.failed or f"compute process {rank} of the worker stopped"
 
     def _broken(self) -> JobFailed:
-        return JobFailed(4500, f"{self.failed}; restart the worker")
+        return JobFailed(CODE_INTERNAL, f"{self.failed}; restart the worker")
 
     def _read(self, rank: int, channel: Channel) -> None:
         while True:
@@ -166,7 +168,7 @@ class ComputePool:
                 self._lost(rank)
                 self._jobs.put((rank, ("died", self._job)))
                 for waiting in list(self._keys.values()):
-                    waiting.put((rank, False, 4500, self.failed))
+                    waiting.put((rank, False, CODE_INTERNAL, self.failed))
                 return
             kind = message[0]
             if kind == "warm":
@@ -209,7 +211,9 @@ class ComputePool:
                 self._send(rank, ("keys", session, data, params))
             answers = [waiting.get(timeout=KEY_LOAD_SECONDS) for _ in range(self.world)]
         except queue.Empty as exc:
-            raise JobFailed(4500, "the worker's compute processes did not load the keys in time") from exc
+            raise JobFailed(
+                CODE_INTERNAL, "the worker's compute processes did not load the keys in time"
+            ) from exc
         finally:
             self._keys.pop(session, None)
         refused = [a for a in answers if not a[1]]
@@ -232,7 +236,7 @@ class ComputePool:
         prompt: Sequence[bytes],
         request: RankRequest,
         oracle: Callable[[OracleCall], list[bytes]],
-        progress: Progress,
+        progress: OnProgress,
         token: Callable[[int, dict[str, Any], list[bytes]], None],
         cancelled: threading.Event,
     ) -> FinishReason:
@@ -243,7 +247,7 @@ class ComputePool:
             if self.failed:
                 raise self._broken()
             done, total = self.readiness()
-            progress(f"worker warming up: {100 * done // max(total, 1)}%", done, total)
+            progress(Progress(f"worker warming up: {100 * done // max(total, 1)}%", done, total))
         with self._job_lock:
             if self.failed:
                 raise self._broken()
@@ -255,7 +259,7 @@ class ComputePool:
         prompt: Sequence[bytes],
         request: RankRequest,
         oracle: Callable[[OracleCall], list[bytes]],
-        progress: Progress,
+        progress: OnProgress,
         token: Callable[[int, dict[str, Any], list[bytes]], None],
         cancelled: threading.Event,
     ) -> FinishReason:
@@ -284,7 +288,7 @@ class ComputePool:
                 continue  # left over from a cancelled job
             kind = message[0]
             if kind == "progress":
-                progress(*message[2:])
+                progress(message[2])
             elif kind == "collective":
                 seq, what, payload = message[2:]
                 pending.setdefault(seq, {})[rank] = (what, payload)
@@ -323,7 +327,9 @@ class ComputePool:
         kinds = {what for what, _ in shares.values()}
         payloads = [shares[rank][1] for rank in range(self.world)]
         if len(kinds) != 1:
-            raise JobFailed(4500, f"the worker's compute processes are out of step ({sorted(kinds)})")
+            raise JobFailed(
+                CODE_INTERNAL, f"the worker's compute processes are out of step ({sorted(kinds)})"
+            )
         kind = kinds.pop()
         if kind == "oracle":
             call, answers = merge_calls(payloads, combine)

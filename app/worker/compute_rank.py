@@ -10,7 +10,7 @@ Messages (Python tuples over a multiprocessing pipe; nothing here faces the netw
     main -> rank   ("keys", session, bytes, params)  ("drop", session)  ("job", job, session, RankRequest)
                    ("result", job, seq, payload)  ("stop",)
     rank -> main   ("warm", done, total)  ("ready", rank)  ("keys", session, ok, code, message)
-                   ("collective", job, seq, kind, payload)  ("progress", job, stage, done, total)
+                   ("collective", job, seq, kind, payload)  ("progress", job, Progress)
                    ("done", job, reason)  ("cancelled", job)  ("error", job, code, message)
 
 A rank inside a job keeps answering key uploads while it waits at a collective, and gives up a wait as
@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from app import protocol as p
 from core.errors import ChatError, JobCancelled
+from core.progress import Progress
 from crypto.keys import PublicContext, load_public_context
 from crypto.params import CKKSParams
 from model.encrypted import Layout, OracleCall, RankCaches, WorkerWeights
@@ -100,9 +101,9 @@ class ChannelLink:
     def token(self, index: int, telemetry: dict[str, Any], blobs: list[bytes]) -> None:
         self._collective("token", (index, telemetry, blobs), wait=False)
 
-    def progress(self, stage: str, done: int, total: int) -> None:
+    def progress(self, update: Progress) -> None:
         if self.rank == 0:
-            self.channel.send(("progress", self.job, stage, done, total))
+            self.channel.send(("progress", self.job, update))
 
     def check(self) -> None:
         if self.cancel.is_set():

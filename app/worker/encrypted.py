@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 
 from app import protocol as p
-from app.chat.keyholder import WorkerUnavailable
 from app.worker.compute_pool import ComputePool
-from core.errors import ChatError, UnknownSession
+from core.errors import ChatError, UnknownSession, WorkerUnavailable
 from crypto.keys import RotationPlan
 from crypto.ops import sampler_rotation_plan
 from crypto.params import CKKSParams, preset
@@ -161,7 +160,7 @@ class EncryptedWorker:
             g.blobs,
             request,
             job.oracle,
-            lambda stage, done, total: job.emit(p.Progress(g.request, stage, done, total)),
+            lambda update: job.emit(p.Progress(g.request, update.stage, update.done, update.total)),
             lambda index, tel, blobs: job.emit(p.Token(g.request, index, tel, blobs)),
             job.cancelled,
         )
@@ -173,7 +172,8 @@ class EncryptedWorker:
 def _serve(spec: WorkerSpec, conn: Any) -> None:
     """The embedded worker's process: the server on 127.0.0.1, its pool; stop on "stop" or a closed pipe."""
     from app.worker.admission import with_token
-    from app.worker.server import Worker, start
+    from app.worker.background import start
+    from app.worker.server import Worker
 
     model = EncryptedWorker(spec)
 

@@ -23,13 +23,14 @@ from typing import Any
 import numpy.typing as npt
 
 from app import protocol as p
-from app.chat.keyholder import ReplyRequest, WorkerUnavailable
 from app.worker.encrypted import EncryptedWorker, WorkerSpec
 from app.worker.session import JobContext
+from core.errors import WorkerUnavailable
 from crypto.params import preset
 from model.encrypted import OracleCall
 from model.key_holder import KeyHolderSide
 from model.loading import LoadedModel
+from model.sampler import SamplerConfig
 
 READY_SECONDS = 300.0  # warming the tiny model's caches takes seconds; the default model's, minutes
 REPLY_TEMPERATURE = 1.0  # the sampler at the model's own distribution, as simulate's default
@@ -102,7 +103,7 @@ def reply_job(
         record: keep every oracle call in `calls` (with its ciphertexts: megabytes per token).
     """
     keys.begin_reply(REPLY_TEMPERATURE, REPLY_TSP)
-    sampler = ReplyRequest(max_new_tokens, seed, temperature=REPLY_TEMPERATURE).sampler()
+    sampler = SamplerConfig(tsp=REPLY_TSP, temperature=REPLY_TEMPERATURE).to_dict()
     blobs = keys.encrypt_prompt(prompt)
     request = p.Generate(session, "r", start, "", len(prompt), max_new_tokens, seed, 0, sampler, blobs)
     answer = oracle if oracle is not None else keys.answer

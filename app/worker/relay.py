@@ -25,9 +25,9 @@ from websockets.exceptions import ConnectionClosed
 
 from app import protocol as p
 from app.worker.admission import TOKEN_PARAMETER, with_token
+from core.errors import CODE_TRY_AGAIN
 
 RELAY_PATH = "/worker"
-CODE_TRY_AGAIN = 1013  # RFC 6455: the worker is not reachable right now
 
 
 def public_url(worker_url: str, host: str, port: int) -> str:

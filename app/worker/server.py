@@ -9,49 +9,53 @@ positions start (`Generate.start`), which the worker checks against the context 
 prefix.
 
 Faults never take the worker down: every bad frame gets an `Error` message with a code in 4000-4999
-(app/protocol.py); protocol violations that leave the connection unusable also close it with that
-code. A session's keys and job die with its connection. Who may connect and how much each session may
-take (the access token, origins, deadlines, byte caps, the line of waiting replies, the compute budget)
-is app/worker/admission.py. One reply is generated at a time (it uses every core); the next ones wait
-in line and are told their place. `WorkerModel` (app/worker/session.py: the contract; app/worker/encrypted.py
-for the real pipeline, on a pool of processes) does the computing.
+(core/errors.py's table, app/protocol.py's `error_message`); protocol violations that leave the
+connection unusable also close it with that code. A session's keys and job die with its connection.
+Who may connect and how much each session may take (the access token, origins, deadlines, byte caps,
+the line of waiting replies, the compute budget) is app/worker/admission.py. One reply is generated at
+a time (it uses every core); the next ones wait in line and are told their place. `WorkerModel`
+(app/worker/session.py: the contract; app/worker/encrypted.py for the real pipeline, on a pool of
+processes) does the computing; app/worker/background.py serves a `Worker` from a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import threading
 import time
 import uuid
 from functools import partial
 
 import psutil
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from app import protocol as p
-from app.worker.admission import ReplyLine, WorkerAccess, WorkerLimits, new_token, ordinal, with_token
-from app.worker.session import Session, WorkerModel, budget_spent, job_context
-from app.worker.tls import scheme, server_options
+from app.worker.admission import ReplyLine, WorkerAccess, WorkerLimits, check_generate, new_token, ordinal
+from app.worker.session import Session, WorkerModel, budget_spent, deadline, job_context
 from core.errors import (
     AccessDenied,
     ChatError,
     InputError,
     JobCancelled,
     LimitExceeded,
+    MessageTooLarge,
     OutOfOrder,
     ProtocolError,
+    UnknownMessageType,
     UnknownSession,
     VersionMismatch,
     WorkerBusy,
 )
 from crypto.params import preset
-from model.encrypted import REFRESHES, OracleCall
+from model.encrypted import OracleCall
+from model.oracle import REFRESHES
 
 log = logging.getLogger("he_chat.worker")
-FATAL_CODES = {4000, 4001, 4002, 4003, AccessDenied.code}  # not our protocol, or no access: close
+FATAL_CODES = {  # not our protocol, or no access: the connection is closed
+    c.code for c in (ProtocolError, UnknownMessageType, VersionMismatch, MessageTooLarge, AccessDenied)
+}
 
 
 class Worker:
@@ -83,7 +87,7 @@ class Worker:
         opened = time.monotonic()
         try:
             while True:
-                timeout, expiry = self._deadline(session, opened)
+                timeout, expiry = deadline(session, opened, self.limits)
                 try:
                     frame = await asyncio.wait_for(connection.recv(), timeout=timeout)
                 except TimeoutError:
@@ -108,28 +112,6 @@ class Worker:
             self.connections -= 1
             if session is not None:
                 await self.drop(session)
-
-    def _deadline(self, session: Session | None, opened: float) -> tuple[float | None, ProtocolError]:
-        """Seconds until this connection must have sent its next message, and the error if it does not."""
-        now, limits = time.monotonic(), self.limits
-        if session is None:
-            late = LimitExceeded(f"no Hello within {limits.hello_seconds:g} s of connecting; send it first")
-            return max(opened + limits.hello_seconds - now, 0.0), late
-        if session.request:  # a reply runs or waits: the oracle deadline watches the key holder
-            return None, UnknownSession("")
-        idle_for = f"{limits.idle_seconds:.0f} s"
-        expired = UnknownSession(f"session expired after {idle_for} without a valid message; reconnect")
-        idle = session.last_seen + limits.idle_seconds - now
-        if session.keys_loaded:
-            return max(idle, 0.0), expired
-        upload = session.welcomed + limits.key_upload_seconds - now
-        if upload < idle:
-            late = LimitExceeded(
-                f"the keys were not uploaded within {limits.key_upload_seconds:.0f} s of the Hello; "
-                "reconnect and send every KeyChunk without pausing"
-            )
-            return max(upload, 0.0), late
-        return max(idle, 0.0), expired
 
     async def _fail(self, connection: ServerConnection, exc: Exception, close: bool = False) -> None:
         error = p.error_message(exc)
@@ -271,7 +253,7 @@ class Worker:
         if not session.keys_loaded:
             raise OutOfOrder("generate before the keys were uploaded; send the KeyChunk messages first")
         prefixes = {pid: len(prefix.ids) for pid, (prefix, _) in self.model.prefixes.items()}
-        p.check_generate(msg, self.model.context_window, prefixes)
+        check_generate(msg, self.model.context_window, prefixes)
         if session.request:
             raise OutOfOrder(
                 f"this session's request {session.request!r} is still running or waiting; wait for its Done "
@@ -396,50 +378,3 @@ class Worker:
             await conn.send(p.encode(message))
         except ConnectionClosed:
             pass
-
-
-async def start(
-    worker: Worker, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
-) -> Server:
-    """Start serving (`wss://` with `tls`, see app/worker/tls.py); port 0 picks a free port (see
-    `server.sockets[0].getsockname()`)."""
-    return await serve(
-        worker.handler,
-        host,
-        port,
-        max_size=worker.limits.max_hello_bytes,  # raised for the connection once it has said Hello
-        **server_options(tls),
-    )
-
-
-class BackgroundWorker:
-    """A worker serving from its own event-loop thread (the app's in-process worker, and tests)."""
-
-    def __init__(
-        self,
-        model: WorkerModel,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        limits: WorkerLimits | None = None,
-        access: WorkerAccess | None = None,
-        tls: ssl.SSLContext | None = None,
-    ):
-        self.worker = Worker(model, limits or WorkerLimits(), access)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="he-chat-worker", daemon=True)
-        self.thread.start()
-        serving = start(self.worker, host, port, tls)
-        self.server = asyncio.run_coroutine_threadsafe(serving, self.loop).result(60)
-        bound_host, bound_port = self.server.sockets[0].getsockname()[:2]
-        address = f"{scheme(tls)}://{bound_host}:{bound_port}"
-        self.url = with_token(address, self.worker.access.token)  # what clients use
-
-    def stop(self) -> None:
-        """Stop serving, and stop the model's compute processes if it has any."""
-        self.server.close()
-        asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        close = getattr(self.worker.model, "close", None)
-        if close is not None:
-            close()

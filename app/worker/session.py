@@ -4,7 +4,8 @@
 the request, and two narrow channels to the key holder, `oracle` and `emit`. `job_context` builds them
 over the event loop with the two rules that keep one client from holding the worker: an oracle call
 unanswered within `WorkerLimits.oracle_timeout` ends the reply (and marks the session unresponsive, so
-it is closed), and a session past its compute budget is stopped at its next call.
+it is closed), and a session past its compute budget is stopped at its next call. `deadline` says how
+long a connection may stay silent: a Hello within seconds, the keys within minutes, then the idle time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app import protocol as p
 from app.worker.admission import WorkerLimits
-from core.errors import JobCancelled, LimitExceeded
+from core.errors import JobCancelled, LimitExceeded, ProtocolError, UnknownSession
 from crypto.keys import RotationPlan
 from crypto.params import CKKSParams
 from model.conversation import PublicPrefix
@@ -97,6 +98,32 @@ class Session:
     @property
     def key_bytes(self) -> int:
         return sum(len(c) for c in self.key_chunks)
+
+
+def deadline(
+    session: Session | None, opened: float, limits: WorkerLimits
+) -> tuple[float | None, ProtocolError]:
+    """Seconds until a connection (opened at `opened`, holding `session` once it said Hello) must send its
+    next message, and the error it gets if it does not (None: no deadline while a reply runs or waits)."""
+    now = time.monotonic()
+    if session is None:
+        late = LimitExceeded(f"no Hello within {limits.hello_seconds:g} s of connecting; send it first")
+        return max(opened + limits.hello_seconds - now, 0.0), late
+    if session.request:  # a reply runs or waits: the oracle deadline watches the key holder
+        return None, UnknownSession("")
+    idle_for = f"{limits.idle_seconds:.0f} s"
+    expired = UnknownSession(f"session expired after {idle_for} without a valid message; reconnect")
+    idle = session.last_seen + limits.idle_seconds - now
+    if session.keys_loaded:
+        return max(idle, 0.0), expired
+    upload = session.welcomed + limits.key_upload_seconds - now
+    if upload < idle:
+        late = LimitExceeded(
+            f"the keys were not uploaded within {limits.key_upload_seconds:.0f} s of the Hello; "
+            "reconnect and send every KeyChunk without pausing"
+        )
+        return max(upload, 0.0), late
+    return max(idle, 0.0), expired
 
 
 def budget_spent(limits: WorkerLimits) -> LimitExceeded:

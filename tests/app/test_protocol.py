@@ -10,6 +10,9 @@ import pytest
 
 from app import protocol as p
 from core.errors import (
+    CODE_BAD_CIPHERTEXT,
+    CODE_INTERNAL,
+    CODE_SECRET_KEY,
     MessageTooLarge,
     ProtocolError,
     SecretKeyError,
@@ -141,8 +144,8 @@ def test_oversized_message_is_refused_before_parsing() -> None:
 
 def test_errors_map_to_close_codes() -> None:
     assert p.error_message(VersionMismatch("v")).code == 4002
-    assert p.error_message(SecretKeyError("sk")).code == p.CODE_SECRET_KEY
-    assert p.error_message(WireFormatError("bad")).code == p.CODE_BAD_CIPHERTEXT
+    assert p.error_message(SecretKeyError("sk")).code == CODE_SECRET_KEY
+    assert p.error_message(WireFormatError("bad")).code == CODE_BAD_CIPHERTEXT
     internal = p.error_message(ZeroDivisionError("secret detail"))
-    assert internal.code == p.CODE_INTERNAL and "secret detail" not in internal.message
+    assert internal.code == CODE_INTERNAL and "secret detail" not in internal.message
     assert all(4000 <= p.error_message(e).code <= 4999 for e in (ProtocolError("x"), KeyError("y")))

@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from app import protocol as p
 from app.worker.encrypted import EncryptedWorker, WorkerSpec
 from app.worker.in_process import open_session, reply_job, run_reply, start_worker
-from core.errors import InputError, JobFailed, WireFormatError
+from core.errors import CODE_BAD_CIPHERTEXT, InputError, JobFailed, WireFormatError
 from crypto.keys import load_public_context
 from crypto.vector import decrypt_vector
 from crypto.vector_wire import encrypt_vector_bytes, vector_from_bytes, vector_to_bytes
-from model.encrypted import ORACLE_FUNCTIONS, OracleCall, PieceSpec
+from model.encrypted import OracleCall, PieceSpec
 from model.forward import LlamaShape
 from model.generate import GenerationSettings, build_prompt, generate
 from model.key_holder import KeyHolderSide
 from model.loading import LoadedModel
+from model.oracle import ORACLE_FUNCTIONS
 from model.sampler import SamplerConfig
 from model.simulate import SimulateSelector
 
@@ -170,5 +170,5 @@ def test_pieces_come_at_the_level_asked_for_and_another_level_is_refused(
     job = reply_job(keys, "levels", [3, 4], 1, 0, oracle=answer_one_level_up).job
     with pytest.raises(JobFailed, match=r"at level \d, expected level \d") as failed:
         single.run(job)
-    assert failed.value.code == p.CODE_BAD_CIPHERTEXT  # the typed error the session reports
+    assert failed.value.code == CODE_BAD_CIPHERTEXT  # the typed error the session reports
     assert asked and all(level in (-1, *range(top + 1)) for level in asked)

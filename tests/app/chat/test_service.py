@@ -24,8 +24,8 @@ from app.chat.encrypted import LOST_NOTICE
 from app.chat.keyholder import Expected, KeyHolderClient
 from app.chat.replies import ChatMemory, ReplyUpdate
 from app.chat.service import ChatService, ChatSettings
+from app.worker.background import BackgroundWorker
 from app.worker.encrypted import EncryptedWorker, WorkerSpec
-from app.worker.server import BackgroundWorker
 from core.errors import WorkerMismatch
 from crypto.keys import RotationPlan, create_secret_context, public_context_bytes
 from crypto.params import preset

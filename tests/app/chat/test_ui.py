@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from gradio_client import Client
 
-from app.chat.keyholder import WorkerUnavailable
 from app.chat.replies import ReplyUpdate
 from app.chat.service import ChatService, ChatSettings, to_messages
 from app.chat.ui import build_ui
 from app.chat.ui_parts import Keyring, OpenKeyrings, read_settings, stream_reply
 from app.chat.ui_view import ReplyView
-from core.errors import InputError
+from core.errors import InputError, WorkerUnavailable
+from core.progress import Progress
 from model.generate import MAX_PROMPT_CHARS
 from model.loading import LoadedModel
 
@@ -315,7 +315,7 @@ class _ReadingService:
     def read_ahead(self, messages: Any, reply: str, settings: Any, session: Any, memory: Any,
                    should_stop: Any, on_progress: Any) -> int:  # fmt: skip
         self.read_for.append(reply)
-        on_progress("reading ahead (5 positions): layer 3/30", 3, 30)
+        on_progress(Progress("reading ahead (5 positions): layer 3/30", 3, 30))
         self.reading.set()
         while not should_stop():
             time.sleep(0.01)

@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 
 from app.chat.encrypted import LOST_NOTICE
-from app.chat.keyholder import KeyHolderClient, WorkerError
+from app.chat.keyholder import KeyHolderClient
 from app.chat.replies import ReplyUpdate
 from app.chat.service import ChatService, ChatSettings
 from app.worker.admission import WorkerAccess, new_token
+from app.worker.background import BackgroundWorker
 from app.worker.encrypted import EncryptedWorker, WorkerSpec
-from app.worker.server import BackgroundWorker
+from core.errors import WorkerError
 from model.loading import LoadedModel
 
 ray = pytest.importorskip("ray", reason="pip install 'ray[serve]' (the pool)")

@@ -17,11 +17,10 @@ import numpy as np
 import psutil
 import pytest
 
-from app import protocol as p
 from app.worker.encrypted import EncryptedWorker, WorkerSpec
 from app.worker.in_process import open_session, reply_job
 from app.worker.session import JobContext
-from core.errors import JobCancelled, JobFailed
+from core.errors import CODE_BAD_CIPHERTEXT, CODE_INTERNAL, CODE_SECRET_KEY, JobCancelled, JobFailed
 from crypto.params import CKKS_DEFAULT
 from model.generate import GenerationSettings, build_prompt, generate
 from model.key_holder import KeyHolderSide
@@ -81,11 +80,11 @@ def test_a_cancel_reaches_every_rank_at_once(tiny: LoadedModel, pool_worker: Enc
 def test_keys_the_ranks_refuse_come_back_as_typed_errors(pool_worker: EncryptedWorker) -> None:
     with pytest.raises(JobFailed) as garbage:
         pool_worker.load_keys("bad", b"HECKKS garbage", CKKS_DEFAULT)
-    assert garbage.value.code == p.CODE_BAD_CIPHERTEXT
+    assert garbage.value.code == CODE_BAD_CIPHERTEXT
     data = private_context_bytes(CKKS_DEFAULT)
     with pytest.raises(JobFailed) as secret:
         pool_worker.load_keys("secret", data, CKKS_DEFAULT)
-    assert secret.value.code == p.CODE_SECRET_KEY
+    assert secret.value.code == CODE_SECRET_KEY
 
 
 def test_a_rank_that_dies_fails_the_reply_with_a_clear_error(tiny: LoadedModel) -> None:
@@ -97,7 +96,7 @@ def test_a_rank_that_dies_fails_the_reply_with_a_clear_error(tiny: LoadedModel) 
         threading.Timer(2.0, os.kill, (rank1.pid, signal.SIGKILL)).start()
         with pytest.raises(JobFailed, match="compute process 1 of the worker stopped") as failed:
             worker.run(job)
-        assert failed.value.code == p.CODE_INTERNAL
+        assert failed.value.code == CODE_INTERNAL
         _, job, tokens = _job(tiny, worker, "d", 1)  # new keys: the worker restarted its processes
         assert worker.epoch == 1 and worker.run(job) == "length" and len(tokens) == 1
     finally:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.chat.keyholder import WorkerUnavailable
 from app.worker.in_process import start_worker
+from core.errors import WorkerUnavailable
 from model.loading import LoadedModel
 
 

@@ -29,8 +29,8 @@ from websockets.sync.client import connect
 from app import protocol as p
 from app.chat.keyholder import KeyHolderClient, TokenEvent
 from app.chat.service import ChatService, ChatSettings
+from app.worker.admission import WorkerLimits
 from app.worker.relay import RELAY_PATH, public_url, relay_endpoint
-from app.worker.server import WorkerLimits
 from model.loading import LoadedModel
 from tests.app.worker.test_server import HELLO, CounterMath, CounterModel, LoopbackWorker, reply
 

@@ -24,13 +24,12 @@ from app.chat.keyholder import (
     KeyHolderClient,
     ReplyRequest,
     TokenEvent,
-    WorkerError,
     printable,
     worker_telemetry,
 )
-from app.worker.admission import WorkerAccess, redact
-from app.worker.server import WorkerLimits
+from app.worker.admission import WorkerAccess, WorkerLimits, redact
 from app.worker.session import JobContext
+from core.errors import WorkerError
 from crypto.params import preset
 from tests.app.worker.test_server import (
     HELLO,

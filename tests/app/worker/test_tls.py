@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from app import cli
-from app.chat.keyholder import KeyHolderClient, TokenEvent, WorkerUnavailable
+from app.chat.keyholder import KeyHolderClient, TokenEvent
 from app.worker import tls as worker_tls
-from app.worker.server import WorkerLimits
+from app.worker.admission import WorkerLimits
 from app.worker.tls import ENV_WORKER_CA, server_tls
-from core.errors import ChatError
+from core.errors import ChatError, WorkerUnavailable
 from tests.app.worker.test_server import CounterMath, CounterModel, LoopbackWorker, reply
 
 
