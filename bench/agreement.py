@@ -20,8 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.chat.replies import ChatMemory  # noqa: E402
-from app.chat.service import ChatService, ChatSettings  # noqa: E402
-from app.cli import start_local_worker  # noqa: E402
+from app.chat.service import (  # noqa: E402
+    ChatService,
+    ChatSettings,
+    start_local_worker,  # noqa: E402
+)
 from model.loading import build_tiny_model, load_default  # noqa: E402
 
 CONVERSATIONS = [

@@ -39,8 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil  # noqa: E402
 
 from app.chat.replies import ChatMemory  # noqa: E402
-from app.chat.service import ChatService, ChatSettings  # noqa: E402
-from app.cli import start_local_worker  # noqa: E402
+from app.chat.service import ChatService, ChatSettings, start_local_worker  # noqa: E402
 from model.loading import build_tiny_model, load_default  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,12 +49,12 @@ TURNS = ["What is the capital of France?", "And of Spain?", "Which one is bigger
 LANDED_SCRIPT = r"""
 import json, sys, time, asyncio, threading, statistics
 import numpy as np
-from app.chat.keyholder import KeyHolderClient, ReplyRequest, TokenEvent
-from app.worker.server import Worker, WorkerLimits, start
+from app.keyholder import KeyHolderClient, ReplyRequest, TokenEvent
+from app.worker import Worker, WorkerLimits, start
 from model.encrypted import KeyHolderSide, worker_model_for
 from model.generate import build_prompt
 from model.loading import load_default
-from model.tsp.store import ordering_for_model
+from model.ordering import ordering_for_model
 runs, tokens = int(sys.argv[1]), int(sys.argv[2])
 loaded = load_default()
 ordering = ordering_for_model(loaded)
