@@ -16,12 +16,11 @@ import torch
 
 from app.worker.encrypted import EncryptedWorker, WorkerSpec
 from app.worker.in_process import open_session, reply_job, run_reply, start_worker
-from core.errors import CODE_BAD_CIPHERTEXT, InputError, JobFailed, WireFormatError
+from core.errors import CODE_BAD_CIPHERTEXT, JobFailed
 from crypto.keys import load_public_context
 from crypto.vector import decrypt_vector
-from crypto.vector_wire import encrypt_vector_bytes, vector_from_bytes, vector_to_bytes
-from model.encrypted import OracleCall, PieceSpec
-from model.forward import LlamaShape
+from crypto.vector_wire import encrypt_vector_bytes, vector_from_bytes
+from model.encrypted import OracleCall
 from model.generate import GenerationSettings, build_prompt, generate
 from model.key_holder import KeyHolderSide
 from model.loading import LoadedModel
@@ -110,35 +109,6 @@ def test_a_continued_reply_equals_reading_everything_at_once(
     assert parts.commit() == 5  # the first reply's only token was shown, never fed back
     continued, finish = run_reply(single, parts, "parts", prompt[5:], 3, 3, start=5)
     assert finish == "length" and continued.tokens[: len(expected)] == expected
-
-
-def test_the_key_holder_refuses_calls_off_the_allow_list_and_out_of_shape(tiny: LoadedModel) -> None:
-    shape = LlamaShape.from_config(tiny.model.config)
-    keys = KeyHolderSide(PRESET, shape, tiny.input_embeddings(), tiny_perm(tiny.model.config.vocab_size))
-    with pytest.raises(InputError, match="not an allowed"):
-        keys.answer(OracleCall("argmax", -1, [(0, 0)], [b"x"]))
-    with pytest.raises(InputError, match="part positions"):
-        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [b"x", b"y"]))
-    blob = keys.encrypt_prompt([5])[0]  # 64 values: the tiny model's width
-    with pytest.raises(InputError, match="exceeds the width"):
-        keys.answer(OracleCall("rmsnorm", 0, [(0, 10)], [blob]))
-    with pytest.raises(InputError, match="uncovered"):
-        keys.answer(OracleCall("attention", 0, [(0, 0)], [blob]))
-    with pytest.raises(InputError, match="outside the output"):
-        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [blob], [PieceSpec(0, 0, 65)]))
-    with pytest.raises(InputError, match="do not fit"):
-        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [blob], [PieceSpec(0, 0, 64, 64, 100, 1)]))
-    tail = vector_from_bytes(
-        keys.secret.tail, keys.answer(OracleCall("refresh_tail", -1, [(0, 0)], [blob]))[0]
-    )
-    assert tail.ring == 1 and tail.level == 4  # the prompt's vector, re-encrypted in the sampler tail
-    with pytest.raises(WireFormatError, match="ring 3"):
-        keys.answer(OracleCall("refresh", -1, [(0, 0)], [blob.replace(b'"ring": 0', b'"ring": 3')]))
-    with pytest.raises(WireFormatError, match="sampler tail's parameters where one of the session's"):
-        keys.answer(OracleCall("rmsnorm", 0, [(0, 0)], [vector_to_bytes(tail)]))
-    untailed = KeyHolderSide("test", shape, tiny.input_embeddings(), tiny_perm(tiny.model.config.vocab_size))
-    with pytest.raises(InputError, match="preset 'test' has no sampler tail"):
-        untailed.answer(OracleCall("refresh_tail", -1, [(0, 0)], [untailed.encrypt_prompt([5])[0]]))
 
 
 def test_the_worker_never_holds_a_secret_key(tiny: LoadedModel, worker: EncryptedWorker) -> None:

@@ -1,17 +1,14 @@
-"""Evaluation metrics (single-step error, collapse detector, intervals) and the evaluation command line."""
+"""Evaluation metrics (single-step error, collapse detector, the paper's criterion, intervals); the command
+line that uses them: tests/app/research/test_evaluate.py."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from app.research.report import CELLS
 from core.progress import Progress
 from model.evaluation import (
     NO_DRAW,
@@ -25,6 +22,7 @@ from model.evaluation import (
     max_errors,
     mcnemar_exact,
     periodic_suffix,
+    repeat_run_start,
     score_generation,
     single_step_draws,
     token_nll,
@@ -41,6 +39,19 @@ def test_periodic_suffix_finds_the_longest_loop() -> None:
     assert periodic_suffix([9, 1, 2, 1, 2, 1, 2], 4) == (6, 2)
     assert periodic_suffix([5] * 10, 4) == (10, 1)
     assert periodic_suffix([], 4) == (0, 0)
+
+
+def test_the_paper_criterion_finds_the_first_run_of_a_repeated_unit_anywhere() -> None:
+    assert repeat_run_start([1, 2] + [7] * 8 + [3, 4], max_unit=4, times=8) == 2
+    assert repeat_run_start([1, 2] + [7] * 7 + [3, 4], max_unit=4, times=8) == -1  # 7 times is not enough
+    assert repeat_run_start([9, 9, 9] + [5, 6, 7] * 8, max_unit=4, times=8) == 3  # a 3-token unit
+    assert repeat_run_start([5, 6, 7, 8, 0] * 8, max_unit=4, times=8) == -1  # a 5-token unit is text
+    assert repeat_run_start([], max_unit=4, times=8) == -1
+    tokens = list(range(40)) + [3] * 10 + list(range(100, 110))
+    score = score_generation(tokens, np.full(len(tokens), 7.0), CollapseCriteria(nll_window=8))
+    assert (
+        score.repeat_from == 40 and score.implausible_from == 0 and score.onset(CollapseCriteria(), 60) == 0
+    )
 
 
 def test_collapse_detector_flags_loops_and_implausible_text() -> None:
@@ -143,65 +154,3 @@ def test_fixed_length_generation_bans_eos_and_nll_matches_the_decode_logits(tiny
         expected.append(-float(torch.log_softmax(logits.double(), -1)[token]))
         logits = session.step(tiny.input_embeddings()[token])
     assert_close(nll, expected, atol=1e-4)
-
-
-def test_cli_writes_tables_plots_and_settings(
-    tiny: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from app.research import evaluate as evaluate_cli
-
-    monkeypatch.setattr(evaluate_cli, "RESULTS", tmp_path)
-    monkeypatch.setattr(evaluate_cli, "load_model", lambda args: tiny)
-    perm = np.random.default_rng(0).permutation(tiny.input_embeddings().shape[0])
-    from app.research import collapse as evaluate_collapse
-    from app.research import single_step as evaluate_single_step
-
-    for module in (evaluate_collapse, evaluate_single_step):
-        monkeypatch.setattr(module, "tsp_order", lambda loaded: (perm, "test permutation"))
-    args = [
-        "single-step",
-        "--tiny",
-        "--draws",
-        "64",
-        "--prompts",
-        "3",
-        "--prefix-tokens",
-        "1",
-        "--name",
-        "ss",
-    ]
-    assert evaluate_cli.main(args) == 0
-    summary = list(csv.DictReader((tmp_path / "ss" / "summary.csv").open()))
-    assert [(row["TSP"], row["PP"]) for row in summary] == list(CELLS)
-    assert (tmp_path / "ss" / "single_step.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "ss" / "settings.json").read_text())["draws"] == 64
-    args = ["collapse", "--tiny", "--n", "1", "--length", "8", "--conditions", "plain,both", "--name", "col"]
-    assert evaluate_cli.main(args) == 0
-    assert "| both |" in (tmp_path / "col" / "summary.md").read_text()
-    assert (tmp_path / "col" / "collapse.png").is_file()
-    assert (
-        evaluate_cli.main(["summarise", str(tmp_path / "col"), str(tmp_path / "col"), "--name", "merged"])
-        == 0
-    )
-    merged = list(csv.DictReader((tmp_path / "merged" / "summary.csv").open()))
-    assert [(row["condition"], row["n"]) for row in merged] == [
-        ("plain", "1"),
-        ("both", "1"),
-    ]  # no duplicates
-
-
-def test_cli_rejects_bad_arguments(
-    tiny: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from app.research import evaluate as evaluate_cli
-
-    monkeypatch.setattr(evaluate_cli, "RESULTS", tmp_path)
-    monkeypatch.setattr(evaluate_cli, "load_model", lambda args: tiny)
-    for conditions in ("plain,bogus", "pp,pp"):
-        with pytest.raises(SystemExit) as stop:
-            evaluate_cli.main(["collapse", "--tiny", "--conditions", conditions])
-        assert stop.value.code == 2 and "--conditions" in capsys.readouterr().err
-    assert evaluate_cli.main(["single-step", "--tiny", "--temperature", "9"]) == 2
-    assert "temperature" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        evaluate_cli.main(["collapse", "--n", "0"])
