@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -29,14 +28,7 @@ from core.errors import ProtocolError, UnknownOracleFunction, WorkerMismatch, Wo
 from core.progress import Progress
 from model.encrypted import OracleCall
 from model.oracle import ORACLE_FUNCTIONS
-from tests.app.worker.test_server import CounterMath, CounterModel, LoopbackWorker, reply
-
-
-@pytest.fixture
-def served() -> Iterator[LoopbackWorker]:
-    server = LoopbackWorker(CounterModel(delay=0.05), WorkerLimits(max_message_bytes=4 * 1024 * 1024))
-    yield server
-    server.stop()
+from tests.app.worker.doubles import CounterMath, CounterModel, LoopbackWorker, reply
 
 
 def tokens(events: list[object]) -> list[int]:

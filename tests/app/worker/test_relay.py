@@ -32,7 +32,7 @@ from app.chat.service import ChatService, ChatSettings
 from app.worker.admission import WorkerLimits
 from app.worker.relay import RELAY_PATH, public_url, relay_endpoint
 from model.loading import LoadedModel
-from tests.app.worker.test_server import HELLO, CounterMath, CounterModel, LoopbackWorker, reply
+from tests.app.worker.doubles import HELLO, CounterMath, CounterModel, LoopbackWorker, reply
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -31,7 +31,7 @@ from app.worker.admission import WorkerAccess, WorkerLimits, redact
 from app.worker.session import JobContext
 from core.errors import WorkerError
 from crypto.params import preset
-from tests.app.worker.test_server import (
+from tests.app.worker.doubles import (
     HELLO,
     CounterMath,
     CounterModel,

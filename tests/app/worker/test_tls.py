@@ -21,7 +21,7 @@ from app.worker import tls as worker_tls
 from app.worker.admission import WorkerLimits
 from app.worker.tls import ENV_WORKER_CA, server_tls
 from core.errors import ChatError, WorkerUnavailable
-from tests.app.worker.test_server import CounterMath, CounterModel, LoopbackWorker, reply
+from tests.app.worker.doubles import CounterMath, CounterModel, LoopbackWorker, reply
 
 
 def certificate(folder: Path, name: str) -> tuple[str, str]:
