@@ -25,7 +25,8 @@ import tenseal as ts
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto.engine import Engine  # noqa: E402
-from crypto.keys import RotationPlan, create_secret_context, load_public_context, public_context_bytes  # noqa: E402
+from crypto.keys import create_secret_context, load_public_context, public_context_bytes  # noqa: E402
+from crypto.keys_wire import RotationPlan
 from crypto.matmul import PlainMatrix, matmul, plan_matmul  # noqa: E402
 from crypto.ops import CkksOps, local_refresh, sampler_rotation_plan  # noqa: E402
 from crypto.params import CKKS_40, CKKS_DEFAULT, CKKSParams  # noqa: E402

@@ -11,7 +11,7 @@ exactly on `scale[l-1]` after one rescale, so additions never meet mismatched sc
 to a lower level (`drop`) multiplies by the constant 1 encoded at the scale that lands on the canonical
 one, instead of TenSEAL's trick of overwriting the scale (which costs ~1e-6 relative error at N=8192).
 
-Rotations need a Galois key for the normalised step (see `crypto.keys.RotationPlan`); a missing one
+Rotations need a Galois key for the normalised step (see `crypto.keys_wire.RotationPlan`); a missing one
 raises `MissingRotationKey` before SEAL is called.
 
 References: SEAL examples 4_ckks_basics (rescale, scale alignment); DESIGN.md section 7 (costs).
@@ -27,15 +27,8 @@ import numpy.typing as npt
 import tenseal.sealapi as sealapi
 
 from core.errors import LayoutError, LevelsExhausted, MissingRotationKey, ParamsError
-from crypto.keys import (
-    PublicContext,
-    PublicTail,
-    RotationPlan,
-    SecretContext,
-    galois_element,
-    normalise_step,
-    seal_context_for,
-)
+from crypto.keys import PublicContext, PublicTail, SecretContext, seal_context_for
+from crypto.keys_wire import RotationPlan, galois_element, normalise_step
 from crypto.params import CKKSParams
 
 Ciphertext = Any  # tenseal.sealapi.Ciphertext (untyped extension type)

@@ -7,12 +7,11 @@ generated (through `tenseal.sealapi`) only for the rotation steps of the worker'
 TenSEAL's high-level API can only generate all of them, unseeded (35 MB at N = 8192).
 `load_public_context` is its inverse on the worker and refuses any context that holds a secret key.
 
-The bytes format, its strict header parser, `RotationPlan` and the Galois-key check live in
-`crypto.keys_wire` (re-exported here: `MAGIC`, `WIRE_VERSION`, `RotationPlan`, `galois_element`,
-`normalise_step`). This module trusts none of the header: `load_public_context` reads the real
-parameters from the TenSEAL context (`params_of_context`: N and the primes from SEAL, the scale from
-the serialised `global_scale`), refuses primes other than `CoeffModulus.Create(N, bit_sizes)` and any
-header that disagrees, and has the Galois keys checked to hold exactly the planned rotations.
+The bytes format, its strict header parser, `RotationPlan` and the Galois-key check live in `crypto.keys_wire`
+(import them from there). This module trusts none of the header: `load_public_context` reads the real
+parameters from the TenSEAL context (`params_of_context`: N and the primes from SEAL, the scale from the
+serialised `global_scale`), refuses primes other than `CoeffModulus.Create(N, bit_sizes)` and any header that
+disagrees, and has the Galois keys checked to hold exactly the planned rotations.
 
 References: DESIGN.md section 4; STYLE.md rule 6; `crypto.keys_wire` for the wire format.
 """
@@ -27,13 +26,15 @@ import tenseal as ts
 import tenseal.sealapi as sealapi
 
 from core.errors import ParamsError, SecretKeyError, WireFormatError
-from crypto.keys_wire import MAGIC as MAGIC
+from crypto.keys_wire import (
+    MAGIC,
+    WIRE_VERSION,
+    RotationPlan,
+    load_galois_keys,
+    load_relin_keys,
+    split_public_bytes,
+)
 from crypto.keys_wire import PREFIX as _PREFIX
-from crypto.keys_wire import WIRE_VERSION as WIRE_VERSION
-from crypto.keys_wire import RotationPlan as RotationPlan
-from crypto.keys_wire import galois_element as galois_element
-from crypto.keys_wire import load_galois_keys, load_relin_keys, split_public_bytes
-from crypto.keys_wire import normalise_step as normalise_step
 from crypto.params import PRESETS, CKKSParams, sampler_tail
 from crypto.seal_io import seal_to_bytes
 

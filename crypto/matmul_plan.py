@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from core.errors import LayoutError
-from crypto.keys import RotationPlan
+from crypto.keys_wire import RotationPlan
 
 # Measured at N = 8192 on one core (DESIGN.md section 7): a rotation at the product's level (two primes),
 # a rotation one level lower, a rescale, and a product with a cached plaintext.

@@ -38,7 +38,8 @@ import tenseal.sealapi as sealapi
 from core.errors import LayoutError, LevelsExhausted
 from crypto import arith, poly, prefix
 from crypto.engine import Ciphertext, Engine
-from crypto.keys import RotationPlan, SecretContext
+from crypto.keys import SecretContext
+from crypto.keys_wire import RotationPlan
 from crypto.seal_io import seal_from_bytes, seal_to_bytes
 from crypto.vector import EncVector, decrypt_vector, encrypt_vector
 

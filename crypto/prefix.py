@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from core.errors import LayoutError
 from crypto.engine import Ciphertext, Engine, Plaintext
-from crypto.keys import RotationPlan
+from crypto.keys_wire import RotationPlan
 from crypto.vector import EncVector
 
 PREFIX_DEPTH = 2

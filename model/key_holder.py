@@ -24,7 +24,8 @@ import torch
 
 from core.errors import InputError
 from crypto.engine import Engine
-from crypto.keys import RotationPlan, SecretContext, create_secret_context, public_context_bytes
+from crypto.keys import SecretContext, create_secret_context, public_context_bytes
+from crypto.keys_wire import RotationPlan
 from crypto.params import preset
 from crypto.vector import EncVector, decrypt_vector
 from crypto.vector_wire import (

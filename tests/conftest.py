@@ -40,7 +40,8 @@ def private_context_bytes(params):  # type: ignore[no-untyped-def]
     import json
     import struct
 
-    from crypto.keys import MAGIC, WIRE_VERSION, create_secret_context
+    from crypto.keys import create_secret_context
+    from crypto.keys_wire import MAGIC, WIRE_VERSION
 
     private = create_secret_context(params).tenseal_context.serialize(save_secret_key=True)
     header = {
@@ -83,7 +84,8 @@ class CkksKeys:
     def engine(self, plan=None):  # type: ignore[no-untyped-def]
         """A worker engine loaded from `public_context_bytes(secret, plan)` (the real wire path)."""
         from crypto.engine import Engine
-        from crypto.keys import RotationPlan, load_public_context, public_context_bytes
+        from crypto.keys import load_public_context, public_context_bytes
+        from crypto.keys_wire import RotationPlan
 
         plan = RotationPlan() if plan is None else plan
         if plan not in self._engines:

@@ -30,7 +30,7 @@ import numpy as np
 from app import protocol as p
 from app.worker.compute_pool import ComputePool
 from core.errors import ChatError, UnknownSession, WorkerUnavailable
-from crypto.keys import RotationPlan
+from crypto.keys_wire import RotationPlan
 from crypto.ops import sampler_rotation_plan
 from crypto.params import CKKSParams, preset
 from model.conversation import PublicPrefix, public_prefixes

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from app import protocol as p
 from app.worker.admission import WorkerLimits
 from core.errors import JobCancelled, LimitExceeded, ProtocolError, UnknownSession
-from crypto.keys import RotationPlan
+from crypto.keys_wire import RotationPlan
 from crypto.params import CKKSParams
 from model.conversation import PublicPrefix
 from model.encrypted import OracleCall

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from crypto.keys import RotationPlan, create_secret_context, public_context_bytes
+from crypto.keys import create_secret_context, public_context_bytes
+from crypto.keys_wire import RotationPlan
 from crypto.params import CKKS_40, CKKS_TEST
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from core.errors import LayoutError, LevelsExhausted, MissingRotationKey, ParamsError
 from crypto.engine import Engine, monomial_slots
-from crypto.keys import RotationPlan
+from crypto.keys_wire import RotationPlan
 from crypto.params import CKKS_40, CKKSParams, sampler_tail
 from crypto.vector import decrypt_slots, decrypt_vector, encrypt_vector
 from tests.conftest import assert_close

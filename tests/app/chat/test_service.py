@@ -27,7 +27,8 @@ from app.chat.service import ChatService, ChatSettings
 from app.worker.background import BackgroundWorker
 from app.worker.encrypted import EncryptedWorker, WorkerSpec
 from core.errors import WorkerMismatch
-from crypto.keys import RotationPlan, create_secret_context, public_context_bytes
+from crypto.keys import create_secret_context, public_context_bytes
+from crypto.keys_wire import RotationPlan
 from crypto.params import preset
 from model.loading import LoadedModel
 

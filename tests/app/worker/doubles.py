@@ -29,13 +29,8 @@ from app.worker.session import JobContext
 from core.progress import Progress
 from crypto import arith
 from crypto.engine import Engine
-from crypto.keys import (
-    PublicContext,
-    RotationPlan,
-    create_secret_context,
-    load_public_context,
-    public_context_bytes,
-)
+from crypto.keys import PublicContext, create_secret_context, load_public_context, public_context_bytes
+from crypto.keys_wire import RotationPlan
 from crypto.params import CKKSParams, preset
 from crypto.vector import decrypt_vector, encrypt_vector
 from crypto.vector_wire import vector_from_bytes, vector_to_bytes
