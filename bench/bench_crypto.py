@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from crypto.engine import Engine  # noqa: E402
 from crypto.keys import create_secret_context, load_public_context, public_context_bytes  # noqa: E402
 from crypto.keys_wire import RotationPlan
-from crypto.matmul import PlainMatrix, matmul, plan_matmul  # noqa: E402
+from crypto.matmul import PlainMatrix, matmul  # noqa: E402
+from crypto.matmul_plan import plan_matmul  # noqa: E402
 from crypto.ops import CkksOps, local_refresh, sampler_rotation_plan  # noqa: E402
 from crypto.params import CKKS_40, CKKS_DEFAULT, CKKSParams  # noqa: E402
 from crypto.prefix import prefix_sum  # noqa: E402

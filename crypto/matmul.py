@@ -49,8 +49,7 @@ import numpy.typing as npt
 from core.errors import LayoutError
 from crypto import arith
 from crypto.engine import Ciphertext, Engine, Plaintext
-from crypto.matmul_plan import MatmulPlan as MatmulPlan  # re-exported: callers plan and multiply
-from crypto.matmul_plan import plan_matmul as plan_matmul
+from crypto.matmul_plan import MatmulPlan, plan_matmul
 from crypto.vector import EncVector
 
 FloatArray = npt.NDArray[np.float64]

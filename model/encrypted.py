@@ -43,7 +43,8 @@ import numpy.typing as npt
 
 from core.errors import InputError
 from crypto.engine import Engine
-from crypto.matmul import MatmulPlan, PlainMatrix, plan_matmul, prepare
+from crypto.matmul import PlainMatrix, prepare
+from crypto.matmul_plan import MatmulPlan, plan_matmul
 from crypto.params import CKKSParams
 from model.forward import LlamaShape, PreparedModel
 

@@ -33,7 +33,6 @@ import torch
 from transformers import DynamicCache
 
 from core.errors import InputError
-from model.conversation import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS  # re-exported for the UI
 from model.conversation import check_messages, encode_text, template_text
 from model.loading import LoadedModel
 from model.sampler import probabilities

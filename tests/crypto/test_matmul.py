@@ -7,7 +7,8 @@ import pytest
 import tenseal as ts
 
 from core.errors import LayoutError, LevelsExhausted, MissingRotationKey
-from crypto.matmul import PlainMatrix, matmul, plan_matmul
+from crypto.matmul import PlainMatrix, matmul
+from crypto.matmul_plan import plan_matmul
 from crypto.vector import decrypt_vector, encrypt_vector
 from crypto.vector_wire import vector_from_bytes, vector_to_bytes
 from tests.conftest import assert_close

@@ -18,7 +18,7 @@ from gradio_client import Client
 
 from app.chat.service import ChatService, ChatSettings, to_messages
 from app.chat.ui import build_ui
-from model.generate import MAX_PROMPT_CHARS
+from model.conversation import MAX_PROMPT_CHARS
 from model.loading import LoadedModel
 
 CLOSED_PORT_URL = "ws://127.0.0.1:9"
