@@ -25,6 +25,8 @@ wire error or a close code.
     ├── JobCancelled                the key holder cancelled an encrypted reply (Stop, or it saw EOS)
     ├── JobFailed                   a worker process failed a reply; carries the wire code to report
     ├── WorkerMismatch              a worker serves another model, vocabulary order or preset
+    ├── WorkerUnavailable           the worker cannot be reached or went away
+    ├── WorkerError                 the worker answered with an Error message (its code)
     ├── ProtocolError (code 4000)   a wire message that cannot be accepted (app/protocol.py)
     │   ├── UnknownMessageType      4001
     │   ├── VersionMismatch         4002
@@ -35,7 +37,7 @@ wire error or a close code.
     │   ├── LimitExceeded           4010 (session memory or count limits, deadlines, compute budget)
     │   ├── AccessDenied            4011 (no or wrong access token, or a web page that is not allowed)
     │   └── UnknownOracleFunction   4000 (a worker asks the key holder for a function off the allow-list)
-    └── StudyError                  user studies (app/study_*.py)
+    └── StudyError                  user studies (app/study/)
         ├── StudyFileError          a study definition that does not validate
         │   └── UnknownCondition    a design names a condition the file does not define
         ├── StudyStoreError         the study database is missing, foreign or of another schema
@@ -251,7 +253,7 @@ CODE_SERVICE_RESTART = 1012  # RFC 6455: the worker behind a pool went away; rec
 CODE_TRY_AGAIN = 1013  # RFC 6455: no worker can take the connection right now; try again shortly
 
 
-# --- study (app/study_*.py: user studies with human raters) ---------------------------------------
+# --- study (app/study/: user studies with human raters) -------------------------------------------
 #
 #    StudyError
 #    ├── StudyFileError          a study definition file is malformed (names the field and the fix)
