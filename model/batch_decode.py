@@ -26,7 +26,7 @@ References: DESIGN.md section 3; transformers' batched generation (left padding,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -38,6 +38,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface
 
 from core.errors import InputError
+from core.progress import OnProgress, Progress
 from model.batch_sampler import NOTHING, BatchSelection, BatchSelector
 from model.generate import DecodeSession
 from model.loading import LoadedModel
@@ -275,7 +276,7 @@ def generate_batch(
     requests: Sequence[BatchRequest],
     selector: BatchSelector,
     ban_eos: bool = True,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> list[BatchResult]:
     """Generate every request in one batch; each stops at its length (or at EOS when `ban_eos` is off).
 
@@ -284,7 +285,7 @@ def generate_batch(
     one intra-op thread, so what a sequence produces does not depend on the batch it ran in.
 
     Args:
-        on_progress: called after every step with the number of tokens that step produced.
+        on_progress: gets Progress("tokens", tokens produced so far, tokens wanted) after every step.
 
     Raises:
         InputError: an empty batch, more than MAX_BATCH rows, or a prompt plus length over the context window.
@@ -298,6 +299,7 @@ def generate_batch(
                 f"{loaded.name}'s context window ({loaded.context_window}); lower --length"
             )
     rows = list(requests) + [requests[0]] * (MIN_ROWS - len(requests))  # filler copies, never recorded
+    produced, wanted = 0, sum(request.length for request in requests)
     live = sorted(range(len(rows)), key=lambda i: -len(rows[i].prompt_ids))  # the request of each row
     with one_thread():
         model = BatchDecode(loaded, [rows[i].prompt_ids for i in live], max(r.length for r in requests))
@@ -313,7 +315,6 @@ def generate_batch(
                 values[:, eos] = -math.inf
             rs = np.array([streams[i].random() for i in live])
             choice = selector.select(values, rs, [noise[i] for i in live])
-            produced = 0
             for row, index in enumerate(live):
                 if done[index]:
                     continue
@@ -325,7 +326,7 @@ def generate_batch(
                 elif len(result.tokens) == rows[index].length:
                     result.finish, done[index] = "length", True
             if on_progress is not None:
-                on_progress(produced)
+                on_progress(Progress("tokens", produced, wanted))
             if all(done):
                 break
             going = [row for row, index in enumerate(live) if not done[index]]

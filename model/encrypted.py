@@ -34,7 +34,7 @@ References: DESIGN.md sections 2 and 4; `crypto.matmul` (products), `crypto.ops`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import InputError
+from core.progress import OnProgress, Progress
 from crypto.engine import Engine
 from crypto.matmul import PlainMatrix, prepare
 from crypto.matmul_plan import MatmulPlan, plan_matmul
@@ -303,15 +304,17 @@ class RankCaches:
         return array[block.row0 : block.row0 + block.rows, block.col0 : block.col0 + block.cols]
 
     def warm(
-        self, params: CKKSParams, layout: Layout, orders: Sequence[bool], on_block: Callable[[int, int], None]
+        self, params: CKKSParams, layout: Layout, orders: Sequence[bool], on_progress: OnProgress
     ) -> int:
-        """Encode every plaintext the products use, before any session (a warm worker)."""
+        """Encode every plaintext the products use, before any session (a warm worker).
+
+        `on_progress` gets Progress("warm", blocks done, blocks) after every block."""
         engine = Engine.for_params(params)
         wanted = layout.blocks_for(orders)
         count = 0
         for done, block in enumerate(wanted, start=1):
             count += prepare(engine, self.matrix(block), block.plan, MATMUL_LEVEL)
-            on_block(done, len(wanted))
+            on_progress(Progress("warm", done, len(wanted)))
         return count
 
 

@@ -170,7 +170,7 @@ def run_collapse(
         )
     started = time.perf_counter()
     with (folder / "generations.jsonl").open("a") as texts:
-        for finished in pool.run(jobs, bar.update):
+        for finished in pool.run(jobs, lambda event: bar.update(event.done - bar.n)):
             for row in finished:
                 texts.write(json.dumps(row) + "\n")
                 rows.append({k: v for k, v in row.items() if k not in ("text", "tokens")})

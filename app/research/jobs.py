@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import queue
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from core.progress import OnProgress
+from core.progress import OnProgress, Progress
 from model.batch_decode import BatchRequest, BatchResult, generate_batch
 from model.batch_sampler import NOTHING, BatchExact, BatchSelector, BatchSimulate
 from model.evaluation import CollapseCriteria, score_generation, token_nll
@@ -138,7 +138,7 @@ class JobRunner:
         self.tsp_perm = tsp_perm
         self.selectors: dict[tuple[str, str], BatchSelector] = {}
 
-    def run(self, job: GenerationJob, on_progress: Callable[[int], None]) -> list[dict[str, Any]]:
+    def run(self, job: GenerationJob, on_progress: OnProgress) -> list[dict[str, Any]]:
         """Generate and score one job; each row carries its text and tokens beside the scores."""
         key = (job.condition, repr(job.sampler))
         if key not in self.selectors:
@@ -172,15 +172,22 @@ def _start_worker(source: ModelSource, tsp_perm: IntArray | None, ticks: Any, st
     _runner, _ticks, _stop = JobRunner(source.load(), tsp_perm), ticks, stop
 
 
-def _report(tokens: int) -> None:
-    if _stop.is_set():
-        raise JobStopped("the study is stopping")
-    _ticks.put(tokens)
+class _Ticks:
+    """A job's progress in a worker process, sent to the parent as tokens produced since the last report."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def __call__(self, event: Progress) -> None:
+        if _stop.is_set():
+            raise JobStopped("the study is stopping")
+        _ticks.put(event.done - self.sent)
+        self.sent = event.done
 
 
 def _run_in_worker(job: GenerationJob) -> list[dict[str, Any]]:
     assert _runner is not None, "a study worker runs jobs only after _start_worker"
-    return _runner.run(job, _report)
+    return _runner.run(job, _Ticks())
 
 
 class StudyPool:
@@ -229,13 +236,14 @@ class StudyPool:
         self.ticks.join_thread()
         self.executor = self.ticks = self.stop = None
 
-    def run(
-        self, jobs: Sequence[GenerationJob], on_progress: Callable[[int], None]
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Yield each job's rows as it finishes (in finishing order); `on_progress` gets tokens per step."""
+    def run(self, jobs: Sequence[GenerationJob], on_progress: OnProgress) -> Iterator[list[dict[str, Any]]]:
+        """Yield each job's rows as it finishes (in finishing order).
+
+        `on_progress` gets Progress("tokens", tokens of all the jobs produced so far, tokens they want)."""
+        tally = _Tally(sum(request.length for job in jobs for request in job.requests), on_progress)
         if self.local is not None:
             for job in jobs:
-                yield self.local.run(job, on_progress)
+                yield self.local.run(job, tally.job())
             return
         assert self.executor is not None, "the pool is closed"
         pending: set[Future[list[dict[str, Any]]]] = {
@@ -243,14 +251,34 @@ class StudyPool:
         }
         while pending:
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            self._drain(on_progress)
+            self._drain(tally)
             for future in finished:
                 yield future.result()
-        self._drain(on_progress)
+        self._drain(tally)
 
-    def _drain(self, on_progress: Callable[[int], None]) -> None:
+    def _drain(self, tally: _Tally) -> None:
         while True:
             try:
-                on_progress(self.ticks.get_nowait())
+                tally.add(self.ticks.get_nowait())
             except queue.Empty:
                 return
+
+
+class _Tally:
+    """The tokens of many jobs added up into one Progress (jobs report their own counts, from 0)."""
+
+    def __init__(self, wanted: int, on_progress: OnProgress) -> None:
+        self.wanted, self.done, self.on_progress = wanted, 0, on_progress
+
+    def add(self, tokens: int) -> None:
+        self.done += tokens
+        self.on_progress(Progress("tokens", self.done, self.wanted))
+
+    def job(self) -> OnProgress:
+        """A callback for one job in this process: its own counts, added to the others'."""
+        base = self.done
+
+        def report(event: Progress) -> None:
+            self.add(base + event.done - self.done)
+
+        return report

@@ -133,7 +133,10 @@ class ComputePool:
         theirs = [_QueueChannel(to_rank, to_main) for to_rank, to_main in pairs]
 
         def start() -> None:
-            caches = warm(weights, presets, orders, self.world, lambda d, t: theirs[0].send(("warm", d, t)))
+            def report(event: Progress) -> None:
+                theirs[0].send(("warm", event.done, event.total))
+
+            caches = warm(weights, presets, orders, self.world, report)
             for rank in range(self.world):
                 worker = Rank(theirs[rank], rank, self.world, weights, caches, self.cancel)
                 threading.Thread(target=worker.serve, name=f"he-chat-rank-{rank}", daemon=True).start()

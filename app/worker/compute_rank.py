@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from app import protocol as p
 from core.errors import ChatError, JobCancelled
-from core.progress import Progress
+from core.progress import OnProgress, Progress
 from crypto.keys import PublicContext, load_public_context
 from crypto.params import CKKSParams
 from model.encrypted import Layout, OracleCall, RankCaches, WorkerWeights
@@ -187,17 +187,19 @@ def warm(
     presets: list[CKKSParams],
     orders: list[bool],
     world: int,
-    report: Callable[[int, int], None],
+    report: OnProgress,
 ) -> RankCaches:
-    """Encode every plaintext of the given presets and vocabulary orders (before any session)."""
+    """Encode every plaintext of the given presets and vocabulary orders (before any session).
+
+    `report` gets Progress("warm", blocks done, blocks) over all presets together."""
     caches = RankCaches(weights)
     layouts = [Layout(weights.shape, params.slot_count, world) for params in presets]
     totals = [len(layout.blocks_for(orders)) for layout in layouts]
     done_before = 0
     for params, layout, total in zip(presets, layouts, totals, strict=True):
 
-        def on_block(done: int, _: int, base: int = done_before) -> None:
-            report(base + done, sum(totals))
+        def on_block(event: Progress, base: int = done_before) -> None:
+            report(Progress("warm", base + event.done, sum(totals)))
 
         caches.warm(params, layout, orders, on_block)
         done_before += total
@@ -214,7 +216,7 @@ def master_main(
     """Rank 0's process (spawned): warm the caches, fork the other ranks, then serve as rank 0."""
     world = len(channels)
     try:
-        caches = warm(weights, presets, orders, world, lambda d, t: channels[0].send(("warm", d, t)))
+        caches = warm(weights, presets, orders, world, lambda e: channels[0].send(("warm", e.done, e.total)))
     except Exception:  # noqa: BLE001 - the main process sees the pipe close and reports it
         log.error("warming the weight caches failed:\n%s", traceback.format_exc())
         return

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.errors import InputError
+from core.progress import Progress
 from model.batch_decode import BatchDecode, BatchRequest, generate_batch, one_thread
 from model.batch_sampler import BatchExact, BatchSimulate
 from model.evaluation import generate_fixed_length
@@ -44,12 +45,13 @@ def test_each_sequence_of_a_batch_is_what_it_generates_on_its_own(tiny: LoadedMo
     perm = identity_perm(embeddings.shape[0])
     rows = prompts(tiny)
     requests = [BatchRequest(rows[i % 3], seed=40 + i, length=12 - 3 * (i % 2)) for i in range(6)]
-    ticks: list[int] = []
+    ticks: list[Progress] = []
     together = generate_batch(
         tiny, requests, BatchSimulate(embeddings, perm, config), on_progress=ticks.append
     )
     assert [len(r.tokens) for r in together] == [12, 9, 12, 9, 12, 9]
-    assert all(r.finish == "length" for r in together) and sum(ticks) == 63
+    assert all(r.finish == "length" for r in together) and ticks[-1] == Progress("tokens", 63, 63)
+    assert [t.done for t in ticks] == sorted(t.done for t in ticks)
     for request, result in zip(requests, together, strict=True):
         alone = generate_batch(tiny, [request], BatchSimulate(embeddings, perm, config))[0]
         assert alone.tokens == result.tokens

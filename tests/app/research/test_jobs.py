@@ -8,6 +8,7 @@ from pathlib import Path
 from app.research import collapse as evaluate_collapse
 from app.research import evaluate as evaluate_cli
 from app.research import jobs as evaluate_jobs
+from core.progress import Progress
 from model.evaluation import generate_fixed_length
 from model.generate import build_prompt
 from model.loading import LoadedModel
@@ -34,3 +35,16 @@ def test_worker_processes_write_the_texts_one_process_writes(cli: Path) -> None:
     key = lambda row: (row["condition"], row["index"])  # noqa: E731
     assert sorted(texts(cli / "two"), key=key) == sorted(texts(cli / "one"), key=key)
     assert len(texts(cli / "two")) == 15
+
+
+def test_the_pool_adds_every_jobs_tokens_into_one_progress() -> None:
+    events: list[Progress] = []
+    tally = evaluate_jobs._Tally(10, events.append)
+    first = tally.job()  # a job in this process reports its own counts from 0
+    first(Progress("tokens", 2, 4))
+    first(Progress("tokens", 4, 4))
+    second = tally.job()
+    second(Progress("tokens", 3, 6))
+    tally.add(3)  # what a worker process sends: tokens since its last report
+    assert [event.done for event in events] == [2, 4, 7, 10]
+    assert events[-1] == Progress("tokens", 10, 10)
