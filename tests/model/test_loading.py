@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from core.errors import ModelPackageMissing, ModelPathError
+from core.progress import Progress
 from model import loading
 from model.loading import TinyModelConfig, build_tiny_model, load_default, load_local
 
@@ -67,13 +68,13 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_default_model_converts_once_then_loads_from_cache(cache_root: Path) -> None:
-    lines: list[str] = []
-    first = load_default(cache_root, on_progress=lines.append)
-    assert any("Converting" in line for line in lines)
+    events: list[Progress] = []
+    first = load_default(cache_root, on_progress=events.append)
+    assert any(e.stage == "model" and e.note.startswith("converting") for e in events)
     assert first.model.config.vocab_size == 49_152 and first.model.config.hidden_size == 576
-    lines.clear()
-    second = load_default(cache_root, on_progress=lines.append)
-    assert lines == []  # no conversion the second time
+    events.clear()
+    second = load_default(cache_root, on_progress=events.append)
+    assert events == []  # no conversion the second time
     assert torch.equal(first.input_embeddings(), second.input_embeddings())
 
 
@@ -91,7 +92,8 @@ def test_corrupt_cache_is_rebuilt_not_trusted(cache_root: Path, damage: str) -> 
             f.truncate(weights.stat().st_size // 3)
     else:
         (cache / "manifest.json").unlink()
-    lines: list[str] = []
-    rebuilt = load_default(cache_root, on_progress=lines.append)
-    assert any("Converting" in line for line in lines)
+    events: list[Progress] = []
+    rebuilt = load_default(cache_root, on_progress=events.append)
+    assert any("incomplete or corrupt" in e.note for e in events)
+    assert any(e.note.startswith("converting") for e in events)
     assert torch.equal(rebuilt.input_embeddings(), reference)
