@@ -2,8 +2,8 @@
 
 `CounterModel` is the worker's computing part in miniature: per token it refreshes the encrypted prompt
 through the oracle and adds 1 under encryption; `CounterMath` is its key holder. `LoopbackWorker` serves
-them on 127.0.0.1 (port 0). `raw_exchange`, `tamper` and `errors` speak the wire by hand, for the tests
-of what a misbehaving client gets.
+them on 127.0.0.1 (port 0). `reply` and `tokens` ask for a reply; `raw_exchange`, `tamper` and
+`errors` speak the wire by hand, for the tests of what a misbehaving client gets.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from websockets.sync.client import connect
 
 from app import protocol as p
 from app.chat.keyholder import (
-    DoneEvent,
     KeyHolderClient,
     ReplyRequest,
     TokenEvent,
@@ -26,7 +25,6 @@ from app.chat.keyholder import (
 from app.worker.admission import WorkerAccess, WorkerLimits
 from app.worker.background import BackgroundWorker
 from app.worker.session import JobContext
-from core.progress import Progress
 from crypto import arith
 from crypto.engine import Engine
 from crypto.keys import PublicContext, create_secret_context, load_public_context, public_context_bytes
@@ -36,22 +34,6 @@ from crypto.vector import decrypt_vector, encrypt_vector
 from crypto.vector_wire import vector_from_bytes, vector_to_bytes
 from model.conversation import PublicPrefix
 from model.encrypted import OracleCall
-
-
-def test_a_reply_is_computed_on_ciphertexts_and_streamed(served: LoopbackWorker) -> None:
-    client = KeyHolderClient(served.url, CounterMath())
-    events = reply(client, [5, 1, 2], 4)
-    tokens = [e.token_id for e in events if isinstance(e, TokenEvent)]
-    assert tokens == [6, 7, 8, 9]
-    assert any(isinstance(e, Progress) for e in events)
-    assert isinstance(events[-1], DoneEvent) and events[-1].reason == "length"
-    first = next(e for e in events if isinstance(e, TokenEvent))
-    assert first.local.oracle_calls == 1 and first.local.bytes_up > 0 and first.local.bytes_down > 0
-    assert client.key_bytes > 0
-    assert reply(client, [20], 2)[-1] == DoneEvent("length")  # the session serves a second reply
-    client.close()
-    served.wait_idle()
-
 
 PREFIX = PublicPrefix("default", "<|im_start|>system\n", (1, 9690, 198))
 
@@ -148,6 +130,10 @@ class LoopbackWorker(BackgroundWorker):
 
 def reply(client: KeyHolderClient, prompt: list[int], n: int) -> list[Any]:
     return list(client.generate(prompt, 0, "", ReplyRequest(max_new_tokens=n, seed=0)))
+
+
+def tokens(client: KeyHolderClient, first: int, n: int = 1) -> list[int]:
+    return [e.token_id for e in reply(client, [first], n) if isinstance(e, TokenEvent)]
 
 
 def raw_exchange(url: str, frames: list[bytes | str]) -> tuple[list[p.Message], int | None]:

@@ -176,17 +176,6 @@ def test_session_and_memory_limits_refuse_new_sessions_only() -> None:
         server.stop()
 
 
-def test_idle_sessions_expire() -> None:
-    server = LoopbackWorker(CounterModel(), WorkerLimits(idle_seconds=0.5))
-    try:
-        received, code = raw_exchange(server.url, [HELLO])
-        assert isinstance(received[0], p.Welcome)
-        assert errors(received) == [4004] and code == 4004
-        server.wait_idle()
-    finally:
-        server.stop()
-
-
 def test_vanishing_clients_free_their_sessions_and_leak_nothing(served: LoopbackWorker) -> None:
     def vanish() -> None:
         math = CounterMath()

@@ -23,7 +23,6 @@ from app import protocol as p
 from app.chat.keyholder import (
     KeyHolderClient,
     ReplyRequest,
-    TokenEvent,
     printable,
     worker_telemetry,
 )
@@ -38,13 +37,9 @@ from tests.app.worker.doubles import (
     LoopbackWorker,
     errors,
     raw_exchange,
-    reply,
     tamper,
+    tokens,
 )
-
-
-def tokens(client: KeyHolderClient, first: int, n: int = 1) -> list[int]:
-    return [e.token_id for e in reply(client, [first], n) if isinstance(e, TokenEvent)]
 
 
 @pytest.fixture
@@ -152,24 +147,6 @@ def test_invalid_frames_do_not_keep_a_session_alive() -> None:
         worker.stop()
 
 
-def test_a_key_upload_that_stalls_is_cut_off_4010() -> None:
-    worker = LoopbackWorker(CounterModel(), WorkerLimits(key_upload_seconds=1.0))
-    try:
-        math = CounterMath()
-        with connect(worker.url, compression=None) as conn:
-            conn.send(HELLO)
-            welcome = p.decode(conn.recv(timeout=5))
-            assert isinstance(welcome, p.Welcome)
-            conn.send(p.encode(p.KeyChunk(welcome.session, 0, 2, [math.public_context([], False)[:1000]])))
-            error = p.decode(conn.recv(timeout=5))
-            assert (
-                isinstance(error, p.Error) and error.code == 4010 and "not uploaded within" in error.message
-            )
-        worker.wait_idle()
-    finally:
-        worker.stop()
-
-
 def test_frames_before_hello_are_small_and_unfinished_uploads_are_capped_in_all() -> None:
     chunk = 4 * 1024 * 1024
     limits = WorkerLimits(max_message_bytes=2 * chunk, max_pending_key_bytes=6 * chunk)
@@ -256,19 +233,6 @@ def test_a_client_that_stops_answering_loses_the_slot_and_the_next_in_line_runs(
     assert 4010 in errors(seen) and closed.value.rcvd is not None and closed.value.rcvd.code == 4010
     bystander.close()
     server.wait_idle()
-
-
-def test_a_session_over_its_compute_budget_is_stopped_4010() -> None:
-    worker = LoopbackWorker(CounterModel(delay=0.05), WorkerLimits(session_compute_seconds=0.5))
-    try:
-        client = KeyHolderClient(worker.url, CounterMath())
-        with pytest.raises(WorkerError, match="4010.*used its 0 s|4010.*used its 1 s"):
-            tokens(client, 1, 100)
-        with pytest.raises(WorkerError, match="worker error 4010"):
-            tokens(client, 1, 1)  # the budget is spent for this session
-        assert tokens(KeyHolderClient(worker.url, CounterMath()), 3) == [4]  # not for the next
-    finally:
-        worker.stop()
 
 
 # --- 5. typed answers for every bad frame --------------------------------------------------------------
