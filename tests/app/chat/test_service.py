@@ -1,38 +1,31 @@
 """The chat service turn after turn: every mode continues its state, encrypted over a real websocket worker.
 
 The encrypted tests run the real pipeline on the tiny model: a `BackgroundWorker` serving an
-`EncryptedWorker` whose two ranks are threads (the process pool is tested in test_compute_pool.py), and
-the key holder of `ChatService.open_encrypted`, over loopback websockets.
+`EncryptedWorker` whose two ranks are threads (tests/app/chat/conftest.py), and the key holder of
+`ChatService.open_encrypted`, over loopback websockets. The encrypted path's own cases (padding, a stopped
+read-ahead, Stop, a lost worker) are in test_encrypted.py.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from websockets.sync.client import connect
 
 from app import protocol as p
-from app.chat.encrypted import LOST_NOTICE
 from app.chat.keyholder import Expected, KeyHolderClient
 from app.chat.replies import ChatMemory, ReplyUpdate
 from app.chat.service import ChatService, ChatSettings
 from app.worker.background import BackgroundWorker
-from app.worker.encrypted import EncryptedWorker, WorkerSpec
 from core.errors import WorkerMismatch
 from crypto.keys import create_secret_context, public_context_bytes
 from crypto.keys_wire import RotationPlan
 from crypto.params import preset
 from model.loading import LoadedModel
-
-TURNS = ["What is the capital of France?", "And of Spain?"]
+from tests.app.chat.conftest import TURNS
 
 
 def converse(
@@ -78,23 +71,12 @@ def test_a_continued_plain_turn_says_what_rereading_says(tiny: LoadedModel) -> N
     assert not reread.continued and reread.text == second.text
 
 
-@pytest.fixture(scope="module")
-def served(tiny: LoadedModel) -> Iterator[tuple[ChatService, BackgroundWorker]]:
-    service = ChatService.create(tiny)
-    spec = WorkerSpec.from_loaded(tiny, service.ordering.perm, service.ordering.order_id, 2)
-    worker = BackgroundWorker(EncryptedWorker(spec, threads=True))
-    service.worker_url = worker.url
-    assert worker.worker.model.pool.wait_ready(300)  # type: ignore[attr-defined]
-    yield service, worker
-    worker.stop()
-
-
 def test_encrypted_turns_continue_and_say_what_simulate_says(
-    served: tuple[ChatService, BackgroundWorker],
+    chat_worker: tuple[ChatService, BackgroundWorker],
 ) -> None:
     """Each turn continues the last, with and without a read-ahead of the next turn's markers; the
     tokens are simulate's either way."""
-    service, worker = served
+    service, worker = chat_worker
     session = service.open_encrypted()
     settings = ChatSettings(mode="encrypted", max_new_tokens=3, seed=0)
     encrypted = converse(service, settings, TURNS, session)
@@ -116,114 +98,21 @@ def test_encrypted_turns_continue_and_say_what_simulate_says(
     session.close()
 
 
-class EndsAt(LoadedModel):
-    """The tiny model with one more end-of-reply token (its random weights seldom pick EOS itself)."""
-
-    def __init__(self, loaded: LoadedModel, token: int) -> None:
-        super().__init__(loaded.model, loaded.tokenizer, loaded.name, loaded.source)
-        self.token = token
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return frozenset({self.token})
-
-
-def test_a_padded_reply_hides_its_length_and_the_chat_goes_on(
-    served: tuple[ChatService, BackgroundWorker],
-) -> None:
-    service, _ = served
-    messages = [{"role": "user", "content": TURNS[0]}]
-    probe = ChatMemory()
-    list(service.reply(messages, ChatSettings(mode="simulate", max_new_tokens=4, seed=3), None, probe))
-    assert probe.conversation is not None
-    second = probe.conversation.ids[-2]  # the reply's tokens 1..3 were fed back; the 4th was not
-    early = replace(service, loaded=EndsAt(service.loaded, second))
-    session = early.open_encrypted()
-    runs = {}
-    for pad in (False, True):
-        memory = ChatMemory()
-        settings = ChatSettings(mode="encrypted", max_new_tokens=5, seed=3, pad=pad)
-        runs[pad] = (list(early.reply(messages, settings, session, memory)), memory)
-    (unpadded, _), (padded, memory) = runs[False], runs[True]
-    assert unpadded[-1].finish == padded[-1].finish == "eos" and padded[-1].text == unpadded[-1].text
-    assert padded[-1].tokens == unpadded[-1].tokens == 2
-    hidden = [u.stage for u in padded if u.stage.startswith("padding:")]
-    assert hidden == [f"padding: {k} of 3 hidden tokens" for k in (1, 2, 3)]  # the worker went on to 5
-    assert not any(u.stage.startswith("padding") for u in unpadded)
-    assert memory.conversation is not None and memory.conversation.ids == probe.conversation.ids[:-2]
-    follow = [*messages, {"role": "assistant", "content": padded[-1].text}, {"role": "user", "content": "Ok"}]
-    assert list(
-        early.reply(follow, ChatSettings(mode="encrypted", max_new_tokens=1, seed=3), session, memory)
-    )[-1].continued  # the padding left nothing in the key holder's cache
-    session.close()
-
-
-def test_a_stopped_read_ahead_leaves_the_state_as_it_was(
-    served: tuple[ChatService, BackgroundWorker],
-) -> None:
-    service, _ = served
-    session = service.open_encrypted()
-    settings = ChatSettings(mode="encrypted", max_new_tokens=2, seed=0)
-    memory = ChatMemory()
-    messages = [{"role": "user", "content": TURNS[0]}]
-    first = list(service.reply(messages, settings, session, memory))[-1]
-    state, held = memory.conversation, session.keys.positions
-    assert service.read_ahead(messages, first.text, settings, session, memory, should_stop=lambda: True) == 0
-    assert memory.conversation is state and session.keys.positions == held
-    follow = [*messages, {"role": "assistant", "content": first.text}, {"role": "user", "content": TURNS[1]}]
-    again = list(service.reply(follow, settings, session, memory))[-1]
-    assert again.continued and again.start == held
-    session.close()
-
-
-def test_stop_ends_an_encrypted_prompt_at_once_and_keeps_the_state(
-    served: tuple[ChatService, BackgroundWorker],
-) -> None:
-    service, worker = served
-    session = service.open_encrypted()
-    memory = ChatMemory()
-    settings = ChatSettings(mode="encrypted", max_new_tokens=2, seed=0)
-    first = list(service.reply([{"role": "user", "content": TURNS[0]}], settings, session, memory))[-1]
-    held = session.keys.positions
-    messages = [
-        {"role": "user", "content": TURNS[0]},
-        {"role": "assistant", "content": first.text},
-        {"role": "user", "content": "Tell me about " + "the sea, " * 6},
-    ]
-    stop = threading.Event()
-    stopped_at, final = 0.0, None
-    for update in service.reply(messages, settings, session, memory, stop.is_set):
-        if "layer" in update.stage and not stop.is_set():
-            stop.set()  # Stop in the middle of the second turn's prompt
-            stopped_at = time.perf_counter()
-        final = update
-    assert stop.is_set() and final is not None and final.finish == "cancelled"
-    assert time.perf_counter() - stopped_at < 10  # bench/bench_chat.py measures it: well under 2 s
-    assert session.keys.positions == held  # the cut prompt left no half-written position behind
-    deadline = time.monotonic() + 10
-    while worker.worker.busy is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert worker.worker.busy is None  # the worker's job ended, not only the stream
-    again = list(service.reply(messages, settings, session, memory))[-1]
-    assert again.continued and again.start == held and again.finish == "length"  # the first turn's state
-    session.close()
-
-
 def test_a_worker_for_another_order_is_refused(
-    tiny: LoadedModel, served: tuple[ChatService, BackgroundWorker]
+    tiny: LoadedModel, chat_worker: tuple[ChatService, BackgroundWorker]
 ) -> None:
-    service, _ = served
+    service, _ = chat_worker
     keys = service.open_encrypted().keys  # a working session: the same keys, a key holder that expects more
     with pytest.raises(WorkerMismatch, match="ordering: the worker has"):
         KeyHolderClient(str(service.worker_url), keys, Expected(ordering="another order"))
 
 
 def test_keys_of_another_preset_under_the_default_name_are_refused_and_poison_nothing(
-    served: tuple[ChatService, BackgroundWorker],
+    chat_worker: tuple[ChatService, BackgroundWorker],
 ) -> None:
     """The cache-poisoning attack on the real pipeline: real keys of `n8192-s40` (same N, other primes),
     sent as they are and with their header relabelled `default`, under a Hello for `default`."""
-    service, worker = served
+    service, worker = chat_worker
     settings = ChatSettings(mode="encrypted", max_new_tokens=2, seed=0)
     before = converse(service, settings, TURNS[:1], service.open_encrypted())
     other = create_secret_context(preset("n8192-s40"))
@@ -249,34 +138,6 @@ def test_keys_of_another_preset_under_the_default_name_are_refused_and_poison_no
             assert isinstance(refusal, p.Error) and refusal.code in (4006, 4009), refusal
     after = converse(service, settings, TURNS[:1], service.open_encrypted())
     assert [u.text for u in after] == [u.text for u in before]  # honest sessions are untouched
-
-
-def test_a_restarted_worker_is_reached_again_and_the_chat_goes_on(tiny: LoadedModel) -> None:
-    service = ChatService.create(tiny)
-    spec = WorkerSpec.from_loaded(tiny, service.ordering.perm, service.ordering.order_id, 1)
-    worker = BackgroundWorker(EncryptedWorker(spec, threads=True))
-    port, access = urlsplit(worker.url).port, worker.worker.access
-    service.worker_url = worker.url
-    session = service.open_encrypted()
-    memory = ChatMemory()
-    settings = ChatSettings(mode="encrypted", max_new_tokens=2, seed=0)
-    first = list(service.reply([{"role": "user", "content": TURNS[0]}], settings, session, memory))[-1]
-    worker.stop()  # the worker restarts between two turns: same address, no memory of the session
-    worker = BackgroundWorker(
-        EncryptedWorker(spec, threads=True), port=port or 0, access=access
-    )  # same token
-    try:
-        messages = [
-            {"role": "user", "content": TURNS[0]},
-            {"role": "assistant", "content": first.text},
-            {"role": "user", "content": TURNS[1]},
-        ]
-        second = list(service.reply(messages, settings, session, memory))[-1]
-        assert second.continued and second.finish == "length"  # the key holder's state carried the chat
-        assert second.notice == LOST_NOTICE
-    finally:
-        session.close()
-        worker.stop()
 
 
 @pytest.mark.slow
